@@ -1,0 +1,55 @@
+"""bit-tf: Big Transfer (BiT) for Keras 3 and TensorFlow.
+
+The model code (`layers`, `models`, `weights`) needs only Keras, so it runs on the JAX backend
+too; the TensorFlow-only parts (fine-tuning pipelines, pre-training, TF-Hub layers) are imported
+on first use.
+
+Example:
+    >>> import bit_tf
+    >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=10, weights="BiT-M-R50x1")
+    >>> logits = model(images)  # float32 images in [0, 1], NHWC, any size
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from bit_tf.layers import (
+    GroupNormalization,
+    PreActBasic,
+    PreActBottleneck,
+    StandardizedConv2D,
+)
+from bit_tf.models import create_model, list_models, resnet_v2
+from bit_tf.weights import CheckpointError, load_official_weights, save_official_weights
+
+__version__ = "0.1.0"
+
+# Public names whose modules import TensorFlow: loaded lazily so that the model code runs
+# on the JAX backend without TensorFlow installed.
+_LAZY = {
+    "finetune": "bit_tf.finetune",
+    "HubLayer": "bit_tf.hub",
+    "from_hub": "bit_tf.hub",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bit_tf' has no attribute {name!r}")
+
+
+__all__ = [
+    "CheckpointError",
+    "GroupNormalization",
+    "PreActBasic",
+    "PreActBottleneck",
+    "StandardizedConv2D",
+    "create_model",
+    "list_models",
+    "load_official_weights",
+    "resnet_v2",
+    "save_official_weights",
+    *_LAZY,
+]

@@ -1,0 +1,222 @@
+"""The ResNetV2 builder and the registry of BiT model names.
+
+Only `keras` and `keras.ops` are used here: the models run on the TensorFlow and JAX backends.
+
+Example:
+    >>> import bit_tf
+    >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=10)
+    >>> model.output_shape
+    (None, 10)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import keras
+
+from bit_tf.layers import (
+    NORMALIZATIONS,
+    PreActBasic,
+    PreActBottleneck,
+    make_convolution,
+    make_normalization,
+)
+
+# Units per block for each depth; 18 and 34 use the basic unit, the rest the bottleneck.
+UNITS_PER_BLOCK = {
+    18: (2, 2, 2, 2),
+    26: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+BASIC_DEPTHS = (18, 34)
+WIDTH_FACTORS = (1, 2, 3, 4)
+
+# The upstream data of each prefix sets the default head.
+UPSTREAM = {
+    "S": {"num_classes": 1000, "dataset": "ILSVRC-2012"},
+    "M": {"num_classes": 21843, "dataset": "ImageNet-21k"},
+    "L": {"num_classes": 18291, "dataset": "JFT-300M"},
+}
+_DEFAULT = object()
+_NAME_PATTERN = re.compile(r"^BiT-([SML])-R(\d+)x(\d+)$")
+
+
+def list_models() -> list[str]:
+    """All model names that `create_model` knows, e.g. "BiT-M-R50x1".
+
+    Example:
+        >>> "BiT-S-R101x3" in bit_tf.list_models()
+        True
+    """
+    return [
+        f"BiT-{prefix}-R{depth}x{width}"
+        for prefix in UPSTREAM
+        for depth in UNITS_PER_BLOCK
+        for width in WIDTH_FACTORS
+    ]
+
+
+def parse_model_name(name: str) -> tuple[str, int, int]:
+    """Splits "BiT-M-R50x1" into ("M", 50, 1), with a clear error for unknown names.
+
+    Example:
+        >>> parse_model_name("BiT-S-R152x4")
+        ('S', 152, 4)
+    """
+    match = _NAME_PATTERN.match(name) if isinstance(name, str) else None
+    if not match:
+        raise ValueError(
+            f"Unknown model name {name!r}: expected 'BiT-{{S,M,L}}-R{{depth}}x{{width}}', "
+            f"for example 'BiT-M-R50x1'. bit_tf.list_models() lists them all."
+        )
+    prefix, depth, width = match.group(1), int(match.group(2)), int(match.group(3))
+    if depth not in UNITS_PER_BLOCK or width not in WIDTH_FACTORS:
+        raise ValueError(
+            f"Unknown model name {name!r}: depth must be one of {sorted(UNITS_PER_BLOCK)} and "
+            f"width one of {WIDTH_FACTORS}."
+        )
+    return prefix, depth, width
+
+
+def resnet_v2(
+    depth: int | None = 50,
+    *,
+    units_per_block: Sequence[int] | None = None,
+    width_factor: int = 1,
+    num_classes: int | None = 1000,
+    input_shape: tuple = (None, None, 3),
+    normalization: str = "group",
+    weight_standardization: bool = True,
+    unit: str | None = None,
+    name: str = "resnet_v2",
+) -> keras.Model:
+    """Builds a BiT ResNetV2 as a functional Keras model.
+
+    The model takes float images in [0, 1] (NHWC, any size) and rescales them to [-1, 1].
+    The stem is a 7x7/2 convolution, padding 1 and a 3x3/2 max pool ('valid'); then four
+    blocks of pre-activation units, the first unit of blocks 2-4 carrying stride 2; then
+    GN -> ReLU -> global average pool -> a zero-initialised Dense head.
+
+    Args:
+        depth: 18, 26, 34, 50, 101 or 152; ignored when `units_per_block` is given.
+        units_per_block: explicit units of the four blocks, e.g. (1, 1, 1, 1).
+        width_factor: 1 to 4; multiplies every channel count.
+        num_classes: size of the head; None returns the pre-logit feature vector.
+        input_shape: (height, width, 3); None for any size.
+        normalization: "group" (BiT), "batch", "noisy_batch" or "none".
+        weight_standardization: standardize convolution kernels (BiT: True).
+        unit: "bottleneck" or "basic"; by default basic for depths 18 and 34.
+        name: the Keras model name.
+
+    Example:
+        >>> model = resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=10)
+        >>> model(np.zeros((1, 64, 64, 3), "float32")).shape
+        (1, 10)
+    """
+    explicit_units = units_per_block is not None
+    if not explicit_units:
+        if depth not in UNITS_PER_BLOCK:
+            raise ValueError(
+                f"Unsupported depth {depth!r}; choose one of {sorted(UNITS_PER_BLOCK)} "
+                "or pass units_per_block."
+            )
+        units_per_block = UNITS_PER_BLOCK[depth]
+    units_per_block = tuple(int(units) for units in units_per_block)
+    if not units_per_block or min(units_per_block) < 1:
+        raise ValueError(f"units_per_block must be positive counts, got {units_per_block!r}.")
+    if not isinstance(width_factor, int) or width_factor < 1:
+        raise ValueError(f"width_factor must be a positive integer, got {width_factor!r}.")
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}.")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"Unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}.")
+    if unit is None:
+        unit = "basic" if (not explicit_units and depth in BASIC_DEPTHS) else "bottleneck"
+    if unit not in ("basic", "bottleneck"):
+        raise ValueError(f"unit must be 'basic' or 'bottleneck', got {unit!r}.")
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape!r}.")
+
+    unit_options = {
+        "normalization": normalization,
+        "weight_standardization": weight_standardization,
+    }
+    root_channels = 64 * width_factor
+
+    images = keras.Input(shape=input_shape, name="images")
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus_one_one")(images)
+    x = keras.layers.ZeroPadding2D(3, name="root_pad")(x)
+    x = make_convolution(
+        root_channels, 7, strides=2, weight_standardization=weight_standardization, name="root_conv"
+    )(x)
+    x = keras.layers.ZeroPadding2D(1, name="root_pool_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="root_pool")(x)
+
+    for block_index, units in enumerate(units_per_block):
+        channels = root_channels * 2**block_index
+        for unit_index in range(units):
+            strides = 2 if (block_index > 0 and unit_index == 0) else 1
+            layer_name = f"block{block_index + 1}_unit{unit_index + 1:02d}"
+            if unit == "bottleneck":
+                x = PreActBottleneck(channels, strides, name=layer_name, **unit_options)(x)
+            else:
+                x = PreActBasic(channels, strides, name=layer_name, **unit_options)(x)
+
+    pre_head_norm = make_normalization(normalization, name="pre_head_norm")
+    if pre_head_norm is not None:
+        x = pre_head_norm(x)
+    x = keras.layers.ReLU(name="pre_head_relu")(x)
+    outputs = keras.layers.GlobalAveragePooling2D(name="pre_logits")(x)
+    if num_classes is not None:
+        outputs = keras.layers.Dense(
+            num_classes, kernel_initializer="zeros", bias_initializer="zeros", name="head"
+        )(outputs)
+    return keras.Model(images, outputs, name=name)
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = _DEFAULT,
+    weights: str | None = None,
+    input_shape: tuple = (None, None, 3),
+    **kwargs,
+) -> keras.Model:
+    """Creates a BiT model by name, optionally with official (or own) weights.
+
+    Args:
+        name: "BiT-{S,M,L}-R{depth}x{width}", e.g. "BiT-M-R50x1"; see `list_models()`.
+        num_classes: the head size; by default that of the upstream data (S: 1000,
+            M: 21843, L: 18291). None gives the feature-vector model (pre-logits).
+        weights: None (random backbone, zero head), a released name such as "BiT-M-R50x1",
+            a path to an official-layout `.npz`, or an http(s) URL of one.
+        input_shape: (height, width, 3); None for any size.
+        **kwargs: passed to `resnet_v2` (normalization, weight_standardization).
+
+    Returns:
+        A `keras.Model` taking float32 images in [0, 1], NHWC.
+
+    Example:
+        >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=5, weights="BiT-M-R50x1")
+        >>> probabilities = keras.ops.softmax(model(images))
+    """
+    prefix, depth, width = parse_model_name(name)
+    if num_classes is _DEFAULT:
+        num_classes = UPSTREAM[prefix]["num_classes"]
+    model = resnet_v2(
+        depth,
+        width_factor=width,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        name=name.replace("-", "_").lower(),
+        **kwargs,
+    )
+    if weights is not None:
+        from bit_tf.weights import load_official_weights
+
+        load_official_weights(model, weights)
+    return model

@@ -1,0 +1,291 @@
+"""Official BiT checkpoints (`BiT-M-R50x1.npz` and friends) <-> Keras weights.
+
+The official key names live here and nowhere else: `official_variables` maps each key of the
+released layout to the model variable it fills.
+
+Example:
+    >>> import bit_tf
+    >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=None)
+    >>> bit_tf.load_official_weights(model, "BiT-M-R50x1.npz")
+    >>> bit_tf.save_official_weights(model, "copy.npz")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import urllib.parse
+import zipfile
+import zlib
+
+import keras
+import numpy as np
+
+from bit_tf.download import download
+from bit_tf.layers import PreActBasic, PreActBottleneck, StandardizedConv2D
+from bit_tf.models import parse_model_name
+
+log = logging.getLogger(__name__)
+
+# The authors' public bucket; BIT_TF_WEIGHTS_URL points name look-ups at a mirror instead.
+OFFICIAL_BASE_URL = "https://storage.googleapis.com/bit_models"
+RELEASED_ARCHITECTURES = ("R50x1", "R50x3", "R101x1", "R101x3", "R152x2", "R152x4")
+RELEASED_CHECKPOINTS = tuple(
+    [f"BiT-{prefix}-{arch}" for prefix in ("S", "M") for arch in RELEASED_ARCHITECTURES]
+    + [f"BiT-M-{arch}-ILSVRC2012" for arch in RELEASED_ARCHITECTURES]
+)
+HEAD_KERNEL = "resnet/head/conv2d/kernel"
+HEAD_BIAS = "resnet/head/conv2d/bias"
+HEAD_KEYS = (HEAD_KERNEL, HEAD_BIAS)
+_UNIT_NAME = re.compile(r"^(block\d+)_(unit\d+)$")
+_SHOWN = 10
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, unsafe, or does not fit the model."""
+
+
+def _norm_keys(prefix: str, layer) -> dict:
+    if layer is None:
+        return {}
+    if isinstance(layer, keras.layers.GroupNormalization):
+        group = f"{prefix}/group_norm"
+        names = ("gamma", "beta")
+    elif isinstance(layer, keras.layers.BatchNormalization):
+        group = f"{prefix}/batch_norm"
+        names = ("gamma", "beta", "moving_mean", "moving_variance")
+    else:
+        raise CheckpointError(f"No official key layout for normalization layer {layer.name!r}.")
+    return {f"{group}/{name}": getattr(layer, name) for name in names if getattr(layer, name, None) is not None}
+
+
+def _conv_key(prefix: str, layer) -> dict:
+    kind = "standardized_conv2d" if isinstance(layer, StandardizedConv2D) else "conv2d"
+    return {f"{prefix}/{kind}/kernel": layer.kernel}
+
+
+def _unit_keys(prefix: str, unit) -> dict:
+    keys = {}
+    keys.update(_norm_keys(f"{prefix}/a", unit.norm_a))
+    keys.update(_conv_key(f"{prefix}/a", unit.conv_a))
+    if unit.projection is not None:
+        keys.update(_conv_key(f"{prefix}/a/proj", unit.projection))
+    keys.update(_norm_keys(f"{prefix}/b", unit.norm_b))
+    keys.update(_conv_key(f"{prefix}/b", unit.conv_b))
+    if isinstance(unit, PreActBottleneck):
+        keys.update(_norm_keys(f"{prefix}/c", unit.norm_c))
+        keys.update(_conv_key(f"{prefix}/c", unit.conv_c))
+    return keys
+
+
+def official_variables(model: keras.Model) -> dict:
+    """Maps every official checkpoint key to the model variable it fills.
+
+    Works for models made by `bit_tf.create_model` / `bit_tf.models.resnet_v2`. The head
+    kernel is stored as a (1, 1, features, classes) convolution in the official files and
+    as a (features, classes) Dense kernel here; `load_official_weights` reshapes it.
+
+    Example:
+        >>> sorted(official_variables(model))[:1]
+        ['resnet/block1/unit01/a/group_norm/beta']
+    """
+    keys: dict = {}
+    for layer in model.layers:
+        if layer.name == "root_conv":
+            keys.update(_conv_key("resnet/root_block", layer))
+        elif isinstance(layer, (PreActBottleneck, PreActBasic)):
+            match = _UNIT_NAME.match(layer.name)
+            if not match:
+                raise CheckpointError(f"Unit layer {layer.name!r} is not named blockN_unitMM.")
+            keys.update(_unit_keys(f"resnet/{match.group(1)}/{match.group(2)}", layer))
+        elif layer.name == "pre_head_norm":
+            keys.update(_norm_keys("resnet", layer))
+        elif layer.name == "head":
+            keys[HEAD_KERNEL] = layer.kernel
+            keys[HEAD_BIAS] = layer.bias
+    if not any(key.startswith("resnet/root_block/") for key in keys):
+        raise CheckpointError(
+            f"Model {model.name!r} is not a BiT ResNetV2 built by bit_tf (no 'root_conv' layer); "
+            "build it with bit_tf.create_model."
+        )
+    return keys
+
+
+def read_checkpoint(path: str) -> dict[str, np.ndarray]:
+    """Reads an official-layout `.npz` safely (no pickles) into float32 arrays.
+
+    Raises:
+        CheckpointError: the file is missing, damaged, holds object arrays, or non-numbers.
+
+    Example:
+        >>> arrays = read_checkpoint("BiT-M-R50x1.npz")
+        >>> arrays["resnet/root_block/standardized_conv2d/kernel"].shape
+        (7, 7, 3, 64)
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint file {path!r} does not exist.")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise CheckpointError(
+                    f"Checkpoint {path!r} is a single array, not an .npz archive of named arrays."
+                )
+            for key in archive.files:
+                try:
+                    array = archive[key]
+                except ValueError as error:
+                    if "allow_pickle" in str(error):
+                        raise CheckpointError(
+                            f"Checkpoint {path!r} holds a pickled object array under key {key!r}; "
+                            "refusing to unpickle it (pickles can run code). Official "
+                            "checkpoints hold plain float arrays."
+                        ) from None
+                    raise
+                if not np.issubdtype(array.dtype, np.number):
+                    raise CheckpointError(
+                        f"Checkpoint {path!r} key {key!r} has dtype {array.dtype}, not numbers."
+                    )
+                arrays[key] = array.astype(np.float32, copy=False)
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError, KeyError) as error:
+        raise CheckpointError(
+            f"Checkpoint {path!r} is damaged or not an .npz file ({type(error).__name__}: "
+            f"{error}); download it again."
+        ) from None
+    return arrays
+
+
+def resolve_checkpoint(path_or_url: str) -> str:
+    """Turns a released name, a URL or a path into a local file path, downloading if needed.
+
+    Example:
+        >>> resolve_checkpoint("BiT-M-R50x1")   # downloads once, then reads the cache
+        '/home/me/.keras/models/bit_tf/BiT-M-R50x1.npz'
+    """
+    path_or_url = os.fspath(path_or_url)
+    scheme = urllib.parse.urlparse(path_or_url).scheme
+    if scheme in ("http", "https", "file"):
+        return download(path_or_url)
+    if os.path.exists(path_or_url) or path_or_url.endswith(".npz") or os.sep in path_or_url:
+        return path_or_url
+    name = path_or_url
+    if name not in RELEASED_CHECKPOINTS:
+        try:
+            parse_model_name(name)
+            reason = "is a valid architecture, but the authors released no checkpoint for it"
+        except ValueError:
+            reason = "is neither a file, a URL, nor a released checkpoint name"
+        raise CheckpointError(
+            f"Weights {name!r} {reason}. Released names: {', '.join(RELEASED_CHECKPOINTS)}."
+        )
+    base_url = os.environ.get("BIT_TF_WEIGHTS_URL", OFFICIAL_BASE_URL).rstrip("/")
+    return download(f"{base_url}/{name}.npz")
+
+
+def _list(items: list) -> str:
+    shown = ", ".join(items[:_SHOWN])
+    return shown + (f", ... ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else "")
+
+
+def load_official_weights(model: keras.Model, path_or_url: str) -> keras.Model:
+    """Loads an official-layout BiT checkpoint into a model built by bit_tf, by key name.
+
+    Every backbone variable must be in the file with its shape; otherwise one error lists the
+    missing keys, the unexpected keys and the shape mismatches. The head is loaded only when
+    the model has one of the same shape; otherwise it stays zero (as in BiT fine-tuning) and
+    a log line says so.
+
+    Args:
+        model: from `bit_tf.create_model` or `bit_tf.models.resnet_v2`.
+        path_or_url: a local `.npz`, an http(s) URL, or a released name like "BiT-M-R50x1".
+
+    Returns:
+        The model, for chaining.
+
+    Raises:
+        CheckpointError: unreadable or unsafe file, or keys and shapes that do not fit.
+
+    Example:
+        >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=10)
+        >>> bit_tf.load_official_weights(model, "BiT-M-R50x1.npz")  # head stays zero
+    """
+    path = resolve_checkpoint(path_or_url)
+    arrays = read_checkpoint(path)
+    expected = official_variables(model)
+    backbone = {key: var for key, var in expected.items() if key not in HEAD_KEYS}
+
+    missing = [key for key in backbone if key not in arrays]
+    unexpected = [key for key in arrays if key not in expected and key not in HEAD_KEYS]
+    mismatched = [
+        f"{key}: file {arrays[key].shape} vs model {tuple(var.shape)}"
+        for key, var in backbone.items()
+        if key in arrays and arrays[key].shape != tuple(var.shape)
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing key(s): {_list(missing)}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected key(s): {_list(unexpected)}")
+        if mismatched:
+            problems.append(f"{len(mismatched)} shape mismatch(es): {_list(mismatched)}")
+        raise CheckpointError(
+            f"Checkpoint {path!r} does not fit model {model.name!r}: " + "; ".join(problems)
+            + ". Is it the checkpoint of the same architecture (depth and width)?"
+        )
+
+    for key, variable in backbone.items():
+        variable.assign(arrays[key].astype(variable.dtype))
+
+    if HEAD_KERNEL in expected:
+        _load_head(model, path, arrays, expected)
+    return model
+
+
+def _load_head(model, path, arrays, expected) -> None:
+    kernel_var, bias_var = expected[HEAD_KERNEL], expected[HEAD_BIAS]
+    if HEAD_KERNEL not in arrays or HEAD_BIAS not in arrays:
+        log.info("Checkpoint %s has no head; the head of %s stays zero.", path, model.name)
+        return
+    kernel = arrays[HEAD_KERNEL]
+    kernel = kernel.reshape(kernel.shape[-2:]) if kernel.ndim == 4 else kernel
+    if kernel.shape != tuple(kernel_var.shape) or arrays[HEAD_BIAS].shape != tuple(bias_var.shape):
+        log.info(
+            "Checkpoint head %s does not fit the model head %s; the head stays zero-initialised.",
+            kernel.shape,
+            tuple(kernel_var.shape),
+        )
+        return
+    kernel_var.assign(kernel.astype(kernel_var.dtype))
+    bias_var.assign(arrays[HEAD_BIAS].astype(bias_var.dtype))
+
+
+def save_official_weights(model: keras.Model, path: str) -> str:
+    """Writes the model's weights in the official `.npz` layout, atomically.
+
+    Example:
+        >>> bit_tf.save_official_weights(model, "my-bit.npz")
+        'my-bit.npz'
+    """
+    arrays = {}
+    for key, variable in official_variables(model).items():
+        value = np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+        if key == HEAD_KERNEL:
+            value = value.reshape((1, 1, *value.shape))
+        arrays[key] = value
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **arrays)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
