@@ -56,6 +56,10 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
+class TruncatedDownloadError(OSError):
+    """The server sent fewer bytes than it announced."""
+
+
 def _is_transient(error: Exception) -> bool:
     """Timeouts, resets, cut transfers and 5xx answers are worth a retry; the rest are not."""
     if isinstance(error, urllib.error.HTTPError):
@@ -65,11 +69,7 @@ def _is_transient(error: Exception) -> bool:
         if isinstance(reason, socket.gaierror):
             return False  # no such host / no network: retrying will not help
         return isinstance(reason, (TimeoutError, ConnectionError, OSError))
-    return isinstance(error, (TimeoutError, ConnectionError, _TruncatedDownload))
-
-
-class _TruncatedDownload(OSError):
-    pass
+    return isinstance(error, (TimeoutError, ConnectionError, TruncatedDownloadError))
 
 
 def _fetch_once(url: str, partial_path: str, timeout: float) -> None:
@@ -81,7 +81,7 @@ def _fetch_once(url: str, partial_path: str, timeout: float) -> None:
                 handle.write(chunk)
                 received += len(chunk)
     if expected is not None and received != int(expected):
-        raise _TruncatedDownload(f"received {received} of {expected} bytes")
+        raise TruncatedDownloadError(f"received {received} of {expected} bytes")
 
 
 def download(

@@ -134,7 +134,9 @@ def resnet_v2(
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}.")
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"Unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}.")
+        raise ValueError(
+            f"Unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}."
+        )
     if unit is None:
         unit = "basic" if (not explicit_units and depth in BASIC_DEPTHS) else "bottleneck"
     if unit not in ("basic", "bottleneck"):

@@ -58,7 +58,11 @@ def _norm_keys(prefix: str, layer) -> dict:
         names = ("gamma", "beta", "moving_mean", "moving_variance")
     else:
         raise CheckpointError(f"No official key layout for normalization layer {layer.name!r}.")
-    return {f"{group}/{name}": getattr(layer, name) for name in names if getattr(layer, name, None) is not None}
+    return {
+        f"{group}/{name}": getattr(layer, name)
+        for name in names
+        if getattr(layer, name, None) is not None
+    }
 
 
 def _conv_key(prefix: str, layer) -> dict:
@@ -234,7 +238,8 @@ def load_official_weights(model: keras.Model, path_or_url: str) -> keras.Model:
         if mismatched:
             problems.append(f"{len(mismatched)} shape mismatch(es): {_list(mismatched)}")
         raise CheckpointError(
-            f"Checkpoint {path!r} does not fit model {model.name!r}: " + "; ".join(problems)
+            f"Checkpoint {path!r} does not fit model {model.name!r}: "
+            + "; ".join(problems)
             + ". Is it the checkpoint of the same architecture (depth and width)?"
         )
 
