@@ -164,6 +164,12 @@ class _PreActUnit(keras.layers.Layer):
             inputs = norm(inputs, training=training)
         return ops.relu(inputs)
 
+    def _padded_shape(self, shape):
+        """The input shape of the 3x3 convolution that carries the stride, after `_strided` pads."""
+        if self.strides == 1:
+            return shape
+        return (shape[0], *(None if size is None else size + 2 for size in shape[1:3]), shape[3])
+
     def _strided(self, conv, inputs):
         """A 3x3 convolution with the reference code's symmetric padding of 1."""
         if conv.strides[0] != 1:
@@ -228,7 +234,7 @@ class PreActBottleneck(_PreActUnit):
         for norm in (self.norm_b, self.norm_c):
             if norm is not None:
                 norm.build(middle_shape)
-        self.conv_b.build(middle_shape)
+        self.conv_b.build(self._padded_shape(middle_shape))
         self.conv_c.build(middle_shape)
 
     def call(self, inputs, training=None):
@@ -279,7 +285,7 @@ class PreActBasic(_PreActUnit):
         if self.norm_a is not None:
             self.norm_a.build(input_shape)
         self._build_projection(input_shape)
-        self.conv_a.build(input_shape)
+        self.conv_a.build(self._padded_shape(input_shape))
         if self.norm_b is not None:
             self.norm_b.build(output_shape)
         self.conv_b.build(output_shape)

@@ -1,0 +1,31 @@
+"""The model core on the JAX backend: the layer and model tests rerun in a JAX process."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_layers_and_parity_pass_on_jax():
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_layers.py",
+        "tests/test_models.py",
+        "-k",
+        "not published_backbone_sizes",
+    ]
+    result = subprocess.run(
+        command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout

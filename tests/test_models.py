@@ -1,0 +1,135 @@
+"""The ResNetV2 builder, the registry, and parity with the authors' reference implementation.
+
+Runs on whichever Keras backend is active (tests/test_jax_backend.py reruns it on JAX).
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import bit_tf
+from bit_tf.models import UPSTREAM, parse_model_name, resnet_v2
+
+PARITY_TOLERANCE = 1e-4
+
+
+def relative_error(actual, reference) -> float:
+    """Max abs difference over max abs reference, as the fixtures' README defines it."""
+    actual = keras.ops.convert_to_numpy(actual)
+    return float(np.abs(actual - reference).max() / np.abs(reference).max())
+
+
+@pytest.fixture(scope="module")
+def fixture_model(official_checkpoint):
+    model = resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=10)
+    return bit_tf.load_official_weights(model, official_checkpoint)
+
+
+def test_logits_match_the_reference_implementation(fixture_model, reference_outputs):
+    logits = fixture_model(reference_outputs["images"])
+    assert relative_error(logits, reference_outputs["logits"]) < PARITY_TOLERANCE
+
+
+def test_features_match_the_reference_implementation(official_checkpoint, reference_outputs):
+    features_model = resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=None)
+    bit_tf.load_official_weights(features_model, official_checkpoint)
+    features = features_model(reference_outputs["images"])
+    assert tuple(features.shape) == (2, 2048)
+    assert relative_error(features, reference_outputs["features"]) < PARITY_TOLERANCE
+
+
+def test_predict_matches_call_on_other_image_sizes(fixture_model):
+    images = np.random.default_rng(0).uniform(size=(3, 45, 61, 3)).astype("float32")
+    np.testing.assert_allclose(
+        fixture_model.predict(images, verbose=0),
+        keras.ops.convert_to_numpy(fixture_model(images)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+PUBLISHED_BACKBONE_SIZES = {
+    "R50x1": 23_500_352,
+    "R101x1": 42_492_480,
+    "R50x3": 211_174_080,
+    "R101x3": 381_789_888,
+    "R152x2": 232_238_208,
+    "R152x4": 928_340_224,
+}
+
+
+@pytest.mark.parametrize(("architecture", "size"), PUBLISHED_BACKBONE_SIZES.items())
+def test_published_backbone_sizes(architecture, size):
+    model = bit_tf.create_model(f"BiT-M-{architecture}", num_classes=None)
+    assert model.count_params() == size
+    keras.backend.clear_session()
+
+
+def test_registry_names_and_default_heads():
+    names = bit_tf.list_models()
+    assert len(names) == 3 * 6 * 4
+    assert {"BiT-S-R50x1", "BiT-M-R152x4", "BiT-L-R18x2"} <= set(names)
+    assert parse_model_name("BiT-L-R101x3") == ("L", 101, 3)
+    assert {prefix: info["num_classes"] for prefix, info in UPSTREAM.items()} == {
+        "S": 1000,
+        "M": 21843,
+        "L": 18291,
+    }
+    model = bit_tf.create_model("BiT-S-R18x1")
+    assert model.output_shape == (None, 1000)
+    assert model.get_layer("block1_unit01").__class__.__name__ == "PreActBasic"
+    assert bit_tf.create_model("BiT-L-R26x1", num_classes=None).output_shape == (None, 2048)
+    assert bit_tf.create_model("BiT-S-R18x2", num_classes=None).output_shape == (None, 1024)
+
+
+def test_head_is_zero_initialised_and_stem_is_exact():
+    model = bit_tf.create_model("BiT-S-R26x1", num_classes=7)
+    head = model.get_layer("head")
+    assert not np.any(keras.ops.convert_to_numpy(head.kernel))
+    assert model.get_layer("root_pool").padding == "valid"
+    assert model.get_layer("root_pool_pad").padding == ((1, 1), (1, 1))
+    out = model(np.random.default_rng(1).uniform(size=(2, 64, 48, 3)).astype("float32"))
+    assert not np.any(keras.ops.convert_to_numpy(out))
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("BiT-X-R50x1", "Unknown model name 'BiT-X-R50x1'"),
+        ("BiT-M-R51x1", "depth must be one of"),
+        ("BiT-M-R50x5", "width one of"),
+    ],
+)
+def test_unknown_names_are_refused_clearly(name, message):
+    with pytest.raises(ValueError, match=message):
+        bit_tf.create_model(name)
+
+
+def test_builder_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="num_classes must be a positive integer or None, got 0"):
+        resnet_v2(18, num_classes=0)
+    with pytest.raises(ValueError, match="Unsupported depth 19"):
+        resnet_v2(19)
+    with pytest.raises(ValueError, match=r"input_shape must be \(height, width, 3\)"):
+        resnet_v2(18, input_shape=(32, 32, 1))
+
+
+def test_config_round_trip_gives_identical_outputs(fixture_model, reference_outputs):
+    clone = keras.Model.from_config(fixture_model.get_config())
+    clone.set_weights(fixture_model.get_weights())
+    images = reference_outputs["images"]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(clone(images)),
+        keras.ops.convert_to_numpy(fixture_model(images)),
+    )
+
+
+def test_keras_file_round_trip_gives_identical_outputs(fixture_model, reference_outputs, tmp_path):
+    path = tmp_path / "bit.keras"
+    fixture_model.save(path)
+    loaded = keras.models.load_model(path)
+    images = reference_outputs["images"]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded(images)),
+        keras.ops.convert_to_numpy(fixture_model(images)),
+    )
