@@ -1,0 +1,383 @@
+"""TF-Hub modules in Keras 3: `HubLayer` fine-tunes a SavedModel, `from_hub` rebuilds a model.
+
+`tensorflow_hub.KerasLayer` is a tf_keras layer and cannot enter a Keras 3 model. `HubLayer`
+is its Keras 3 counterpart for Reusable SavedModels (TF-Hub's API: `__call__(inputs,
+training)`, `variables`, `trainable_variables`): the module's variables become the layer's
+weights, so `model.fit` trains them. `from_hub` goes further for BiT modules: it reads the
+official variable names and returns a native `bit_tf` Keras model holding the module's weights.
+
+Handles are local folders, local `.tar.gz` archives (unpacked safely into a cache), or anything
+`tensorflow_hub` resolves (`http(s)://.../*.tar.gz`, `gs://...`, Kaggle and tfhub.dev handles).
+TensorFlow and tensorflow_hub are imported on first use.
+
+Example:
+    >>> import keras, bit_tf
+    >>> inputs = keras.Input((128, 128, 3))
+    >>> features = bit_tf.HubLayer("https://example.org/bit/m-r50x1/1.tar.gz", trainable=True)
+    >>> model = keras.Model(inputs, keras.layers.Dense(10)(features(inputs)))
+    >>> native = bit_tf.from_hub("exports/bit_m-r50x1")  # a bit_tf Keras model, same weights
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import urllib.parse
+
+import keras
+import numpy as np
+
+from bit_tf.models import resnet_v2
+from bit_tf.weights import HEAD_KERNEL, CheckpointError, official_variables
+
+ROOT_KERNELS = (
+    "resnet/root_block/standardized_conv2d/kernel",
+    "resnet/root_block/conv2d/kernel",
+)
+_UNIT_KEY = re.compile(r"^resnet/block(\d+)/unit(\d+)/")
+_CACHE_ENV = "BIT_TF_HUB_CACHE"
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive holds a member that would land outside the folder it is unpacked into."""
+
+
+def official_name(variable_name: str) -> str:
+    """The official checkpoint key inside a SavedModel variable name.
+
+    Strips the ":0" suffix and anything before the first "resnet/" (a scope a module may add).
+
+    Example:
+        >>> official_name("module/resnet/head/conv2d/bias:0")
+        'resnet/head/conv2d/bias'
+    """
+    name = variable_name.split(":")[0]
+    start = name.find("resnet/")
+    return name[start:] if start >= 0 else name
+
+
+def describe_layout(shapes: dict) -> dict:
+    """Infers a BiT architecture from official key names and their shapes.
+
+    Args:
+        shapes: official key -> shape, as in a released `.npz` or a BiT hub module.
+
+    Returns:
+        A dict with `units_per_block`, `width_factor`, `num_classes` (None without a head),
+        `unit` ("bottleneck" or "basic"), `weight_standardization` and `normalization`,
+        ready for `bit_tf.models.resnet_v2`.
+
+    Raises:
+        CheckpointError: the names are not those of a BiT ResNetV2.
+
+    Example:
+        >>> describe_layout({k: v.shape for k, v in np.load("BiT-M-R50x1.npz").items()})
+        {'units_per_block': (3, 4, 6, 3), 'width_factor': 1, 'num_classes': 21843, ...}
+    """
+    root = next((key for key in ROOT_KERNELS if key in shapes), None)
+    if root is None:
+        shown = ", ".join(sorted(shapes)[:5]) or "no variables"
+        raise CheckpointError(
+            f"Not a BiT module: no root convolution ({' or '.join(ROOT_KERNELS)}) among the "
+            f"variable names ({shown}, ...). Export it with hub_export.export_module, or use "
+            "a module whose variables carry the official BiT checkpoint names."
+        )
+    root_channels = int(shapes[root][-1])
+    if root_channels % 64:
+        raise CheckpointError(f"Root convolution {root} has {root_channels} channels, not 64*k.")
+    units: dict[int, set] = {}
+    for key in shapes:
+        match = _UNIT_KEY.match(key)
+        if match:
+            units.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    blocks = sorted(units)
+    if not blocks or blocks != list(range(1, len(blocks) + 1)):
+        raise CheckpointError(f"BiT blocks must be numbered 1..N, found blocks {blocks}.")
+    for block in blocks:
+        if sorted(units[block]) != list(range(1, len(units[block]) + 1)):
+            raise CheckpointError(
+                f"Units of block {block} must be numbered 01..N, found {sorted(units[block])}."
+            )
+    bottleneck = any(key.startswith("resnet/block1/unit01/c/") for key in shapes)
+    if any("/batch_norm/" in key for key in shapes):
+        normalization = "batch"
+    elif any("/group_norm/" in key for key in shapes):
+        normalization = "group"
+    else:
+        normalization = "none"
+    num_classes = None
+    if HEAD_KERNEL in shapes:
+        num_classes = int(shapes[HEAD_KERNEL][-1])
+    return {
+        "units_per_block": tuple(len(units[block]) for block in blocks),
+        "width_factor": root_channels // 64,
+        "num_classes": num_classes,
+        "unit": "bottleneck" if bottleneck else "basic",
+        "weight_standardization": root.endswith("standardized_conv2d/kernel"),
+        "normalization": normalization,
+    }
+
+
+def _is_within(folder: str, path: str) -> bool:
+    folder = os.path.realpath(folder)
+    return os.path.commonpath([folder, os.path.realpath(path)]) == folder
+
+
+def extract_archive_safely(archive_path: str, target_dir: str) -> str:
+    """Unpacks a `.tar`/`.tar.gz` into `target_dir`, refusing anything that could escape it.
+
+    Every member is checked before anything is written: absolute names, `..` components,
+    symbolic or hard links pointing outside the target, device files and FIFOs are refused.
+    Unpacking goes to a temporary folder beside the target, renamed into place at the end,
+    so a failure leaves no half-unpacked target.
+
+    Raises:
+        UnsafeArchiveError: a member would escape `target_dir`, or is not a file/folder/link.
+        ValueError: the file is not a readable tar archive.
+
+    Example:
+        >>> extract_archive_safely("bit_m-r50x1.tar.gz", "/tmp/bit_m-r50x1")
+        '/tmp/bit_m-r50x1'
+    """
+    target_dir = os.path.abspath(target_dir)
+    if os.path.exists(target_dir):
+        raise FileExistsError(f"Extraction target {target_dir!r} exists; choose a new folder.")
+    parent = os.path.dirname(target_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".partial-extract-", dir=parent)
+    try:
+        try:
+            archive = tarfile.open(archive_path, "r:*")
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise ValueError(
+                f"{archive_path!r} is not a readable .tar/.tar.gz archive ({error})."
+            ) from None
+        with archive:
+            members = archive.getmembers()
+            for member in members:
+                _check_member(archive_path, member, staging)
+            for member in members:
+                if member.issym():
+                    # Checked above to stay inside; created as-is, relative to its folder.
+                    destination = os.path.join(staging, member.name)
+                    os.makedirs(os.path.dirname(destination), exist_ok=True)
+                    os.symlink(member.linkname, destination)
+                elif member.islnk():
+                    destination = os.path.join(staging, member.name)
+                    os.makedirs(os.path.dirname(destination), exist_ok=True)
+                    shutil.copyfile(os.path.join(staging, member.linkname), destination)
+                else:
+                    archive.extract(member, staging, set_attrs=False, filter="data")
+        os.rename(staging, target_dir)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return target_dir
+
+
+def _check_member(archive_path: str, member: tarfile.TarInfo, root: str) -> None:
+    name = member.name
+
+    def refuse(reason: str):
+        raise UnsafeArchiveError(
+            f"Refusing to unpack {archive_path!r}: member {name!r} {reason}. "
+            "The archive may be malicious; do not use it."
+        )
+
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        refuse("has an absolute path")
+    if ".." in re.split(r"[\\/]", name):
+        refuse("contains '..'")
+    destination = os.path.join(root, name)
+    if not _is_within(root, destination):
+        refuse("would be written outside the target folder")
+    if member.issym():
+        link_target = os.path.join(os.path.dirname(destination), member.linkname)
+        if os.path.isabs(member.linkname) or not _is_within(root, link_target):
+            refuse(f"is a symbolic link to {member.linkname!r}, outside the target folder")
+    elif member.islnk():
+        if os.path.isabs(member.linkname) or ".." in re.split(r"[\\/]", member.linkname):
+            refuse(f"is a hard link to {member.linkname!r}, outside the target folder")
+    elif not (member.isfile() or member.isdir()):
+        refuse("is a device, FIFO or other special file")
+
+
+def resolve_handle(handle: str) -> str:
+    """Turns a hub handle into a local SavedModel folder.
+
+    Local folders are used as they are; a local `.tar.gz` is unpacked safely into a cache
+    (`$BIT_TF_HUB_CACHE`, default `~/.keras/bit_tf_hub`) keyed by its content hash; any other
+    handle goes to `tensorflow_hub.resolve` (which honours `TFHUB_CACHE_DIR`).
+
+    Example:
+        >>> resolve_handle("published/bit/m-r50x1/1.tar.gz")
+        '/home/me/.keras/bit_tf_hub/3f5a...'
+    """
+    handle = os.fspath(handle)
+    scheme = urllib.parse.urlparse(handle).scheme
+    is_local = scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
+    if is_local:
+        path = handle[len("file://") :] if handle.startswith("file://") else handle
+        if os.path.isdir(path):
+            return path
+        if os.path.isfile(path) and path.endswith((".tar", ".tar.gz", ".tgz")):
+            return _unpack_cached(path)
+        if os.path.exists(path):
+            raise ValueError(
+                f"Hub handle {handle!r} is a file but not a .tar/.tar.gz archive; pass a "
+                "SavedModel folder, an archive of one, or a URL."
+            )
+        raise FileNotFoundError(
+            f"Hub handle {handle!r} is neither an existing SavedModel folder nor a .tar.gz "
+            "archive (nor a URL)."
+        )
+    import tensorflow_hub as hub
+
+    return hub.resolve(handle)
+
+
+def _unpack_cached(archive_path: str) -> str:
+    digest = hashlib.sha256()
+    with open(archive_path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    cache = os.environ.get(_CACHE_ENV, os.path.join(os.path.expanduser("~"), ".keras"))
+    target = os.path.join(cache, "bit_tf_hub", digest.hexdigest()[:32])
+    if os.path.isdir(target):
+        return target
+    try:
+        return extract_archive_safely(archive_path, target)
+    except FileExistsError:  # another process unpacked it meanwhile
+        return target
+
+
+def _load(handle: str):
+    import tensorflow as tf
+
+    return tf.saved_model.load(resolve_handle(handle))
+
+
+def _require_tensorflow_backend(what: str) -> None:
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"{what} runs TensorFlow SavedModels and needs the TensorFlow Keras backend, but "
+            f"KERAS_BACKEND is {keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow, or "
+            "use bit_tf.from_hub(handle) to get a native model that runs on any backend."
+        )
+
+
+@keras.saving.register_keras_serializable(package="bit_tf")
+class HubLayer(keras.layers.Layer):
+    """A Keras 3 layer around a TF-Hub Reusable SavedModel, trainable with `model.fit`.
+
+    The module's `trainable_variables` become the layer's trainable weights (shared, not
+    copied: training updates the module itself), its other variables non-trainable weights.
+    `trainable=False` freezes them all. The layer calls the module with
+    `training=True` only when the layer is trainable and Keras calls it in training mode,
+    like `hub.KerasLayer`. Needs the TensorFlow backend.
+
+    Args:
+        handle: a SavedModel folder, a local `.tar.gz`, or a tensorflow_hub handle such as
+            "https://host/bit/m-r50x1/1.tar.gz".
+        trainable: whether `fit` updates the module's variables.
+        output_key: when the module returns a dict, the entry to output.
+
+    Example:
+        >>> inputs = keras.Input((128, 128, 3))
+        >>> features = bit_tf.HubLayer("exports/bit_m-r50x1", trainable=True)(inputs)
+        >>> model = keras.Model(inputs, keras.layers.Dense(5)(features))
+        >>> model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    """
+
+    def __init__(
+        self,
+        handle: str,
+        trainable: bool = False,
+        output_key: str | None = None,
+        **kwargs,
+    ):
+        _require_tensorflow_backend("bit_tf.HubLayer")
+        super().__init__(trainable=trainable, **kwargs)
+        self.handle = os.fspath(handle)
+        self.output_key = output_key
+        self._module = _load(self.handle)
+        if not callable(self._module):
+            raise ValueError(
+                f"Hub module {self.handle!r} has no __call__; HubLayer needs a Reusable "
+                "SavedModel (TF2 hub module), such as those hub_export.export_module writes."
+            )
+        trainable_ids = {id(v) for v in getattr(self._module, "trainable_variables", [])}
+        for variable in getattr(self._module, "variables", []):
+            self._track_variable(
+                keras.Variable(
+                    initializer=variable,
+                    trainable=id(variable) in trainable_ids,
+                    dtype=variable.dtype,
+                    shape=variable.shape,
+                    name=variable.name.split(":")[0].replace("/", "_"),
+                )
+            )
+        self.built = True
+
+    def call(self, inputs, training=None):
+        training = bool(training) and self.trainable
+        outputs = self._module(inputs, training=training)
+        if isinstance(outputs, dict):
+            if self.output_key is None:
+                if len(outputs) != 1:
+                    raise ValueError(
+                        f"Hub module {self.handle!r} returns {sorted(outputs)}; pass "
+                        "output_key= to choose one."
+                    )
+                return next(iter(outputs.values()))
+            return outputs[self.output_key]
+        return outputs
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "handle": self.handle, "output_key": self.output_key}
+
+
+def from_hub(handle: str, input_shape: tuple = (None, None, 3), name: str = "bit_from_hub"):
+    """Rebuilds a native bit_tf Keras model from a BiT hub module, matching weights by name.
+
+    Works for modules written by `hub_export.export_module` and for any module whose variables
+    carry the official BiT checkpoint names (`resnet/root_block/standardized_conv2d/kernel`,
+    ...). The architecture (depth, width, head) is read from the names and shapes. The result
+    is an ordinary trainable `keras.Model` (pre-logits if the module has no head) that runs on
+    every Keras backend once built.
+
+    Raises:
+        CheckpointError: the module's variables are not those of a BiT ResNetV2.
+
+    Example:
+        >>> model = bit_tf.from_hub("https://example.org/bit/m-r50x1/1.tar.gz")
+        >>> model.output_shape
+        (None, 2048)
+    """
+    module = _load(handle)
+    arrays = {}
+    for variable in getattr(module, "variables", []):
+        arrays[official_name(variable.name)] = np.asarray(variable.numpy())
+    layout = describe_layout({key: value.shape for key, value in arrays.items()})
+    model = resnet_v2(None, input_shape=input_shape, name=name, **layout)
+    expected = official_variables(model)
+    missing = sorted(set(expected) - set(arrays))
+    if missing:
+        raise CheckpointError(
+            f"Hub module {handle!r} lacks {len(missing)} BiT variable(s), e.g. {missing[:5]}."
+        )
+    for key, variable in expected.items():
+        value = arrays[key]
+        if key == HEAD_KERNEL and value.ndim == 4:
+            value = value.reshape(value.shape[-2:])
+        if tuple(value.shape) != tuple(variable.shape):
+            raise CheckpointError(
+                f"Hub module {handle!r} variable {key} has shape {value.shape}, the rebuilt "
+                f"model expects {tuple(variable.shape)}."
+            )
+        variable.assign(value.astype("float32"))
+    return model

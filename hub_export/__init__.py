@@ -1,0 +1,26 @@
+"""Export BiT models: TF-Hub modules, TensorFlow Serving SavedModels, published archives.
+
+`hub_export` builds on `bit_tf` (never the reverse) and needs TensorFlow.
+
+Example:
+    >>> import bit_tf, hub_export
+    >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=None, weights="BiT-M-R50x1")
+    >>> hub_export.export_module(model, "exports/bit_m-r50x1", kind="feature_vector")
+    >>> hub_export.publish("exports/bit_m-r50x1", "gs://my-bucket/models", "bit/m-r50x1", 1)
+    >>> hub_export.export_serving(classifier, "serving/flowers", version=1, image_size=128,
+    ...                           class_names=["daisy", "rose", "tulip"])
+"""
+
+from bit_tf.hub import UnsafeArchiveError, extract_archive_safely
+from hub_export.atomic import TargetExistsError
+from hub_export.module import KINDS, build_module, export_module, read_metadata
+
+__all__ = [
+    "KINDS",
+    "TargetExistsError",
+    "UnsafeArchiveError",
+    "build_module",
+    "export_module",
+    "extract_archive_safely",
+    "read_metadata",
+]
