@@ -1,0 +1,517 @@
+"""tf.data input pipelines for fine-tuning: from a source to (images in [0, 1], one-hot labels).
+
+A source (`ImageSource`) is a labelled collection whose size and classes are known before
+training, as the BiT-HyperRule needs them. Sources come from a TFDS name (`from_tfds`), a folder
+with one subfolder per class (`from_folder`), in-memory arrays (`from_arrays`), or the embedded
+default, scikit-learn's handwritten digits (`load_digits`). `few_shot` and `split` select
+examples deterministically.
+
+`train_pipeline` decodes, resizes to `resize`, random-crops to `crop`, flips horizontally, batches
+and applies MixUp (`keras.layers.MixUp` from Keras core: KerasCV is frozen since 0.9.0).
+`eval_pipeline` resizes to `crop`, as the authors evaluate. Both yield float32 images in [0, 1]
+of shape (batch, crop, crop, 3) and float32 one-hot labels of shape (batch, num_classes).
+
+Example:
+    >>> from bit_tf import data
+    >>> source = data.from_folder("flowers/")
+    >>> train, validation = data.split(source, validation_fraction=0.2, seed=0)
+    >>> images, labels = next(iter(data.train_pipeline(train, batch_size=32, resize=160, crop=128)))
+    >>> images.shape, labels.shape
+    (TensorShape([32, 128, 128, 3]), TensorShape([32, 5]))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from bit_tf import image_folder
+
+AUTOTUNE = tf.data.AUTOTUNE
+#: Sources whose resized training images fit in this many bytes are cached in memory.
+CACHE_BYTES = 1 << 30
+
+# A function that makes the (image float32 HxWx3 in [0, 1], label int32) dataset of the
+# examples at `indices` (sorted numpy int64 array), or of all examples when None.
+DatasetFunction = Callable[[np.ndarray | None], tf.data.Dataset]
+
+
+class ImageSource:
+    """A labelled image collection of known size, before any preprocessing.
+
+    Use the constructors `from_tfds`, `from_folder`, `from_arrays` and `load_digits`.
+
+    Attributes:
+        name: where it comes from, for messages.
+        num_examples: the number of examples (known before training).
+        num_classes: the number of classes; labels are 0 .. num_classes - 1.
+        class_names: a name per class.
+        image_size: a typical (height, width), for `hyperrule.get_resolution`.
+        skipped: files that were not used, as (path, reason) (image folders only).
+
+    Example:
+        >>> source = bit_tf.data.from_arrays(images, labels)
+        >>> source.num_examples, source.num_classes
+        (1000, 10)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        num_classes: int,
+        class_names: Sequence[str],
+        num_examples: int,
+        image_size: tuple,
+        make_dataset: DatasetFunction,
+        labels: np.ndarray | None = None,
+        label_reader: Callable[[], np.ndarray] | None = None,
+        indices: np.ndarray | None = None,
+        skipped: Sequence = (),
+    ):
+        self.name = name
+        self.num_classes = int(num_classes)
+        self.class_names = tuple(class_names)
+        self.num_examples = int(num_examples)
+        self.image_size = tuple(int(size) for size in image_size)
+        self.skipped = list(skipped)
+        self._make_dataset = make_dataset
+        self._labels = labels
+        self._label_reader = label_reader
+        self._indices = indices
+        if self.num_classes < 2:
+            raise ValueError(
+                f"Source {name!r} has {self.num_classes} class(es); a classifier needs at least "
+                "2 classes."
+            )
+        if self.num_examples < 1:
+            raise ValueError(f"Source {name!r} has no examples.")
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageSource({self.name!r}, num_examples={self.num_examples}, "
+            f"num_classes={self.num_classes}, image_size={self.image_size})"
+        )
+
+    def labels(self) -> np.ndarray:
+        """The label of every example, in order (reads the labels only, not the images)."""
+        if self._labels is None:
+            all_labels = self._label_reader()
+            self._labels = all_labels if self._indices is None else all_labels[self._indices]
+        return self._labels
+
+    def dataset(self) -> tf.data.Dataset:
+        """The examples as (image float32 HxWx3 in [0, 1], label int32), in a fixed order."""
+        return self._make_dataset(self._indices)
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> ImageSource:
+        """The examples at `indices` (positions in this source), in increasing order.
+
+        Example:
+            >>> first_ten = source.subset(range(10))
+        """
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        if indices.size and (indices[0] < 0 or indices[-1] >= self.num_examples):
+            raise IndexError(
+                f"Indices must be in [0, {self.num_examples}) for source {self.name!r}, "
+                f"got values from {indices[0]} to {indices[-1]}."
+            )
+        absolute = indices if self._indices is None else self._indices[indices]
+        labels = None if self._labels is None else self._labels[indices]
+        return ImageSource(
+            name or self.name,
+            self.num_classes,
+            self.class_names,
+            len(indices),
+            self.image_size,
+            self._make_dataset,
+            labels=labels,
+            label_reader=self._label_reader,
+            indices=absolute,
+            skipped=self.skipped,
+        )
+
+
+def _as_float_rgb(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"images must have shape (N, H, W), (N, H, W, 1), (N, H, W, 3) or (N, H, W, 4), "
+            f"got {images.shape}."
+        )
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0
+    elif images.dtype == np.uint16:
+        images = images.astype(np.float32) / 65535.0
+    elif np.issubdtype(images.dtype, np.floating):
+        images = images.astype(np.float32)
+        low, high = float(np.min(images)), float(np.max(images))
+        if not (np.isfinite(low) and np.isfinite(high)) or low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"Float images must be in [0, 1], got values from {low} to {high}. Divide by "
+                "the maximum (e.g. 255) first."
+            )
+    else:
+        raise ValueError(f"images must be uint8, uint16 or float in [0, 1], got {images.dtype}.")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    return images[..., :3]
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"Labels of {name!r} must be a 1-D array of integer class indices, got shape "
+            f"{labels.shape} and dtype {labels.dtype}."
+        )
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise ValueError(
+            f"Labels of {name!r} must be in [0, {num_classes}) for {num_classes} classes; "
+            f"found {bad.size} out of range, e.g. {bad[:5].tolist()}. Pass the right "
+            "num_classes or fix the labels."
+        )
+    return labels.astype(np.int32)
+
+
+def from_arrays(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    name: str = "arrays",
+) -> ImageSource:
+    """A source from in-memory images (uint8, uint16, or float in [0, 1]) and integer labels.
+
+    Grayscale images are repeated to RGB and an alpha channel is dropped.
+
+    Raises:
+        ValueError: shapes, dtypes or value ranges that do not fit, labels out of range, or
+            fewer than 2 classes.
+
+    Example:
+        >>> source = from_arrays(np.zeros((100, 32, 32, 3), "uint8"), np.arange(100) % 10)
+    """
+    images = _as_float_rgb(images)
+    if num_classes is None:
+        num_classes = int(np.max(labels)) + 1 if len(labels) else 0
+    labels = _check_labels(labels, num_classes, name)
+    if len(labels) != len(images):
+        raise ValueError(f"Got {len(images)} images but {len(labels)} labels for {name!r}.")
+    class_names = class_names or [str(index) for index in range(num_classes)]
+
+    def make_dataset(indices):
+        chosen = slice(None) if indices is None else indices
+        return tf.data.Dataset.from_tensor_slices((images[chosen], labels[chosen]))
+
+    return ImageSource(
+        name, num_classes, class_names, len(labels), images.shape[1:3], make_dataset, labels
+    )
+
+
+def load_digits(validation_fraction: float = 0.2, seed: int = 0) -> tuple:
+    """The embedded default: scikit-learn's 1,797 handwritten digits (8x8, 10 classes).
+
+    Returns (train, validation) sources; `validation_fraction` of every class is held out.
+
+    Example:
+        >>> train, validation = load_digits()
+        >>> train.num_examples, validation.num_examples
+        (1437, 360)
+    """
+    import sklearn.datasets
+
+    digits = sklearn.datasets.load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    source = from_arrays(
+        images, digits.target, num_classes=10, name="sklearn-digits", class_names=None
+    )
+    return split(source, validation_fraction, seed=seed)
+
+
+def from_folder(
+    root: str | os.PathLike, max_pixels: int = image_folder.MAX_PIXELS, parallel: int = AUTOTUNE
+) -> ImageSource:
+    """A source from `root/<class name>/<image files>` (any depth below the class folder).
+
+    Every file is checked once, before training: unreadable files are skipped and reported
+    (`source.skipped`, and a warning with the count and a few names); images of any mode are
+    converted to RGB. See `bit_tf.image_folder`.
+
+    Raises:
+        image_folder.ImageFolderError: fewer than 2 classes, or a class without readable image.
+
+    Example:
+        >>> source = from_folder("flowers/")
+        >>> source.class_names
+        ('daisy', 'dandelion', 'rose', 'sunflower', 'tulip')
+    """
+    scan = image_folder.scan_folder(root, max_pixels=max_pixels)
+    paths = np.asarray(scan.paths, dtype=object)
+
+    def decode(path):
+        image = tf.numpy_function(
+            lambda value: image_folder.read_image(value, max_pixels), [path], tf.float32
+        )
+        image.set_shape([None, None, 3])
+        return image
+
+    def make_dataset(indices):
+        chosen = slice(None) if indices is None else indices
+        files = tf.data.Dataset.from_tensor_slices((paths[chosen].astype(str), scan.labels[chosen]))
+        return files.map(lambda path, label: (decode(path), label), num_parallel_calls=parallel)
+
+    return ImageSource(
+        os.fspath(root),
+        len(scan.class_names),
+        scan.class_names,
+        len(scan.paths),
+        scan.image_size,
+        make_dataset,
+        labels=scan.labels,
+        skipped=scan.skipped,
+    )
+
+
+def from_tfds(
+    name: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    download: bool = True,
+) -> ImageSource:
+    """A source from a TensorFlow Datasets image-classification dataset.
+
+    Args:
+        name: the TFDS name, e.g. "oxford_flowers102" or "cifar10:3.0.2".
+        split: a TFDS split string, e.g. "train", "train[:90%]".
+        data_dir: where TFDS keeps its data (default ~/tensorflow_datasets).
+        manual_dir: where manually downloaded files are (datasets that need them).
+        download: download and prepare the dataset if it is not there yet.
+
+    Example:
+        >>> source = from_tfds("oxford_flowers102", split="train")
+        >>> source.num_classes
+        102
+    """
+    import tensorflow_datasets as tfds
+
+    load_options = {
+        "split": split,
+        "data_dir": data_dir,
+        "as_supervised": True,
+        "shuffle_files": False,
+        "download": download,
+    }
+    if manual_dir:
+        load_options["download_and_prepare_kwargs"] = {
+            "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)
+        }
+    dataset, info = tfds.load(name, with_info=True, **load_options)
+    if "label" not in info.features or not hasattr(info.features["label"], "num_classes"):
+        raise ValueError(
+            f"TFDS dataset {name!r} has no class label feature 'label'; bit_tf fine-tunes "
+            "image classifiers."
+        )
+    label_feature = info.features["label"]
+    num_examples = int(dataset.cardinality())
+    if num_examples < 0:
+        num_examples = sum(1 for _ in _tfds_labels(name, load_options))
+    height, width = info.features["image"].shape[:2] if "image" in info.features else (None, None)
+    if height is None or width is None:
+        first_image, _ = next(iter(dataset.take(1)))
+        height, width = first_image.shape[:2]
+
+    def to_float(image, label):
+        image = tf.image.convert_image_dtype(image, tf.float32)
+        if image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        return image[..., :3], tf.cast(label, tf.int32)
+
+    def make_dataset(indices):
+        examples = tfds.load(name, **load_options)
+        if indices is not None:
+            chosen = np.zeros(num_examples, dtype=bool)
+            chosen[indices] = True
+            chosen = tf.constant(chosen)
+            examples = examples.enumerate().filter(lambda i, _: chosen[i]).map(lambda _, x: x)
+        return examples.map(to_float, num_parallel_calls=AUTOTUNE)
+
+    def read_labels():
+        return np.fromiter(_tfds_labels(name, load_options), dtype=np.int32)
+
+    return ImageSource(
+        f"{name}:{split}",
+        label_feature.num_classes,
+        label_feature.names,
+        num_examples,
+        (height, width),
+        make_dataset,
+        label_reader=read_labels,
+    )
+
+
+def _tfds_labels(name, load_options):
+    import tensorflow_datasets as tfds
+
+    skip_images = {"image": tfds.decode.SkipDecoding()}
+    labels = tfds.load(name, decoders=skip_images, **load_options).map(lambda _, label: label)
+    for batch in labels.batch(4096).as_numpy_iterator():
+        yield from batch.tolist()
+
+
+def few_shot(source: ImageSource, examples_per_class: int, seed: int = 0) -> ImageSource:
+    """Exactly `examples_per_class` examples of every class, drawn deterministically from `seed`.
+
+    Raises:
+        ValueError: a class has fewer examples than asked for.
+
+    Example:
+        >>> five_shot = few_shot(source, examples_per_class=5, seed=0)
+        >>> five_shot.num_examples == 5 * source.num_classes
+        True
+    """
+    if not isinstance(examples_per_class, int) or examples_per_class < 1:
+        raise ValueError(
+            f"examples_per_class must be a positive integer, got {examples_per_class!r}."
+        )
+    labels = source.labels()
+    generator = np.random.default_rng(seed)
+    chosen = []
+    for label in range(source.num_classes):
+        candidates = np.flatnonzero(labels == label)
+        if len(candidates) < examples_per_class:
+            raise ValueError(
+                f"Class {label} ({source.class_names[label]!r}) of {source.name!r} has only "
+                f"{len(candidates)} example(s), fewer than examples_per_class="
+                f"{examples_per_class}. Lower examples_per_class."
+            )
+        chosen.append(generator.choice(candidates, examples_per_class, replace=False))
+    name = f"{source.name} ({examples_per_class}-shot, seed {seed})"
+    return source.subset(np.concatenate(chosen), name=name)
+
+
+def split(source: ImageSource, validation_fraction: float = 0.2, seed: int = 0) -> tuple:
+    """Splits a source into (train, validation), holding out `validation_fraction` of each class.
+
+    Example:
+        >>> train, validation = split(source, 0.2, seed=0)
+    """
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(
+            f"validation_fraction must be between 0 and 1, got {validation_fraction!r}."
+        )
+    labels = source.labels()
+    generator = np.random.default_rng(seed)
+    held_out = []
+    for label in range(source.num_classes):
+        members = generator.permutation(np.flatnonzero(labels == label))
+        held_out.append(members[: int(round(validation_fraction * len(members)))])
+    held_out = np.concatenate(held_out)
+    kept = np.setdiff1d(np.arange(source.num_examples), held_out)
+    return (
+        source.subset(kept, name=f"{source.name} (train split)"),
+        source.subset(held_out, name=f"{source.name} (validation split)"),
+    )
+
+
+def _should_cache(source: ImageSource, size: int, cache: bool | str) -> bool:
+    if cache == "auto":
+        return source.num_examples * size * size * 3 * 4 <= CACHE_BYTES
+    return bool(cache)
+
+
+def _one_hot(num_classes):
+    return lambda image, label: (image, tf.one_hot(label, num_classes, dtype=tf.float32))
+
+
+def train_pipeline(
+    source: ImageSource,
+    batch_size: int,
+    resize: int,
+    crop: int,
+    mixup_alpha: float = 0.0,
+    seed: int | None = None,
+    cache: bool | str = "auto",
+    shuffle_buffer: int = 10_000,
+    repeat: bool = True,
+) -> tf.data.Dataset:
+    """Training batches: resize -> random crop -> random flip -> batch -> MixUp -> prefetch.
+
+    Args:
+        source: an `ImageSource`.
+        batch_size: examples per batch; the last partial batch is dropped.
+        resize: the square size images are first resized to (HyperRule: 160, 448 or 512).
+        crop: the square size of the random crop (128, 384 or 480).
+        mixup_alpha: MixUp's Beta(alpha, alpha); 0 turns MixUp off.
+        seed: makes shuffling, crops, flips and MixUp deterministic; None for fresh randomness.
+        cache: cache the resized images in memory: True, False or "auto" (if under 1 GiB).
+        shuffle_buffer: examples in the shuffle buffer.
+        repeat: repeat forever (for `model.fit(steps_per_epoch=...)`).
+
+    Example:
+        >>> batches = train_pipeline(source, batch_size=64, resize=160, crop=128, seed=0)
+    """
+    if crop > resize:
+        raise ValueError(f"crop ({crop}) must not be larger than resize ({resize}).")
+    if batch_size > source.num_examples and not repeat:
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the {source.num_examples} examples of "
+            f"{source.name!r}; use a smaller batch."
+        )
+    dataset = source.dataset().map(
+        lambda image, label: (tf.image.resize(image, (resize, resize)), label),
+        num_parallel_calls=AUTOTUNE,
+    )
+    if _should_cache(source, resize, cache):
+        dataset = dataset.cache()
+    dataset = dataset.shuffle(min(shuffle_buffer, source.num_examples), seed=seed)
+    if repeat:
+        dataset = dataset.repeat()
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+
+    def augment(example, pair):
+        image, label = example
+        image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=pair)
+        image = tf.image.stateless_random_flip_left_right(image, seed=pair[::-1])
+        return image, label
+
+    dataset = tf.data.Dataset.zip(dataset, seeds).map(augment, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(_one_hot(source.num_classes), num_parallel_calls=AUTOTUNE)
+    if mixup_alpha:
+        import keras
+
+        mix_up = keras.layers.MixUp(alpha=mixup_alpha, seed=seed)
+
+        def mix(images, labels):
+            mixed = mix_up({"images": images, "labels": labels})
+            return mixed["images"], mixed["labels"]
+
+        dataset = dataset.map(mix)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def eval_pipeline(
+    source: ImageSource, batch_size: int, crop: int, cache: bool | str = "auto"
+) -> tf.data.Dataset:
+    """Evaluation batches: resize to `crop` (as the authors evaluate), in order, last batch kept.
+
+    Example:
+        >>> model.evaluate(eval_pipeline(validation, batch_size=256, crop=128))
+    """
+    dataset = source.dataset().map(
+        lambda image, label: (tf.image.resize(image, (crop, crop)), label),
+        num_parallel_calls=AUTOTUNE,
+    )
+    if _should_cache(source, crop, cache):
+        dataset = dataset.cache()
+    dataset = dataset.batch(batch_size).map(
+        _one_hot(source.num_classes), num_parallel_calls=AUTOTUNE
+    )
+    return dataset.prefetch(AUTOTUNE)
