@@ -14,9 +14,14 @@ Example:
 from bit_tf.hub import UnsafeArchiveError, extract_archive_safely
 from hub_export.atomic import TargetExistsError
 from hub_export.module import KINDS, build_module, export_module, read_metadata
+from hub_export.serving import DEFAULT_MAX_PIXELS, ServingModule, decode_images, export_serving
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "KINDS",
+    "ServingModule",
+    "decode_images",
+    "export_serving",
     "TargetExistsError",
     "UnsafeArchiveError",
     "build_module",
