@@ -13,7 +13,9 @@ Example:
 
 from bit_tf.hub import UnsafeArchiveError, extract_archive_safely
 from hub_export.atomic import TargetExistsError
+from hub_export.model_card import model_card
 from hub_export.module import KINDS, build_module, export_module, read_metadata
+from hub_export.publish import publish, write_archive
 from hub_export.serving import DEFAULT_MAX_PIXELS, ServingModule, decode_images, export_serving
 
 __all__ = [
@@ -27,5 +29,8 @@ __all__ = [
     "build_module",
     "export_module",
     "extract_archive_safely",
+    "model_card",
+    "publish",
     "read_metadata",
+    "write_archive",
 ]

@@ -1,0 +1,157 @@
+"""The Markdown documentation published beside a module: a TF-Hub / Kaggle Models model card.
+
+Example:
+    >>> print(model_card("bit/m-r50x1", 1, read_metadata("exports/bit_m-r50x1")))
+    # bit/m-r50x1 (version 1)
+    ...
+"""
+
+from __future__ import annotations
+
+UPSTREAM_DATA = {
+    "s": "ILSVRC-2012 (ImageNet-1k: 1.28M images, 1000 classes)",
+    "m": "ImageNet-21k (14M images, 21843 classes)",
+    "l": "JFT-300M (300M images, 18291 classes; not publicly released)",
+}
+
+
+def _upstream_from_name(*names: str) -> str | None:
+    for name in names:
+        lowered = (name or "").lower().replace("-", "_")
+        for prefix, data in UPSTREAM_DATA.items():
+            if f"bit_{prefix}_" in lowered or f"bit/{prefix}_" in lowered:
+                return data
+    return None
+
+
+def _depth(metadata: dict) -> int | None:
+    units = metadata.get("units_per_block")
+    if not units:
+        return None
+    per_unit = 3 if metadata.get("unit", "bottleneck") == "bottleneck" else 2
+    return per_unit * sum(units) + 2
+
+
+def model_card(
+    name: str,
+    version: int,
+    metadata: dict,
+    upstream: str | None = None,
+    license_name: str = "Apache-2.0",
+    description: str | None = None,
+) -> str:
+    """Returns the Markdown model card of a published BiT module.
+
+    Args:
+        name: the published name, e.g. "bit/m-r50x1".
+        version: the published version.
+        metadata: from `hub_export.read_metadata` (kind and architecture); may be empty.
+        upstream: the pre-training data; guessed from BiT-S/M/L names when None.
+        license_name: the license of the weights.
+        description: an extra paragraph for the overview.
+
+    Example:
+        >>> card = model_card("bit/s-r50x1", 1, {"kind": "feature_vector"})
+        >>> "## Fine-tuning" in card
+        True
+    """
+    kind = metadata.get("kind", "feature_vector")
+    width = metadata.get("width_factor")
+    depth = _depth(metadata)
+    architecture = (
+        f"ResNet-v2 {depth}x{width}" if depth and width else "ResNet-v2 (see the variables)"
+    )
+    upstream = (
+        upstream
+        or _upstream_from_name(name.replace("-", "_"), metadata.get("model_name", ""))
+        or "not recorded at export (pass upstream=)"
+    )
+    num_classes = metadata.get("num_classes")
+    if kind == "classification":
+        module_type = "image-classification"
+        output = f"`[batch, {num_classes or 'classes'}]` float32 logits (apply softmax)."
+    else:
+        module_type = "image-feature-vector"
+        features = 2048 * width if width else "2048 * width"
+        if metadata.get("unit") == "basic" and width:
+            features = 512 * width
+        output = f"`[batch, {features}]` float32 feature vectors (the pre-logits)."
+    lines = [
+        f"# {name} (version {version})",
+        "",
+        f"<!-- module-type: {module_type} -->",
+        "<!-- format: saved_model_2 -->",
+        "<!-- fine-tunable: true -->",
+        f"<!-- license: {license_name} -->",
+        "<!-- network-architecture: BiT -->",
+        "",
+        "## Overview",
+        "",
+        f"Big Transfer (BiT, Kolesnikov et al., 2020) {architecture} "
+        f"{'classifier' if kind == 'classification' else 'feature extractor'}, exported by "
+        "bit-tf as a TF2 Reusable SavedModel (TF-Hub format).",
+    ]
+    if description:
+        lines += ["", description]
+    lines += [
+        "",
+        "## Architecture",
+        "",
+        f"- {architecture}: pre-activation ResNet (v2) with Group Normalization (32 groups) "
+        "and Weight Standardization in every convolution.",
+        f"- Units per block: {tuple(metadata.get('units_per_block', ())) or 'n/a'}; "
+        f"width factor: {width or 'n/a'}.",
+        "- Variables carry the official BiT checkpoint names (`resnet/block1/unit01/...`).",
+        "",
+        "## Upstream data",
+        "",
+        f"Pre-training data: {upstream}.",
+        "",
+        "## Inputs and outputs",
+        "",
+        "- Input: float32 images `[batch, height, width, 3]`, RGB, values in [0, 1]; any "
+        "height and width (the module rescales to [-1, 1] itself).",
+        f"- Output: {output}",
+        "- `__call__(images, training=False)`; attributes `variables`, `trainable_variables`, "
+        "`regularization_losses`; signature `serving_default`.",
+        "",
+        "## Usage",
+        "",
+        "Keras 3:",
+        "",
+        "```python",
+        "import keras, bit_tf",
+        "inputs = keras.Input((128, 128, 3))",
+        "features = bit_tf.HubLayer(HANDLE, trainable=True)(inputs)",
+        "model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(features))",
+        "```",
+        "",
+        "tf_keras (Keras 2):",
+        "",
+        "```python",
+        "import tensorflow_hub as hub, tf_keras",
+        "model = tf_keras.Sequential([hub.KerasLayer(HANDLE, trainable=True),",
+        "                             tf_keras.layers.Dense(NUM_CLASSES)])",
+        "```",
+        "",
+        "## Fine-tuning",
+        "",
+        "Follow the BiT-HyperRule: SGD with momentum 0.9, learning rate 0.003 (batch 512), "
+        "decayed by 10x at 30%, 60% and 90% of training; 500 steps for fewer than 20k "
+        "examples, 10k for fewer than 500k, else 20k; a linear warm-up of 500 steps; resize "
+        "images under 96x96 pixels to 160 and random-crop 128, otherwise resize to 512 and "
+        "crop 480; MixUp (alpha 0.1) from 20k examples on; a zero-initialised new head; no "
+        "weight decay. GroupNorm makes the module independent of the batch size, so "
+        "`training=True` needs no special care.",
+        "",
+        "## License",
+        "",
+        f"{license_name}.",
+        "",
+        "## Citation",
+        "",
+        "Kolesnikov, Beyer, Zhai, Puigcerver, Yung, Gelly, Houlsby. Big Transfer (BiT): "
+        "General Visual Representation Learning. ECCV 2020.",
+        "",
+    ]
+    return "\n".join(lines)
