@@ -1,0 +1,194 @@
+"""bit-export: write BiT models as TF-Hub modules, TF Serving SavedModels and published archives.
+
+Examples:
+    # The TF-Hub collection's bit/m-r50x1 feature vector, published to a bucket:
+    bit-export --model=BiT-M-R50x1 --weights=BiT-M-R50x1 --kind=feature_vector \\
+        --export_dir=exports/bit_m-r50x1 --publish_to=gs://my-bucket/hub \\
+        --publish_name=bit/m-r50x1
+
+    # A fine-tuned classifier for TensorFlow Serving:
+    bit-export --weights=flowers.keras --kind=classification --export_dir=exports/flowers \\
+        --serving_dir=serving/flowers --image_size=128 --class_names=labels.txt
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string(
+    "model",
+    "",
+    "Architecture name such as BiT-M-R50x1 (see bit_tf.list_models()). Empty: read the "
+    "architecture from the --weights checkpoint (official .npz or released name).",
+)
+flags.DEFINE_string(
+    "weights",
+    "BiT-M-R50x1",
+    "A released checkpoint name (BiT-M-R50x1, BiT-M-R50x1-ILSVRC2012, ...), a path or URL of "
+    "an official-layout .npz, or a .keras file saved after fine-tuning.",
+)
+flags.DEFINE_integer(
+    "num_classes",
+    0,
+    "Head size for --kind=classification. 0: take it from the checkpoint's head (or the "
+    "upstream default of --model).",
+)
+flags.DEFINE_enum(
+    "kind",
+    "feature_vector",
+    ["feature_vector", "classification"],
+    "feature_vector: the module returns pre-logits; classification: it returns logits.",
+)
+flags.DEFINE_string(
+    "export_dir", "", "Where to write the hub module. Empty: exports/<weights name>_<kind>."
+)
+flags.DEFINE_string(
+    "serving_dir",
+    "",
+    "Also write a TF Serving SavedModel at <serving_dir>/<serving_version>/ "
+    "(classification only). Empty: skip.",
+)
+flags.DEFINE_integer("serving_version", 1, "Version folder for --serving_dir.")
+flags.DEFINE_integer(
+    "image_size",
+    0,
+    "Square crop for the serving export's in-graph resize (BiT-HyperRule: 128 for small "
+    "images, 480 otherwise). 0: the model's fixed input size, else 480.",
+)
+flags.DEFINE_boolean(
+    "fold_weight_standardization",
+    True,
+    "Serving export: standardize the kernels once at export (faster, same outputs).",
+)
+flags.DEFINE_string(
+    "class_names",
+    "",
+    "Class names for the serving export: comma-separated, or a text file with one per line.",
+)
+flags.DEFINE_string(
+    "publish_to",
+    "",
+    "Publish the module as <publish_to>/<publish_name>/<publish_version>.tar.gz plus a model "
+    "card; a local folder or gs:// URL. Empty: skip.",
+)
+flags.DEFINE_string(
+    "publish_name", "", "Published name, e.g. bit/m-r50x1. Empty: derived from --weights."
+)
+flags.DEFINE_integer("publish_version", 1, "Published version number.")
+flags.DEFINE_string("upstream", "", "Pre-training data named in the model card. Empty: guessed.")
+flags.DEFINE_boolean("overwrite", False, "Replace existing exports and published versions.")
+
+
+def _weights_stem(weights: str) -> str:
+    stem = os.path.basename(weights.rstrip("/"))
+    for suffix in (".keras", ".npz"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem
+
+
+def load_model(model_name: str, weights: str, kind: str, num_classes: int):
+    """Builds the model to export from the flags' values (see the flag help)."""
+    import keras
+
+    import bit_tf
+    from bit_tf.hub import describe_layout
+    from bit_tf.weights import HEAD_KERNEL, read_checkpoint, resolve_checkpoint
+
+    if weights.endswith(".keras"):
+        model = keras.saving.load_model(weights)
+        if kind == "feature_vector" and any(layer.name == "head" for layer in model.layers):
+            model = keras.Model(model.input, model.get_layer("pre_logits").output, name=model.name)
+        return model
+
+    arrays = read_checkpoint(resolve_checkpoint(weights)) if weights else {}
+    if kind == "feature_vector":
+        classes = None
+    elif num_classes > 0:
+        classes = num_classes
+    elif HEAD_KERNEL in arrays:
+        classes = int(arrays[HEAD_KERNEL].shape[-1])
+    else:
+        classes = bit_tf.models.UPSTREAM[bit_tf.models.parse_model_name(model_name)[0]][
+            "num_classes"
+        ]
+    if model_name:
+        model = bit_tf.create_model(model_name, num_classes=classes)
+    elif arrays:
+        layout = describe_layout({key: value.shape for key, value in arrays.items()})
+        layout["num_classes"] = classes
+        model = bit_tf.resnet_v2(None, name=_weights_stem(weights).replace("-", "_"), **layout)
+    else:
+        raise app.UsageError("Give --model, --weights, or both.")
+    if weights:
+        bit_tf.load_official_weights(model, weights)
+    else:
+        logging.warning("No --weights: exporting randomly initialised weights.")
+    return model
+
+
+def read_class_names(value: str) -> list[str] | None:
+    """Class names from a comma-separated list or a file with one name per line."""
+    if not value:
+        return None
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as stream:
+            return [line.strip() for line in stream if line.strip()]
+    return [name.strip() for name in value.split(",")]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import hub_export
+
+    if not FLAGS.model and not FLAGS.weights:
+        raise app.UsageError("Give --model, --weights, or both.")
+    model = load_model(FLAGS.model, FLAGS.weights, FLAGS.kind, FLAGS.num_classes)
+    stem = _weights_stem(FLAGS.weights or FLAGS.model)
+    export_dir = FLAGS.export_dir or os.path.join("exports", f"{stem}_{FLAGS.kind}")
+    hub_export.export_module(model, export_dir, kind=FLAGS.kind, overwrite=FLAGS.overwrite)
+    logging.info("Wrote the %s module to %s", FLAGS.kind, export_dir)
+    print(f"module: {export_dir}")
+
+    if FLAGS.serving_dir:
+        if FLAGS.kind != "classification":
+            raise app.UsageError("--serving_dir needs --kind=classification.")
+        image_size = FLAGS.image_size or None
+        if image_size is None and model.input_shape[1] is None:
+            image_size = 480
+        version_dir = hub_export.export_serving(
+            model,
+            FLAGS.serving_dir,
+            version=FLAGS.serving_version,
+            class_names=read_class_names(FLAGS.class_names),
+            image_size=image_size,
+            fold_weight_standardization=FLAGS.fold_weight_standardization,
+            overwrite=FLAGS.overwrite,
+        )
+        print(f"serving: {version_dir}")
+
+    if FLAGS.publish_to:
+        name = FLAGS.publish_name or stem.lower().replace("_", "-")
+        archive = hub_export.publish(
+            export_dir,
+            FLAGS.publish_to,
+            name,
+            FLAGS.publish_version,
+            overwrite=FLAGS.overwrite,
+            upstream=FLAGS.upstream or None,
+        )
+        print(f"published: {archive}")
+
+
+def run():
+    """Console-script entry point of `bit-export`."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
