@@ -341,6 +341,17 @@ class HubLayer(keras.layers.Layer):
         return {**super().get_config(), "handle": self.handle, "output_key": self.output_key}
 
 
+def _module_variables(module) -> list:
+    """The `variables` of a Reusable SavedModel, else every variable the object tracks."""
+    import tensorflow as tf
+
+    variables = getattr(module, "variables", None)
+    if variables:
+        return list(variables)
+    descendants = tf.train.TrackableView(module).descendants()
+    return [item for item in descendants if isinstance(item, tf.Variable)]
+
+
 def from_hub(handle: str, input_shape: tuple = (None, None, 3), name: str = "bit_from_hub"):
     """Rebuilds a native bit_tf Keras model from a BiT hub module, matching weights by name.
 
@@ -360,7 +371,7 @@ def from_hub(handle: str, input_shape: tuple = (None, None, 3), name: str = "bit
     """
     module = _load(handle)
     arrays = {}
-    for variable in getattr(module, "variables", []):
+    for variable in _module_variables(module):
         arrays[official_name(variable.name)] = np.asarray(variable.numpy())
     layout = describe_layout({key: value.shape for key, value in arrays.items()})
     model = resnet_v2(None, input_shape=input_shape, name=name, **layout)

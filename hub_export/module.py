@@ -21,6 +21,7 @@ import json
 import keras
 import tensorflow as tf
 
+from bit_tf.weights import HEAD_KEYS
 from hub_export.atomic import atomic_path, join
 from hub_export.forward import BitForward, model_arrays
 
@@ -30,10 +31,10 @@ IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 OUTPUT_KEYS = {"feature_vector": "feature_vector", "classification": "logits"}
 
 
-def _check_kind(kind: str, forward: BitForward) -> None:
+def _check_kind(kind: str, forward: BitForward | None = None) -> None:
     if kind not in KINDS:
         raise ValueError(f"Unknown module kind {kind!r}; choose one of {KINDS}.")
-    if kind == "classification" and not forward.has_head:
+    if kind == "classification" and forward is not None and not forward.has_head:
         raise ValueError(
             "kind='classification' needs a model with a head, but this model ends at the "
             "pre-logits (num_classes=None). Export kind='feature_vector', or build the model "
@@ -56,7 +57,11 @@ def build_module(model: keras.Model, kind: str = "feature_vector") -> tf.Module:
         >>> module(images).shape
         TensorShape([2, 10])
     """
-    forward = BitForward(model_arrays(model), trainable=True)
+    _check_kind(kind)
+    arrays = model_arrays(model)
+    if kind == "feature_vector":  # like the published feature vectors: no head variables
+        arrays = {key: value for key, value in arrays.items() if key not in HEAD_KEYS}
+    forward = BitForward(arrays, trainable=True)
     _check_kind(kind, forward)
 
     @tf.function
