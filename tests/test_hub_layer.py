@@ -1,0 +1,135 @@
+"""bit_tf.HubLayer fine-tunes hub modules in Keras 3; local archives are unpacked safely."""
+
+import io
+import os
+import tarfile
+
+import keras
+import numpy as np
+import pytest
+
+import bit_tf
+import hub_export
+from bit_tf.hub import UnsafeArchiveError, extract_archive_safely
+
+
+@pytest.fixture(scope="module")
+def feature_module(tmp_path_factory, official_checkpoint):
+    backbone = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=None)
+    bit_tf.load_official_weights(backbone, official_checkpoint)
+    folder = tmp_path_factory.mktemp("hub_layer")
+    module_dir = hub_export.export_module(backbone, str(folder / "module"))
+    return backbone, module_dir
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_hub_layer_fine_tunes_in_a_keras3_model(feature_module, trainable):
+    _, module_dir = feature_module
+    rng = np.random.default_rng(2)
+    images = rng.uniform(size=(4, 16, 16, 3)).astype("float32")
+    labels = np.array([0, 1, 2, 0])
+    layer = bit_tf.HubLayer(module_dir, trainable=trainable)
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(3, kernel_initializer="zeros")(layer(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    before = [variable.numpy().copy() for variable in layer.weights]
+    history = model.fit(images, labels, epochs=2, batch_size=4, verbose=0)
+    change = max(
+        float(np.max(np.abs(old - variable.numpy())))
+        for old, variable in zip(before, layer.weights, strict=True)
+    )
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0]
+    if trainable:
+        assert len(layer.trainable_weights) == len(layer.weights) > 0
+        assert change > 0
+        # The module itself was trained: a call through the layer sees the new weights.
+        assert not np.allclose(layer(images).numpy(), feature_module[0](images).numpy())
+    else:
+        assert layer.trainable_weights == []
+        assert change == 0
+
+
+def test_hub_layer_matches_the_model_and_reads_local_archives(
+    feature_module, tmp_path, monkeypatch
+):
+    backbone, module_dir = feature_module
+    archive = hub_export.write_archive(module_dir, str(tmp_path / "module.tar.gz"))
+    monkeypatch.setenv("BIT_TF_HUB_CACHE", str(tmp_path / "cache"))
+    images = np.random.default_rng(3).uniform(size=(2, 24, 20, 3)).astype("float32")
+    layer = bit_tf.HubLayer(archive)
+    expected = backbone(images).numpy()
+    actual = layer(images).numpy()
+    assert np.max(np.abs(actual - expected)) / np.max(np.abs(expected)) < 1e-5
+    assert os.listdir(tmp_path / "cache" / "bit_tf_hub")  # unpacked once, into the cache
+    with pytest.raises(FileNotFoundError, match="neither an existing SavedModel"):
+        bit_tf.HubLayer(str(tmp_path / "nothing-here"))
+
+
+def make_archive(path, members):
+    """members: (TarInfo, bytes or None) pairs, written as they are."""
+    with tarfile.open(path, "w:gz") as archive:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+            else:
+                archive.addfile(info)
+    return str(path)
+
+
+def member(name, kind=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+@pytest.mark.parametrize(
+    "bad_member, reason",
+    [
+        ((member("/tmp/evil.txt"), b"x"), "absolute path"),
+        ((member("../evil.txt"), b"x"), "'..'"),
+        ((member("variables/../../evil.txt"), b"x"), "'..'"),
+        ((member("link", tarfile.SYMTYPE, "/etc/passwd"), None), "symbolic link"),
+        ((member("link", tarfile.SYMTYPE, "../../outside"), None), "symbolic link"),
+        ((member("hard", tarfile.LNKTYPE, "../outside.txt"), None), "hard link"),
+        ((member("device", tarfile.CHRTYPE), None), "device"),
+        ((member("fifo", tarfile.FIFOTYPE), None), "device, FIFO"),
+    ],
+)
+def test_unsafe_archives_are_refused_and_nothing_escapes(tmp_path, bad_member, reason):
+    archive = make_archive(
+        tmp_path / "evil.tar.gz", [(member("saved_model.pb"), b"model"), bad_member]
+    )
+    target = tmp_path / "deep" / "target"
+    with pytest.raises(UnsafeArchiveError, match=reason):
+        extract_archive_safely(archive, str(target))
+    assert not target.exists()
+    assert sorted(os.listdir(tmp_path / "deep")) == []  # no staging folder left either
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "outside").exists()
+
+
+def test_safe_extraction_keeps_a_normal_archive_and_inner_links(tmp_path):
+    archive = make_archive(
+        tmp_path / "good.tar.gz",
+        [
+            (member("variables", tarfile.DIRTYPE), None),
+            (member("variables/variables.index"), b"index"),
+            (member("saved_model.pb"), b"model"),
+            (member("alias.pb", tarfile.SYMTYPE, "saved_model.pb"), None),
+            (member("copy.pb", tarfile.LNKTYPE, "saved_model.pb"), None),
+        ],
+    )
+    target = extract_archive_safely(archive, str(tmp_path / "out"))
+    assert (tmp_path / "out" / "variables" / "variables.index").read_bytes() == b"index"
+    assert (tmp_path / "out" / "alias.pb").read_bytes() == b"model"
+    assert (tmp_path / "out" / "copy.pb").read_bytes() == b"model"
+    assert target == str(tmp_path / "out")
+    with pytest.raises(FileExistsError):
+        extract_archive_safely(archive, target)
+    (tmp_path / "not-a-tar.tar.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(ValueError, match="not a readable"):
+        extract_archive_safely(str(tmp_path / "not-a-tar.tar.gz"), str(tmp_path / "out2"))
