@@ -1,0 +1,514 @@
+"""Images per second of BiT on the CPU: this package as users call it, against timm, side by side.
+
+Every contender runs in a worker process of its own (so each framework gets the same threads and
+its own memory high-water mark); the driver alternates them, repetition after repetition, and
+prints medians, ratios against timm, the achieved GFLOP/s against a float32 matmul peak measured
+in the same run, and the versions.
+
+    python benchmarks/cpu.py                        # BiT-R50x1, 128x128, batch 16, 5 repeats
+    python benchmarks/cpu.py --quick                # one repetition, to check that it runs
+    python benchmarks/cpu.py --output=benchmarks/latest.md
+
+Contenders: `bit_tf.predict` (model.predict), `bit_tf.serving` (the serving SavedModel of
+hub_export: JPEG bytes in, top-k out), `bit_tf.finetune` (the `model.fit` path of
+bit_tf.finetune, one optimizer step), `timm.eager` inference and training step (when torch and
+timm are installed). Not a test: timings on shared machines are noisy, so read the ratios.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import queue
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "BiT-S-R50x1", "BiT model name (bit_tf.list_models()).")
+flags.DEFINE_integer("image_size", 128, "Square image size in pixels.")
+flags.DEFINE_integer("batch_size", 16, "Images per step.")
+flags.DEFINE_integer("num_classes", 1000, "Classes of the head.")
+flags.DEFINE_integer("repeats", 5, "Timed repetitions per contender, after warm-up.")
+flags.DEFINE_integer("steps_per_repeat", 3, "Steps timed together in one repetition.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps per contender before the first repetition.")
+flags.DEFINE_integer("threads", 2, "Intra-op threads for every framework.")
+flags.DEFINE_bool("quick", False, "One repetition of one step: checks that everything runs.")
+flags.DEFINE_list(
+    "contenders",
+    "bit_tf.predict,bit_tf.serving,bit_tf.finetune,timm.inference,timm.train",
+    "Which contenders to run.",
+)
+flags.DEFINE_string("output", None, "Also write the Markdown report to this file.")
+flags.DEFINE_string("worker", None, "Internal: run as the worker of this contender.")
+
+TRAINING = {"bit_tf.finetune", "timm.train"}
+PEER = {"inference": "timm.inference", "train": "timm.train"}
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """The high-water mark of this process's resident memory."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# Kept free of imports of TensorFlow: torch and TensorFlow in one process can crash.
+UNITS_PER_BLOCK = {
+    18: (2, 2, 2, 2),
+    26: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+
+def parse_name(name: str) -> tuple[str, int, int]:
+    match = re.fullmatch(r"BiT-([SML])-R(\d+)x(\d+)", name)
+    if not match or int(match.group(2)) not in UNITS_PER_BLOCK:
+        raise app.UsageError(f"--model must name a BiT model like BiT-S-R50x1, got {name!r}.")
+    return match.group(1), int(match.group(2)), int(match.group(3))
+
+
+def model_architecture(name: str):
+    _, depth, width = parse_name(name)
+    return UNITS_PER_BLOCK[depth], width, depth in (18, 34)
+
+
+def forward_flops(name: str, image_size: int, num_classes: int) -> float:
+    """Multiply-adds x 2 of one image's forward pass, counted from the architecture."""
+    units_per_block, width, basic = model_architecture(name)
+    macs = 0
+    size = (image_size + 6 - 7) // 2 + 1
+    channels = 64 * width
+    macs += size * size * 7 * 7 * 3 * channels
+    size = (size + 2 - 3) // 2 + 1
+    for block, units in enumerate(units_per_block):
+        middle = 64 * width * 2**block
+        out = middle if basic else 4 * middle
+        for unit in range(units):
+            stride = 2 if (block > 0 and unit == 0) else 1
+            out_size = (size - 1) // stride + 1
+            if stride != 1 or channels != out:
+                macs += out_size * out_size * channels * out
+            if basic:
+                macs += out_size * out_size * 9 * channels * middle
+                macs += out_size * out_size * 9 * middle * middle
+            else:
+                macs += size * size * channels * middle
+                macs += out_size * out_size * 9 * middle * middle
+                macs += out_size * out_size * middle * out
+            channels, size = out, out_size
+    macs += channels * num_classes
+    return 2.0 * macs
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def random_images(batch: int, size: int):
+    import numpy as np
+
+    return np.random.default_rng(0).uniform(size=(batch, size, size, 3)).astype("float32")
+
+
+class Worker:
+    """One contender: `prepare()` once, then `run(steps)` returns seconds per step."""
+
+    def prepare(self) -> None:
+        raise NotImplementedError
+
+    def run(self, steps: int) -> list[float]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class BitPredict(Worker):
+    def prepare(self):
+        import bit_tf
+
+        self.model = bit_tf.create_model(FLAGS.model, num_classes=FLAGS.num_classes)
+        self.images = random_images(FLAGS.batch_size, FLAGS.image_size)
+
+    def run(self, steps):
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            self.model.predict(self.images, batch_size=FLAGS.batch_size, verbose=0)
+            times.append(time.perf_counter() - start)
+        return times
+
+
+class BitServing(Worker):
+    def prepare(self):
+        import tempfile
+
+        import numpy as np
+        import tensorflow as tf
+
+        import bit_tf
+        import hub_export
+
+        model = bit_tf.create_model(FLAGS.model, num_classes=FLAGS.num_classes)
+        rng = np.random.default_rng(0)
+        model.get_layer("head").kernel.assign(
+            rng.normal(0, 0.01, model.get_layer("head").kernel.shape).astype("float32")
+        )
+        folder = tempfile.mkdtemp(prefix="bit-serving-")
+        path = hub_export.export_serving(model, folder, version=1, image_size=FLAGS.image_size)
+        self.signature = tf.saved_model.load(path).signatures["serving_default"]
+        images = (random_images(FLAGS.batch_size, FLAGS.image_size) * 255).astype("uint8")
+        self.jpegs = tf.constant([tf.io.encode_jpeg(image).numpy() for image in images])
+        self.input_name = next(iter(self.signature.structured_input_signature[1]))
+
+    def run(self, steps):
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            outputs = self.signature(**{self.input_name: self.jpegs})
+            for value in outputs.values():
+                value.numpy()
+            times.append(time.perf_counter() - start)
+        return times
+
+
+class BitFinetune(Worker):
+    """Drives `bit_tf.finetune` (model.fit) in a thread, one optimizer step per release."""
+
+    def prepare(self):
+        import keras
+        import numpy as np
+
+        import bit_tf
+
+        self.release = threading.Semaphore(0)
+        self.durations: queue.Queue = queue.Queue()
+        self.failure: list = []
+        images = random_images(FLAGS.batch_size * 4, FLAGS.image_size)
+        labels = np.arange(len(images)) % FLAGS.num_classes
+        worker = self
+
+        class StepGate(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                worker.release.acquire()
+                self.start = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                worker.durations.put(time.perf_counter() - self.start)
+
+        total_steps = FLAGS.warmup + FLAGS.repeats * FLAGS.steps_per_repeat + 1
+
+        def train():
+            try:
+                bit_tf.finetune(
+                    FLAGS.model,
+                    (images, labels),
+                    batch_size=FLAGS.batch_size,
+                    steps=total_steps,
+                    resize=FLAGS.image_size,
+                    crop=FLAGS.image_size,
+                    mixup_alpha=0.0,
+                    validation_every=total_steps,
+                    callbacks=[StepGate()],
+                    verbose=0,
+                )
+            except Exception as error:  # reported to the driver, not swallowed
+                worker.failure.append(repr(error))
+                worker.durations.put(None)
+
+        self.thread = threading.Thread(target=train, daemon=True)
+        self.thread.start()
+
+    def run(self, steps):
+        times = []
+        for _ in range(steps):
+            self.release.release()
+            duration = self.durations.get()
+            if duration is None:
+                raise RuntimeError(f"bit_tf.finetune failed: {self.failure}")
+            times.append(duration)
+        return times
+
+    def close(self):
+        for _ in range(1000):
+            self.release.release()
+
+
+class TimmWorker(Worker):
+    training = False
+
+    def prepare(self):
+        import timm
+        import torch
+
+        torch.set_num_threads(FLAGS.threads)
+        self.torch = torch
+        _, depth, width = parse_name(FLAGS.model)
+        self.model = timm.create_model(
+            f"resnetv2_{depth}x{width}_bit", pretrained=False, num_classes=FLAGS.num_classes
+        )
+        images = random_images(FLAGS.batch_size, FLAGS.image_size).transpose(0, 3, 1, 2)
+        self.images = torch.from_numpy(images.copy()) * 2 - 1
+        self.labels = torch.arange(FLAGS.batch_size) % FLAGS.num_classes
+        if self.training:
+            self.model.train()
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.003, momentum=0.9)
+        else:
+            self.model.eval()
+
+    def step(self):
+        torch = self.torch
+        if not self.training:
+            with torch.inference_mode():
+                self.model(self.images)
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
+        loss.backward()
+        self.optimizer.step()
+
+    def run(self, steps):
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            self.step()
+            times.append(time.perf_counter() - start)
+        return times
+
+
+class TimmTrain(TimmWorker):
+    training = True
+
+
+WORKERS = {
+    "bit_tf.predict": BitPredict,
+    "bit_tf.serving": BitServing,
+    "bit_tf.finetune": BitFinetune,
+    "timm.inference": TimmWorker,
+    "timm.train": TimmTrain,
+}
+
+
+def configure_threads() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(FLAGS.threads))
+    if FLAGS.worker and FLAGS.worker.startswith("bit_tf"):
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
+
+
+def worker_main() -> None:
+    """Answers the driver's JSON lines on stdin: {"steps": n} -> {"times": [...], ...}."""
+    configure_threads()
+    worker = WORKERS[FLAGS.worker]()
+    worker.prepare()
+    baseline = rss_bytes()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("stop"):
+            break
+        times = worker.run(request["steps"])
+        reply = {"times": times, "rss_growth": max(0, peak_rss_bytes() - baseline)}
+        print(json.dumps(reply), flush=True)
+    worker.close()
+
+
+# ------------------------------------------------------------------------------ driver
+
+
+def start_worker(name: str):
+    argv = [sys.executable, os.path.abspath(__file__), f"--worker={name}"]
+    for flag in ("model", "image_size", "batch_size", "num_classes", "threads"):
+        argv.append(f"--{flag}={getattr(FLAGS, flag)}")
+    argv += [f"--repeats={FLAGS.repeats}", f"--steps_per_repeat={FLAGS.steps_per_repeat}"]
+    argv.append(f"--warmup={FLAGS.warmup}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    process = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    reply = read_reply(process, name)
+    if not reply.get("ready"):
+        raise RuntimeError(f"worker {name} did not start: {reply}")
+    return process
+
+
+def read_reply(process, name: str) -> dict:
+    for line in process.stdout:
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"worker {name} exited with code {process.wait()} before answering")
+
+
+def ask(process, name: str, steps: int) -> dict:
+    process.stdin.write(json.dumps({"steps": steps}) + "\n")
+    process.stdin.flush()
+    return read_reply(process, name)
+
+
+MATMUL_PROBE = """
+import sys, time
+size, threads, repeats = 2048, int(sys.argv[1]), 5
+try:
+    import torch
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    multiply = lambda: torch.mm(a, b)
+except ImportError:
+    import numpy as np
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
+    multiply = lambda: a @ b
+multiply()
+best = float("inf")
+for _ in range(repeats):
+    start = time.perf_counter()
+    multiply()
+    best = min(best, time.perf_counter() - start)
+print(2 * size**3 / best / 1e9)
+"""
+
+
+def matmul_peak_gflops(threads: int) -> float:
+    """The float32 matmul rate of this machine with `threads` threads (torch's BLAS, else
+    numpy's), measured in a process of its own."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    output = subprocess.run(
+        [sys.executable, "-c", MATMUL_PROBE, str(threads)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(output.strip().splitlines()[-1])
+
+
+def _timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for package in ("tensorflow", "keras", "numpy", "torch", "timm"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    cpu = "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    found["cpu"] = f"{cpu}, {os.cpu_count()} cores"
+    return found
+
+
+def report(results: dict, flops: float, peak: float, info: dict) -> str:
+    lines = [
+        f"# BiT CPU benchmark: {FLAGS.model}, {FLAGS.image_size}x{FLAGS.image_size}, "
+        f"batch {FLAGS.batch_size}, float32, {FLAGS.threads} threads",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        + "; ".join(f"{key} {value}" for key, value in info.items()),
+        f"float32 matmul peak (2048x2048, {FLAGS.threads} threads): {peak:.1f} GFLOP/s; "
+        f"forward pass: {flops / 1e9:.2f} GFLOP per image",
+        "",
+        "| contender | images/s (median) | min-max | vs timm | GFLOP/s | % of peak | "
+        "training memory growth |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, result in results.items():
+        if "error" in result:
+            lines.append(f"| {name} | failed: {result['error']} | | | | | |")
+            continue
+        rates = [FLAGS.batch_size / seconds for seconds in result["times"]]
+        median = statistics.median(rates)
+        kind = "train" if name in TRAINING else "inference"
+        peer = results.get(PEER[kind], {})
+        ratio = ""
+        if peer.get("times") and name != PEER[kind]:
+            peer_median = statistics.median(FLAGS.batch_size / s for s in peer["times"])
+            ratio = f"{median / peer_median:.2f}x"
+        achieved = median * flops * (3 if kind == "train" else 1) / 1e9
+        memory = f"{result['rss_growth'] / 2**20:.0f} MiB" if kind == "train" else ""
+        lines.append(
+            f"| {name} | {median:.1f} | {min(rates):.1f}-{max(rates):.1f} | {ratio} | "
+            f"{achieved:.1f} | {100 * achieved / peak:.0f}% | {memory} |"
+        )
+    lines += ["", "Training GFLOP/s count the backward pass as twice the forward pass."]
+    return "\n".join(lines)
+
+
+def driver_main() -> None:
+    if FLAGS.quick:
+        FLAGS.repeats, FLAGS.steps_per_repeat, FLAGS.warmup = 1, 1, 1
+    processes, results = {}, {}
+    for name in FLAGS.contenders:
+        if name not in WORKERS:
+            raise app.UsageError(f"Unknown contender {name!r}; choose from {sorted(WORKERS)}.")
+        if name.startswith("timm"):
+            if importlib.util.find_spec("timm") is None:
+                results[name] = {"error": "timm is not installed (pip install timm)"}
+                continue
+        try:
+            processes[name] = start_worker(name)
+            ask(processes[name], name, FLAGS.warmup)
+            results[name] = {"times": [], "rss_growth": 0}
+        except RuntimeError as error:
+            results[name] = {"error": str(error)}
+    for repeat in range(FLAGS.repeats):
+        order = list(processes) if repeat % 2 == 0 else list(reversed(processes))
+        for name in order:
+            reply = ask(processes[name], name, FLAGS.steps_per_repeat)
+            results[name]["times"].append(sum(reply["times"]) / len(reply["times"]))
+            results[name]["rss_growth"] = reply["rss_growth"]
+    for process in processes.values():
+        process.stdin.write(json.dumps({"stop": True}) + "\n")
+        process.stdin.close()
+        process.wait(timeout=120)
+    text = report(
+        results,
+        forward_flops(FLAGS.model, FLAGS.image_size, FLAGS.num_classes),
+        matmul_peak_gflops(FLAGS.threads),
+        versions(),
+    )
+    print(text)
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as handle:
+            handle.write(text + "\n")
+
+
+def main(argv) -> None:
+    del argv
+    if FLAGS.worker:
+        worker_main()
+    else:
+        driver_main()
+
+
+if __name__ == "__main__":
+    app.run(main)
