@@ -1,0 +1,261 @@
+"""hub_export.export_serving: encoded images in, probabilities out, without our Python code."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import bit_tf
+import hub_export
+
+IMAGE_SIZE = 32
+CLASS_NAMES = [f"class_{index}" for index in range(10)]
+ENVIRONMENT = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ""}
+
+
+def encode(array, image_format, mode=None):
+    stream = io.BytesIO()
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    image.save(stream, image_format)
+    return stream.getvalue()
+
+
+@pytest.fixture(scope="module")
+def classifier(official_checkpoint):
+    model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=10)
+    return bit_tf.load_official_weights(model, official_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def exports(classifier, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serving")
+    folded = hub_export.export_serving(
+        classifier, str(base / "folded"), class_names=CLASS_NAMES, image_size=IMAGE_SIZE
+    )
+    plain = hub_export.export_serving(
+        classifier,
+        str(base / "plain"),
+        version=3,
+        image_size=IMAGE_SIZE,
+        fold_weight_standardization=False,
+    )
+    return {"folded": folded, "plain": plain}
+
+
+@pytest.fixture(scope="module")
+def files():
+    rng = np.random.default_rng(4)
+    return {
+        "jpeg": encode(rng.integers(0, 256, (40, 30, 3), np.uint8), "JPEG"),
+        "png_rgba": encode(rng.integers(0, 256, (24, 52, 3), np.uint8), "PNG", "RGBA"),
+        "png_gray": encode(rng.integers(0, 256, (33, 33), np.uint8), "PNG"),
+    }
+
+
+def expected_probabilities(classifier, data):
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE]) / 255.0
+    return tf.nn.softmax(classifier(image[None])).numpy()[0]
+
+
+def huge_png(width, height):
+    """A PNG signature and IHDR chunk declaring a huge image (the body never comes)."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + header + crc + b"\0" * 20
+
+
+def huge_jpeg(jpeg):
+    """A real JPEG whose frame header (SOF0) is patched to declare 60000 x 60000 pixels."""
+    start = jpeg.index(b"\xff\xc0")
+    return jpeg[: start + 5] + (60000).to_bytes(2, "big") * 2 + jpeg[start + 9 :]
+
+
+@pytest.mark.parametrize("variant", ["folded", "plain"])
+def test_bytes_signature_answers_mixed_jpeg_and_png(exports, classifier, files, variant):
+    serve = tf.saved_model.load(exports[variant]).signatures["serving_default"]
+    batch = [files["jpeg"], files["png_rgba"], files["png_gray"]]
+    outputs = serve(image_bytes=tf.constant(batch))
+    probabilities = outputs["probabilities"].numpy()
+    for row, data in zip(probabilities, batch, strict=True):
+        expected = expected_probabilities(classifier, data)
+        assert np.max(np.abs(row - expected)) / np.max(expected) < 1e-5
+    assert outputs["valid"].numpy().tolist() == [True, True, True]
+    top_ids = outputs["top_k_class_ids"].numpy()
+    assert top_ids.shape == (3, 5)
+    assert (top_ids[:, 0] == probabilities.argmax(axis=1)).all()
+    if variant == "folded":
+        names = outputs["top_k_class_names"].numpy()
+        assert [name.decode() for name in names[0]] == [CLASS_NAMES[i] for i in top_ids[0]]
+    else:
+        assert "top_k_class_names" not in outputs
+
+
+def test_folding_keeps_outputs_and_float_signature_matches(exports, classifier):
+    images = np.random.default_rng(5).uniform(size=(3, IMAGE_SIZE, IMAGE_SIZE, 3))
+    images = tf.constant(images, tf.float32)
+    folded = tf.saved_model.load(exports["folded"]).signatures["predict_images"]
+    plain = tf.saved_model.load(exports["plain"]).signatures["predict_images"]
+    folded_probabilities = folded(images=images)["probabilities"].numpy()
+    plain_probabilities = plain(images=images)["probabilities"].numpy()
+    keras_probabilities = tf.nn.softmax(classifier(images)).numpy()
+    assert np.max(np.abs(folded_probabilities - plain_probabilities)) < 1e-5 * np.max(
+        plain_probabilities
+    )
+    assert np.max(np.abs(folded_probabilities - keras_probabilities)) < 1e-5 * np.max(
+        keras_probabilities
+    )
+
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["bit_tf"] = None  # our package must not be needed (nor importable)
+    sys.modules["hub_export"] = None
+    import json
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+    files = {name: open(path, "rb").read() for name, path in json.load(open(sys.argv[2])).items()}
+    results = {}
+
+    def ask(label, items):
+        try:
+            outputs = serve(image_bytes=tf.constant(items, tf.string))
+        except tf.errors.InvalidArgumentError as error:
+            results[label] = {"error": str(error)}
+            return
+        results[label] = {
+            "valid": outputs["valid"].numpy().tolist(),
+            "ids": outputs["top_k_class_ids"].numpy().tolist(),
+            "names": [[n.decode() for n in row] for row in outputs["top_k_class_names"].numpy()],
+            "sums": outputs["probabilities"].numpy().sum(axis=1).tolist(),
+        }
+
+    jpeg, png = files["jpeg"], files["png_rgba"]
+    ask("first", [jpeg, png])
+    ask("garbage", [b"this is not an image"])
+    ask("empty", [b""])
+    ask("mixed", [jpeg, b"garbage", png, b"", files["huge_png"]])
+    ask("huge_png", [files["huge_png"]])
+    ask("huge_jpeg", [files["huge_jpeg"], jpeg])
+    ask("broken_jpeg", [jpeg[:20]])
+    ask("truncated_png", [png[: len(png) // 2]])
+    ask("after", [jpeg, png])
+    try:
+        import bit_tf  # noqa: F401
+        results["bit_tf_importable"] = True
+    except ImportError:
+        results["bit_tf_importable"] = False
+    print("RESULTS " + json.dumps(results))
+    """
+)
+
+
+def test_serving_without_bit_tf_survives_bad_bytes(exports, files, tmp_path):
+    paths = {}
+    payloads = {**files, "huge_png": huge_png(100_000, 100_000)}
+    payloads["huge_jpeg"] = huge_jpeg(files["jpeg"])
+    for name, data in payloads.items():
+        paths[name] = str(tmp_path / name)
+        with open(paths[name], "wb") as stream:
+            stream.write(data)
+    with open(tmp_path / "files.json", "w") as stream:
+        json.dump(paths, stream)
+    (tmp_path / "server.py").write_text(SERVER_SCRIPT)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(tmp_path / "server.py"),
+            exports["folded"],
+            str(tmp_path / "files.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENVIRONMENT,
+        cwd=str(tmp_path),
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULTS "))
+    results = json.loads(line[len("RESULTS ") :])
+    assert results["bit_tf_importable"] is False
+    assert results["first"]["valid"] == [True, True]
+    assert results["first"]["ids"] == results["after"]["ids"]  # still serving, same answers
+    assert np.allclose(results["first"]["sums"], 1.0, atol=1e-5)
+    for label in ("garbage", "empty", "huge_png"):
+        assert results[label]["valid"] == [False]
+        assert results[label]["ids"] == [[-1] * 5] and results[label]["names"] == [[""] * 5]
+        assert results[label]["sums"] == [0.0]
+    mixed = results["mixed"]
+    assert mixed["valid"] == [True, False, True, False, False]
+    assert mixed["ids"][0] == results["first"]["ids"][0]
+    assert mixed["ids"][2] == results["first"]["ids"][1]
+    assert results["huge_jpeg"]["valid"] == [False, True]
+    assert "Invalid JPEG data" in results["broken_jpeg"]["error"]
+    # A damaged PNG body: an error for the request, or (if the decoder recovers) an answer.
+    assert "error" in results["truncated_png"] or results["truncated_png"]["valid"] == [True]
+
+
+def test_saved_model_cli_runs_the_bytes_signature(exports, files, tmp_path):
+    batch = np.array([files["jpeg"], files["png_gray"]], dtype=bytes)
+    np.save(tmp_path / "image_bytes.npy", batch)
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    completed = subprocess.run(
+        [
+            cli,
+            "run",
+            "--dir",
+            exports["folded"],
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"image_bytes={tmp_path / 'image_bytes.npy'}",
+            "--outdir",
+            str(tmp_path / "outputs"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENVIRONMENT,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    probabilities = np.load(tmp_path / "outputs" / "probabilities.npy")
+    valid = np.load(tmp_path / "outputs" / "valid.npy")
+    in_process = tf.saved_model.load(exports["folded"]).signatures["serving_default"](
+        image_bytes=tf.constant(list(batch))
+    )
+    assert valid.tolist() == [True, True]
+    assert np.allclose(probabilities, in_process["probabilities"].numpy(), atol=1e-6)
+
+
+def test_serving_export_refuses_bad_arguments(exports, classifier, tmp_path):
+    base = os.path.dirname(exports["plain"])
+    with pytest.raises(hub_export.TargetExistsError, match="already exists"):
+        hub_export.export_serving(classifier, base, version=3, image_size=IMAGE_SIZE)
+    with pytest.raises(ValueError, match="3 class names given for a model with 10 classes"):
+        hub_export.export_serving(
+            classifier, str(tmp_path), class_names=["a", "b", "c"], image_size=32
+        )
+    with pytest.raises(ValueError, match="pass image_size="):
+        hub_export.export_serving(classifier, str(tmp_path))
+    with pytest.raises(ValueError, match="positive integer"):
+        hub_export.export_serving(classifier, str(tmp_path), version=0, image_size=32)
+    backbone = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=None)
+    with pytest.raises(ValueError, match="no head"):
+        hub_export.export_serving(backbone, str(tmp_path), image_size=32)
+    assert os.listdir(tmp_path) == []
