@@ -1,0 +1,173 @@
+"""bit-pretrain: upstream pre-training of a BiT backbone under tf.distribute.
+
+Trains with the BiT upstream recipe (SGD momentum 0.9, weight decay 1e-4, batch 4096, 0.03 x
+batch / 256 with 5000 warm-up steps and 10x decays), checkpoints every --checkpoint_every
+steps and on SIGTERM/SIGINT, resumes from the latest checkpoint when started again, and ends
+with the backbone as an official-layout .npz and a TF-Hub feature-vector module.
+
+Examples:
+    # ILSVRC-2012 from TFDS on all GPUs of this host (BiT-S):
+    bit-pretrain --model=BiT-S-R50x1 --dataset=imagenet2012 --data_dir=/data/tfds \\
+        --strategy=mirrored --checkpoint_dir=/ckpt/bit-s-r50x1
+
+    # Multi-label TFRecords (ImageNet-21k style), on a Cloud TPU VM, bfloat16:
+    bit-pretrain --model=BiT-M-R50x1 --dataset='/data/i21k/train-*' --multi_label \\
+        --num_classes=21843 --strategy=tpu --tpu=local --mixed_precision
+
+    # Try the distributed path on a laptop: 2 logical CPU devices, a tiny run.
+    bit-pretrain --model=BiT-S-R18x1 --dataset=/data/flowers --cpu_devices=2 \\
+        --strategy=mirrored --global_batch_size=16 --image_size=64 --train_steps=50
+
+Exit status: 0 when done; 128 + the signal number (143 for SIGTERM, 130 for SIGINT) when stopped
+by a signal after writing a checkpoint (run the same command again to resume); 2 for bad
+settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+EXIT_BAD_SETTINGS = 2
+
+flags.DEFINE_string("model", "BiT-S-R50x1", "Model name, BiT-{S,M,L}-R{depth}x{width}.")
+flags.DEFINE_string(
+    "dataset",
+    "imagenet2012",
+    "A TFDS name (imagenet2012), a folder of class subfolders of images, or ImageNet-style "
+    "TFRecord files (a file, a folder or a glob) with image/encoded and image/class/label.",
+)
+flags.DEFINE_string("data_dir", None, "TFDS data folder (for TFDS datasets).")
+flags.DEFINE_string("split", "train", "TFDS split to train on.")
+flags.DEFINE_integer(
+    "num_classes", None, "Head size; default: class folders, or 1000/21843/18291 for S/M/L."
+)
+flags.DEFINE_boolean(
+    "multi_label", False, "Labels are lists (multi-hot): sigmoid loss and precision@1."
+)
+flags.DEFINE_integer("label_offset", 0, "Added to stored labels (-1 for ids starting at 1).")
+flags.DEFINE_integer("num_examples", None, "Dataset size for the schedule; default: counted.")
+flags.DEFINE_integer("global_batch_size", 4096, "Batch summed over all replicas and workers.")
+flags.DEFINE_integer("epochs", None, "Epochs (default 90 for S/M, 40 for L); decays scale.")
+flags.DEFINE_integer("train_steps", None, "Train this many steps (overrides --epochs).")
+flags.DEFINE_integer("warmup_steps", 5000, "Linear learning-rate warm-up steps.")
+flags.DEFINE_float(
+    "base_learning_rate", None, "Peak learning rate; default 0.03 x global batch / 256."
+)
+flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay on convolution and dense kernels.")
+flags.DEFINE_integer("image_size", 224, "Side of the square random crops.")
+flags.DEFINE_integer("shuffle_buffer", 10_000, "Shuffle buffer (examples) per worker.")
+flags.DEFINE_list(
+    "units_per_block", [], "Units of the four blocks instead of the depth's (e.g. 1,1,1,1)."
+)
+flags.DEFINE_boolean("mixed_precision", False, "Compute in bfloat16 (TPUs, recent GPUs).")
+flags.DEFINE_string("checkpoint_dir", "bit_pretrain", "Checkpoints, weights and summary.")
+flags.DEFINE_integer("checkpoint_every", 1000, "Write a checkpoint every this many steps.")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
+flags.DEFINE_integer("log_every", 100, "Log loss and metric every this many steps.")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
+flags.DEFINE_enum(
+    "strategy",
+    "default",
+    ["default", "mirrored", "multi_worker", "tpu"],
+    "default: one device; mirrored: all GPUs (or logical CPUs) of this host; multi_worker: "
+    "hosts from TF_CONFIG; tpu: TPUStrategy via --tpu.",
+)
+flags.DEFINE_string("tpu", "local", "TPU for --strategy=tpu: 'local', a name or grpc:// address.")
+flags.DEFINE_integer(
+    "cpu_devices", 0, "Split the CPU into this many logical devices (0: leave it whole)."
+)
+flags.DEFINE_string(
+    "hub_export_dir",
+    None,
+    "Where to write the TF-Hub feature-vector module; default <checkpoint_dir>/hub_module; "
+    "'' to skip.",
+)
+
+
+def _config():
+    from bit_tf.pretrain import PretrainConfig
+
+    return PretrainConfig(
+        model=FLAGS.model,
+        dataset=FLAGS.dataset,
+        checkpoint_dir=FLAGS.checkpoint_dir,
+        data_dir=FLAGS.data_dir,
+        split=FLAGS.split,
+        num_classes=FLAGS.num_classes,
+        multi_label=FLAGS.multi_label,
+        label_offset=FLAGS.label_offset,
+        num_examples=FLAGS.num_examples,
+        global_batch_size=FLAGS.global_batch_size,
+        epochs=FLAGS.epochs,
+        train_steps=FLAGS.train_steps,
+        warmup_steps=FLAGS.warmup_steps,
+        base_learning_rate=FLAGS.base_learning_rate,
+        weight_decay=FLAGS.weight_decay,
+        image_size=FLAGS.image_size,
+        shuffle_buffer=FLAGS.shuffle_buffer,
+        units_per_block=tuple(int(units) for units in FLAGS.units_per_block) or None,
+        mixed_precision=FLAGS.mixed_precision,
+        checkpoint_every=FLAGS.checkpoint_every,
+        keep_checkpoints=FLAGS.keep_checkpoints,
+        log_every=FLAGS.log_every,
+        seed=FLAGS.seed,
+        strategy=FLAGS.strategy,
+        tpu=FLAGS.tpu,
+    )
+
+
+def _export_hub(model, export_dir: str) -> None:
+    try:
+        from hub_export import export_module
+    except ImportError as error:
+        logging.warning(
+            "TF-Hub export skipped: hub_export.export_module is not available (%s).", error
+        )
+        return
+    export_module(model, export_dir, kind="feature_vector")
+    logging.info("Wrote the TF-Hub feature-vector module to %s", export_dir)
+
+
+def main(argv) -> int:
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    from bit_tf.pretrain import (
+        StrategyError,
+        TrainingInterrupted,
+        configure_cpu_devices,
+        pretrain,
+    )
+    from bit_tf.pretrain_data import DataError
+
+    try:
+        if FLAGS.cpu_devices:
+            configure_cpu_devices(FLAGS.cpu_devices)
+        result = pretrain(_config())
+    except TrainingInterrupted as stop:
+        print(f"bit-pretrain: {stop}", file=sys.stderr)
+        return 128 + int(stop.signal_number)
+    except (StrategyError, DataError, ValueError) as error:
+        print(f"bit-pretrain: error: {error}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    if result.is_chief:
+        export_dir = FLAGS.hub_export_dir
+        if export_dir is None:
+            export_dir = os.path.join(FLAGS.checkpoint_dir, "hub_module")
+        if export_dir:
+            _export_hub(result.model, export_dir)
+        print(f"bit-pretrain: done at step {result.step}; weights {result.weights_path}")
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point of `bit-pretrain`."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
