@@ -19,12 +19,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import os
-import platform
 import queue
-import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +30,15 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+from harness import (  # noqa: E402
+    Worker,
+    forward_flops,
+    parse_name,
+    random_images,
+    run_alternating,
+    serve,
+    versions,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "BiT-S-R50x1", "BiT model name (bit_tf.list_models()).")
@@ -57,88 +62,7 @@ TRAINING = {"bit_tf.finetune", "timm.train"}
 PEER = {"inference": "timm.inference", "train": "timm.train"}
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process now."""
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    """The high-water mark of this process's resident memory."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-# Kept free of imports of TensorFlow: torch and TensorFlow in one process can crash.
-UNITS_PER_BLOCK = {
-    18: (2, 2, 2, 2),
-    26: (2, 2, 2, 2),
-    34: (3, 4, 6, 3),
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-}
-
-
-def parse_name(name: str) -> tuple[str, int, int]:
-    match = re.fullmatch(r"BiT-([SML])-R(\d+)x(\d+)", name)
-    if not match or int(match.group(2)) not in UNITS_PER_BLOCK:
-        raise app.UsageError(f"--model must name a BiT model like BiT-S-R50x1, got {name!r}.")
-    return match.group(1), int(match.group(2)), int(match.group(3))
-
-
-def model_architecture(name: str):
-    _, depth, width = parse_name(name)
-    return UNITS_PER_BLOCK[depth], width, depth in (18, 34)
-
-
-def forward_flops(name: str, image_size: int, num_classes: int) -> float:
-    """Multiply-adds x 2 of one image's forward pass, counted from the architecture."""
-    units_per_block, width, basic = model_architecture(name)
-    macs = 0
-    size = (image_size + 6 - 7) // 2 + 1
-    channels = 64 * width
-    macs += size * size * 7 * 7 * 3 * channels
-    size = (size + 2 - 3) // 2 + 1
-    for block, units in enumerate(units_per_block):
-        middle = 64 * width * 2**block
-        out = middle if basic else 4 * middle
-        for unit in range(units):
-            stride = 2 if (block > 0 and unit == 0) else 1
-            out_size = (size - 1) // stride + 1
-            if stride != 1 or channels != out:
-                macs += out_size * out_size * channels * out
-            if basic:
-                macs += out_size * out_size * 9 * channels * middle
-                macs += out_size * out_size * 9 * middle * middle
-            else:
-                macs += size * size * channels * middle
-                macs += out_size * out_size * 9 * middle * middle
-                macs += out_size * out_size * middle * out
-            channels, size = out, out_size
-    macs += channels * num_classes
-    return 2.0 * macs
-
-
 # ----------------------------------------------------------------------------- workers
-
-
-def random_images(batch: int, size: int):
-    import numpy as np
-
-    return np.random.default_rng(0).uniform(size=(batch, size, size, 3)).astype("float32")
-
-
-class Worker:
-    """One contender: `prepare()` once, then `run(steps)` returns seconds per step."""
-
-    def prepare(self) -> None:
-        raise NotImplementedError
-
-    def run(self, steps: int) -> list[float]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
 
 
 class BitPredict(Worker):
@@ -316,57 +240,6 @@ def configure_threads() -> None:
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
 
 
-def worker_main() -> None:
-    """Answers the driver's JSON lines on stdin: {"steps": n} -> {"times": [...], ...}."""
-    configure_threads()
-    worker = WORKERS[FLAGS.worker]()
-    worker.prepare()
-    baseline = rss_bytes()
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request.get("stop"):
-            break
-        times = worker.run(request["steps"])
-        reply = {"times": times, "rss_growth": max(0, peak_rss_bytes() - baseline)}
-        print(json.dumps(reply), flush=True)
-    worker.close()
-
-
-# ------------------------------------------------------------------------------ driver
-
-
-def start_worker(name: str):
-    argv = [sys.executable, os.path.abspath(__file__), f"--worker={name}"]
-    for flag in ("model", "image_size", "batch_size", "num_classes", "threads"):
-        argv.append(f"--{flag}={getattr(FLAGS, flag)}")
-    argv += [f"--repeats={FLAGS.repeats}", f"--steps_per_repeat={FLAGS.steps_per_repeat}"]
-    argv.append(f"--warmup={FLAGS.warmup}")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
-    reply = read_reply(process, name)
-    if not reply.get("ready"):
-        raise RuntimeError(f"worker {name} did not start: {reply}")
-    return process
-
-
-def read_reply(process, name: str) -> dict:
-    for line in process.stdout:
-        line = line.strip()
-        if line.startswith("{"):
-            return json.loads(line)
-    raise RuntimeError(f"worker {name} exited with code {process.wait()} before answering")
-
-
-def ask(process, name: str, steps: int) -> dict:
-    process.stdin.write(json.dumps({"steps": steps}) + "\n")
-    process.stdin.flush()
-    return read_reply(process, name)
-
-
 MATMUL_PROBE = """
 import sys, time
 size, threads, repeats = 2048, int(sys.argv[1]), 5
@@ -410,23 +283,6 @@ def _timed(function) -> float:
     return time.perf_counter() - start
 
 
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for package in ("tensorflow", "keras", "numpy", "torch", "timm"):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    cpu = "unknown"
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    found["cpu"] = f"{cpu}, {os.cpu_count()} cores"
-    return found
-
-
 def report(results: dict, flops: float, peak: float, info: dict) -> str:
     lines = [
         f"# BiT CPU benchmark: {FLAGS.model}, {FLAGS.image_size}x{FLAGS.image_size}, "
@@ -466,30 +322,31 @@ def report(results: dict, flops: float, peak: float, info: dict) -> str:
 def driver_main() -> None:
     if FLAGS.quick:
         FLAGS.repeats, FLAGS.steps_per_repeat, FLAGS.warmup = 1, 1, 1
-    processes, results = {}, {}
-    for name in FLAGS.contenders:
-        if name not in WORKERS:
-            raise app.UsageError(f"Unknown contender {name!r}; choose from {sorted(WORKERS)}.")
-        if name.startswith("timm"):
-            if importlib.util.find_spec("timm") is None:
-                results[name] = {"error": "timm is not installed (pip install timm)"}
-                continue
-        try:
-            processes[name] = start_worker(name)
-            ask(processes[name], name, FLAGS.warmup)
-            results[name] = {"times": [], "rss_growth": 0}
-        except RuntimeError as error:
-            results[name] = {"error": str(error)}
-    for repeat in range(FLAGS.repeats):
-        order = list(processes) if repeat % 2 == 0 else list(reversed(processes))
-        for name in order:
-            reply = ask(processes[name], name, FLAGS.steps_per_repeat)
-            results[name]["times"].append(sum(reply["times"]) / len(reply["times"]))
-            results[name]["rss_growth"] = reply["rss_growth"]
-    for process in processes.values():
-        process.stdin.write(json.dumps({"stop": True}) + "\n")
-        process.stdin.close()
-        process.wait(timeout=120)
+    parse_name(FLAGS.model)
+    unknown = [name for name in FLAGS.contenders if name not in WORKERS]
+    if unknown:
+        raise app.UsageError(f"Unknown contenders {unknown}; choose from {sorted(WORKERS)}.")
+    unavailable = {}
+    if importlib.util.find_spec("timm") is None:
+        unavailable = {
+            name: "timm is not installed (pip install timm)"
+            for name in FLAGS.contenders
+            if name.startswith("timm")
+        }
+    arguments = [
+        f"--{flag}={getattr(FLAGS, flag)}"
+        for flag in ("model", "image_size", "batch_size", "num_classes", "threads", "repeats")
+    ]
+    arguments += [f"--steps_per_repeat={FLAGS.steps_per_repeat}", f"--warmup={FLAGS.warmup}"]
+    results = run_alternating(
+        __file__,
+        FLAGS.contenders,
+        arguments,
+        warmup=FLAGS.warmup,
+        repeats=FLAGS.repeats,
+        steps_per_repeat=FLAGS.steps_per_repeat,
+        unavailable=unavailable,
+    )
     text = report(
         results,
         forward_flops(FLAGS.model, FLAGS.image_size, FLAGS.num_classes),
@@ -505,7 +362,8 @@ def driver_main() -> None:
 def main(argv) -> None:
     del argv
     if FLAGS.worker:
-        worker_main()
+        configure_threads()
+        serve(WORKERS[FLAGS.worker]())
     else:
         driver_main()
 

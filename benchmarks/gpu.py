@@ -1,0 +1,284 @@
+"""BiT on one GPU: this package on KERAS_BACKEND=jax against timm (eager and torch.compile).
+
+BiT-R50x1, 224x224, batch 128, bfloat16, a training step (forward, backward, SGD-momentum
+update) and inference; each contender in a worker process of its own, alternated, medians.
+`benchmarks/gpu.sh` runs it on the lent GPU machine; here it runs on the CPU, small:
+
+    KERAS_BACKEND=jax python benchmarks/gpu.py --image_size=64 --batch_size=2 --quick
+
+A contender whose framework is missing is reported as such, not skipped silently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from absl import app, flags  # noqa: E402
+from harness import (  # noqa: E402
+    Worker,
+    forward_flops,
+    parse_name,
+    random_images,
+    run_alternating,
+    serve,
+    versions,
+)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "BiT-S-R50x1", "BiT model name (bit_tf.list_models()).")
+flags.DEFINE_integer("image_size", 224, "Square image size in pixels.")
+flags.DEFINE_integer("batch_size", 128, "Images per step.")
+flags.DEFINE_integer("num_classes", 1000, "Classes of the head.")
+flags.DEFINE_enum("precision", "bfloat16", ["bfloat16", "float32"], "Compute precision.")
+flags.DEFINE_integer("repeats", 5, "Timed repetitions per contender, after warm-up.")
+flags.DEFINE_integer("steps_per_repeat", 10, "Steps timed together in one repetition.")
+flags.DEFINE_integer("warmup", 3, "Untimed steps per contender before the first repetition.")
+flags.DEFINE_bool("quick", False, "One repetition of one step: checks that everything runs.")
+flags.DEFINE_list(
+    "contenders",
+    "bit_tf.jax.inference,bit_tf.jax.train,timm.eager.inference,timm.eager.train,"
+    "timm.compile.inference,timm.compile.train",
+    "Which contenders to run.",
+)
+flags.DEFINE_string("output", None, "Also write the Markdown report to this file.")
+flags.DEFINE_string("worker", None, "Internal: run as the worker of this contender.")
+
+
+class BitJax(Worker):
+    """The Keras 3 model on JAX: jitted stateless calls, as JAX users run Keras models."""
+
+    training = False
+
+    def prepare(self):
+        os.environ["KERAS_BACKEND"] = "jax"
+        import jax
+        import keras
+        import numpy as np
+
+        import bit_tf
+
+        if FLAGS.precision == "bfloat16":
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        self.jax = jax
+        model = bit_tf.create_model(FLAGS.model, num_classes=FLAGS.num_classes)
+        self.images = jax.numpy.asarray(random_images(FLAGS.batch_size, FLAGS.image_size))
+        self.labels = jax.numpy.asarray(np.arange(FLAGS.batch_size) % FLAGS.num_classes)
+        trainable = [variable.value for variable in model.trainable_variables]
+        non_trainable = [variable.value for variable in model.non_trainable_variables]
+        if not self.training:
+            self.state = (trainable, non_trainable)
+            self.step_function = jax.jit(
+                lambda state, images: model.stateless_call(*state, images, training=False)[0]
+            )
+            return
+        optimizer = keras.optimizers.SGD(learning_rate=0.003, momentum=0.9)
+        optimizer.build(model.trainable_variables)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        def compute_loss(trainable, non_trainable, images, labels):
+            logits, non_trainable = model.stateless_call(
+                trainable, non_trainable, images, training=True
+            )
+            return loss(labels, keras.ops.cast(logits, "float32")), non_trainable
+
+        gradient = jax.value_and_grad(compute_loss, has_aux=True)
+
+        def train_step(state, images, labels):
+            trainable, non_trainable, optimizer_variables = state
+            (value, non_trainable), grads = gradient(trainable, non_trainable, images, labels)
+            trainable, optimizer_variables = optimizer.stateless_apply(
+                optimizer_variables, grads, trainable
+            )
+            return value, (trainable, non_trainable, optimizer_variables)
+
+        optimizer_variables = [variable.value for variable in optimizer.variables]
+        self.state = (trainable, non_trainable, optimizer_variables)
+        self.step_function = jax.jit(train_step, donate_argnums=0)
+
+    def run(self, steps):
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            if self.training:
+                value, self.state = self.step_function(self.state, self.images, self.labels)
+            else:
+                value = self.step_function(self.state, self.images)
+            self.jax.block_until_ready(value)
+            times.append(time.perf_counter() - start)
+        return times
+
+
+class BitJaxTrain(BitJax):
+    training = True
+
+
+class Timm(Worker):
+    """timm's resnetv2 BiT in PyTorch, eager or torch.compile'd, bfloat16 autocast."""
+
+    training = False
+    compiled = False
+
+    def prepare(self):
+        import timm
+        import torch
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        _, depth, width = parse_name(FLAGS.model)
+        model = timm.create_model(f"resnetv2_{depth}x{width}_bit", num_classes=FLAGS.num_classes)
+        model = model.to(self.device, memory_format=torch.channels_last)
+        model.train(self.training)
+        images = random_images(FLAGS.batch_size, FLAGS.image_size).transpose(0, 3, 1, 2)
+        self.images = (torch.from_numpy(images.copy()) * 2 - 1).to(self.device)
+        self.images = self.images.contiguous(memory_format=torch.channels_last)
+        self.labels = (torch.arange(FLAGS.batch_size) % FLAGS.num_classes).to(self.device)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
+        self.model = torch.compile(model) if self.compiled else model
+        self.dtype = torch.bfloat16 if FLAGS.precision == "bfloat16" else torch.float32
+
+    def step(self):
+        torch = self.torch
+        autocast = torch.autocast(
+            self.device, dtype=self.dtype, enabled=self.dtype != torch.float32
+        )
+        if not self.training:
+            with torch.inference_mode(), autocast:
+                return self.model(self.images)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            logits = self.model(self.images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), self.labels)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def run(self, steps):
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            self.step()
+            if self.device == "cuda":
+                self.torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return times
+
+
+def _timm_kind(training: bool, compiled: bool):
+    return type("TimmContender", (Timm,), {"training": training, "compiled": compiled})
+
+
+WORKERS = {
+    "bit_tf.jax.inference": BitJax,
+    "bit_tf.jax.train": BitJaxTrain,
+    "timm.eager.inference": _timm_kind(False, False),
+    "timm.eager.train": _timm_kind(True, False),
+    "timm.compile.inference": _timm_kind(False, True),
+    "timm.compile.train": _timm_kind(True, True),
+}
+
+
+def device_name() -> str:
+    """The GPU's name from nvidia-smi, or "CPU" when there is none."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi"):
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip().splitlines()[0]
+    return "CPU (no GPU found)"
+
+
+def report(results: dict, flops: float) -> str:
+    lines = [
+        f"# BiT GPU benchmark: {FLAGS.model}, {FLAGS.image_size}x{FLAGS.image_size}, "
+        f"batch {FLAGS.batch_size}, {FLAGS.precision}, on {device_name()}",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        + "; ".join(
+            f"{key} {value}"
+            for key, value in versions(("keras", "jax", "jaxlib", "torch", "timm")).items()
+        ),
+        "",
+        "| contender | images/s (median) | min-max | vs timm compile | vs timm eager | TFLOP/s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def median_rate(name):
+        result = results.get(name, {})
+        if not result.get("times"):
+            return None
+        return statistics.median(FLAGS.batch_size / seconds for seconds in result["times"])
+
+    for name, result in results.items():
+        if "error" in result:
+            lines.append(f"| {name} | failed: {result['error']} | | | | |")
+            continue
+        rates = [FLAGS.batch_size / seconds for seconds in result["times"]]
+        median = statistics.median(rates)
+        kind = name.rsplit(".", 1)[1]
+        ratios = []
+        for peer in (f"timm.compile.{kind}", f"timm.eager.{kind}"):
+            peer_rate = median_rate(peer)
+            ratios.append(f"{median / peer_rate:.2f}x" if peer_rate and peer != name else "")
+        achieved = median * flops * (3 if kind == "train" else 1) / 1e12
+        lines.append(
+            f"| {name} | {median:.0f} | {min(rates):.0f}-{max(rates):.0f} | {ratios[0]} | "
+            f"{ratios[1]} | {achieved:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def driver_main() -> None:
+    if FLAGS.quick:
+        FLAGS.repeats, FLAGS.steps_per_repeat, FLAGS.warmup = 1, 1, 1
+    parse_name(FLAGS.model)
+    unknown = [name for name in FLAGS.contenders if name not in WORKERS]
+    if unknown:
+        raise app.UsageError(f"Unknown contenders {unknown}; choose from {sorted(WORKERS)}.")
+    missing = {
+        name: f"{package} is not installed"
+        for name in FLAGS.contenders
+        for package in (("jax",) if name.startswith("bit_tf") else ("torch", "timm"))
+        if importlib.util.find_spec(package) is None
+    }
+    arguments = [
+        f"--{flag}={getattr(FLAGS, flag)}"
+        for flag in ("model", "image_size", "batch_size", "num_classes", "precision")
+    ]
+    results = run_alternating(
+        __file__,
+        FLAGS.contenders,
+        arguments,
+        warmup=FLAGS.warmup,
+        repeats=FLAGS.repeats,
+        steps_per_repeat=FLAGS.steps_per_repeat,
+        unavailable=missing,
+    )
+    text = report(results, forward_flops(FLAGS.model, FLAGS.image_size, FLAGS.num_classes))
+    print(text)
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as handle:
+            handle.write(text + "\n")
+
+
+def main(argv) -> None:
+    del argv
+    if FLAGS.worker:
+        serve(WORKERS[FLAGS.worker]())
+    else:
+        driver_main()
+
+
+if __name__ == "__main__":
+    app.run(main)

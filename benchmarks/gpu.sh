@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# BiT-R50x1 on the lent GPU machine: this package on JAX against timm eager and torch.compile.
+# Here, first: ../shared/gpu/fetch_wheels.sh (puts keras, namex, optree into .whl/). Then one
+# device `run` with carry [".whl"] and the command `bash benchmarks/gpu.sh`; the report lands
+# in $OUT/gpu.md. Extra arguments go to benchmarks/gpu.py (e.g. --quick).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ] && ! python3 -c "import keras" 2>/dev/null; then
+  SITE=$(mktemp -d)
+  python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+out="${OUT:-benchmarks}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
+python3 benchmarks/gpu.py --output="$out/gpu.md" "$@"

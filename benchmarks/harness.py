@@ -1,0 +1,196 @@
+"""What the benchmark scripts share: worker processes driven over JSON lines, FLOP counts,
+memory high-water marks and the versions of the contenders.
+
+Kept free of imports of TensorFlow, JAX and torch: each worker process imports only its own
+framework (torch and TensorFlow in one process can crash).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """The high-water mark of this process's resident memory."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# Kept free of imports of TensorFlow: torch and TensorFlow in one process can crash.
+UNITS_PER_BLOCK = {
+    18: (2, 2, 2, 2),
+    26: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+
+def parse_name(name: str) -> tuple[str, int, int]:
+    match = re.fullmatch(r"BiT-([SML])-R(\d+)x(\d+)", name)
+    if not match or int(match.group(2)) not in UNITS_PER_BLOCK:
+        raise ValueError(f"--model must name a BiT model like BiT-S-R50x1, got {name!r}.")
+    return match.group(1), int(match.group(2)), int(match.group(3))
+
+
+def model_architecture(name: str):
+    _, depth, width = parse_name(name)
+    return UNITS_PER_BLOCK[depth], width, depth in (18, 34)
+
+
+def forward_flops(name: str, image_size: int, num_classes: int) -> float:
+    """Multiply-adds x 2 of one image's forward pass, counted from the architecture."""
+    units_per_block, width, basic = model_architecture(name)
+    macs = 0
+    size = (image_size + 6 - 7) // 2 + 1
+    channels = 64 * width
+    macs += size * size * 7 * 7 * 3 * channels
+    size = (size + 2 - 3) // 2 + 1
+    for block, units in enumerate(units_per_block):
+        middle = 64 * width * 2**block
+        out = middle if basic else 4 * middle
+        for unit in range(units):
+            stride = 2 if (block > 0 and unit == 0) else 1
+            out_size = (size - 1) // stride + 1
+            if stride != 1 or channels != out:
+                macs += out_size * out_size * channels * out
+            if basic:
+                macs += out_size * out_size * 9 * channels * middle
+                macs += out_size * out_size * 9 * middle * middle
+            else:
+                macs += size * size * channels * middle
+                macs += out_size * out_size * 9 * middle * middle
+                macs += out_size * out_size * middle * out
+            channels, size = out, out_size
+    macs += channels * num_classes
+    return 2.0 * macs
+
+
+def random_images(batch: int, size: int):
+    import numpy as np
+
+    return np.random.default_rng(0).uniform(size=(batch, size, size, 3)).astype("float32")
+
+
+class Worker:
+    """One contender: `prepare()` once, then `run(steps)` returns seconds per step."""
+
+    def prepare(self) -> None:
+        raise NotImplementedError
+
+    def run(self, steps: int) -> list[float]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def start_worker(script: str, name: str, arguments: list[str]) -> subprocess.Popen:
+    """Starts `script --worker=name ARGUMENTS` and waits for it to report ready."""
+    argv = [sys.executable, os.path.abspath(script), f"--worker={name}", *arguments]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    process = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    reply = read_reply(process, name)
+    if not reply.get("ready"):
+        raise RuntimeError(f"worker {name} did not start: {reply}")
+    return process
+
+
+def serve(worker: Worker) -> None:
+    """The worker side: prepare, then answer {"steps": n} lines with timings until stopped."""
+    worker.prepare()
+    baseline = rss_bytes()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("stop"):
+            break
+        times = worker.run(request["steps"])
+        reply = {"times": times, "rss_growth": max(0, peak_rss_bytes() - baseline)}
+        print(json.dumps(reply), flush=True)
+    worker.close()
+
+
+def run_alternating(
+    script: str,
+    names: list[str],
+    arguments: list[str],
+    *,
+    warmup: int,
+    repeats: int,
+    steps_per_repeat: int,
+    unavailable: dict[str, str] | None = None,
+) -> dict:
+    """Starts one worker per contender, warms each up, then alternates them `repeats` times
+    (reversing the order every other round). Returns {name: {"times": [seconds per step],
+    "rss_growth": bytes}} or {name: {"error": text}}."""
+    results: dict = {name: {"error": why} for name, why in (unavailable or {}).items()}
+    processes = {}
+    for name in names:
+        if name in results:
+            continue
+        try:
+            processes[name] = start_worker(script, name, arguments)
+            ask(processes[name], name, warmup)
+            results[name] = {"times": [], "rss_growth": 0}
+        except RuntimeError as error:
+            results[name] = {"error": str(error)}
+    for repeat in range(repeats):
+        order = list(processes) if repeat % 2 == 0 else list(reversed(processes))
+        for name in order:
+            reply = ask(processes[name], name, steps_per_repeat)
+            results[name]["times"].append(sum(reply["times"]) / len(reply["times"]))
+            results[name]["rss_growth"] = reply["rss_growth"]
+    for process in processes.values():
+        process.stdin.write(json.dumps({"stop": True}) + "\n")
+        process.stdin.close()
+        process.wait(timeout=120)
+    return {name: results[name] for name in names}
+
+
+def read_reply(process, name: str) -> dict:
+    for line in process.stdout:
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"worker {name} exited with code {process.wait()} before answering")
+
+
+def ask(process, name: str, steps: int) -> dict:
+    process.stdin.write(json.dumps({"steps": steps}) + "\n")
+    process.stdin.flush()
+    return read_reply(process, name)
+
+
+def versions(packages=("tensorflow", "keras", "numpy", "torch", "timm")) -> dict:
+    """Versions of the contenders' packages and the CPU, without importing them."""
+    found = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    cpu = "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    found["cpu"] = f"{cpu}, {os.cpu_count()} cores"
+    return found
