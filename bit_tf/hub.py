@@ -261,6 +261,15 @@ def _load(handle: str):
     return tf.saved_model.load(resolve_handle(handle))
 
 
+def _in_safe_mode() -> bool:
+    """Whether Keras is loading a model file in safe mode (the default); True if unknown."""
+    try:
+        from keras.src.saving import serialization_lib  # no public accessor in Keras 3.15
+    except ImportError:
+        return True
+    return serialization_lib.in_safe_mode() is not False
+
+
 def _require_tensorflow_backend(what: str) -> None:
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
@@ -339,6 +348,20 @@ class HubLayer(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "handle": self.handle, "output_key": self.output_key}
+
+    @classmethod
+    def from_config(cls, config, safe_mode=None):
+        # Like keras.layers.TFSMLayer: loading a model file must not silently fetch and run an
+        # external SavedModel's graph.
+        if safe_mode is None:
+            safe_mode = _in_safe_mode()
+        if safe_mode:
+            raise ValueError(
+                f"Refusing to load HubLayer({config.get('handle')!r}) from a saved model in "
+                "safe mode: it runs an external SavedModel. If you trust it, call "
+                "keras.saving.load_model(..., safe_mode=False)."
+            )
+        return cls(**config)
 
 
 def _module_variables(module) -> list:

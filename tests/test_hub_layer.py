@@ -133,3 +133,16 @@ def test_safe_extraction_keeps_a_normal_archive_and_inner_links(tmp_path):
     (tmp_path / "not-a-tar.tar.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(ValueError, match="not a readable"):
         extract_archive_safely(str(tmp_path / "not-a-tar.tar.gz"), str(tmp_path / "out2"))
+
+
+def test_a_saved_keras_model_with_a_hub_layer_reloads_only_when_trusted(feature_module, tmp_path):
+    _, module_dir = feature_module
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, bit_tf.HubLayer(module_dir)(inputs))
+    path = str(tmp_path / "with_hub_layer.keras")
+    model.save(path)
+    with pytest.raises(ValueError, match="Refusing to load HubLayer"):
+        keras.saving.load_model(path)
+    reloaded = keras.saving.load_model(path, safe_mode=False)
+    images = np.random.default_rng(9).uniform(size=(1, 16, 16, 3)).astype("float32")
+    assert np.allclose(reloaded(images), model(images), atol=1e-6)
