@@ -1,0 +1,252 @@
+"""bit-finetune: fine-tune a BiT model on a dataset with the BiT-HyperRule, from the command line.
+
+With no flags it runs offline: it fine-tunes a randomly initialised BiT-S-R26x1 on scikit-learn's
+handwritten digits (1,797 8x8 images, 10 classes, 20% held out) with the HyperRule scaled down
+for 2 CPU cores (see `DIGITS_DEFAULTS`), and writes the model to ./bit_finetune/model.keras.
+
+    bit-finetune
+    bit-finetune --dataset=oxford_flowers102 --weights=BiT-M-R50x1 --batch_size=128
+    bit-finetune --dataset=/data/my_photos --weights=BiT-M-R50x1 --examples_per_class=10
+
+The last line of output is `final validation accuracy: <number>`. SIGTERM or SIGINT writes a
+checkpoint and exits (status 128 + signal number); running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+DIGITS = "digits"
+DEFAULT_MODEL = "BiT-S-R26x1"
+# The HyperRule scaled down for the embedded default on 2 CPU cores (each overridable by its
+# flag): random initialisation needs a larger rate than fine-tuning a pretrained model.
+DIGITS_DEFAULTS = {
+    "batch_size": 32,
+    "steps": 300,
+    "base_lr": 0.4,
+    "resize": 36,
+    "crop": 32,
+    "validation_every": 100,
+}
+
+flags.DEFINE_string(
+    "model",
+    None,
+    "Model name, e.g. BiT-M-R50x1 (see bit_tf.list_models()). Default: the architecture named "
+    f"by --weights if it is a released name, else {DEFAULT_MODEL}.",
+)
+flags.DEFINE_string(
+    "weights",
+    None,
+    "Pretrained weights: a released name (BiT-M-R50x1), a .npz path or an http(s) URL. "
+    "Default: random initialisation.",
+)
+flags.DEFINE_string(
+    "dataset",
+    DIGITS,
+    f"'{DIGITS}' (scikit-learn's handwritten digits, offline), a folder with one subfolder per "
+    "class, or a TFDS name such as oxford_flowers102.",
+)
+flags.DEFINE_string("data_dir", None, "TFDS data folder (default: ~/tensorflow_datasets).")
+flags.DEFINE_string("manual_dir", None, "TFDS folder of manually downloaded files.")
+flags.DEFINE_string("train_split", "train", "TFDS split to train on.")
+flags.DEFINE_string(
+    "validation_split",
+    "test",
+    "TFDS split to validate on; empty to hold out --validation_fraction of the train split.",
+)
+flags.DEFINE_float(
+    "validation_fraction",
+    0.2,
+    "Fraction of every class held out for validation (digits, folders, empty --validation_split).",
+)
+flags.DEFINE_integer(
+    "examples_per_class", None, "Few-shot: train on exactly this many examples per class."
+)
+flags.DEFINE_integer(
+    "batch_size",
+    None,
+    f"Global batch size. Default: 512 (HyperRule), {DIGITS_DEFAULTS['batch_size']} on digits.",
+)
+flags.DEFINE_float(
+    "base_lr",
+    None,
+    "Learning rate at batch 512, scaled linearly with --batch_size. Default: 0.003 "
+    f"(HyperRule), {DIGITS_DEFAULTS['base_lr']} on digits (random initialisation).",
+)
+flags.DEFINE_integer(
+    "steps",
+    None,
+    "Optimizer steps. Default: the HyperRule's (500/10k/20k by dataset size), "
+    f"{DIGITS_DEFAULTS['steps']} on digits.",
+)
+flags.DEFINE_integer("warmup_steps", None, "Warm-up steps. Default: the HyperRule's, scaled.")
+flags.DEFINE_integer(
+    "resize",
+    None,
+    f"Resize size. Default: the HyperRule's (160/448/512), {DIGITS_DEFAULTS['resize']} on digits.",
+)
+flags.DEFINE_integer(
+    "crop",
+    None,
+    f"Random-crop size. Default: the HyperRule's (128/384/480), {DIGITS_DEFAULTS['crop']} on "
+    "digits.",
+)
+flags.DEFINE_float(
+    "mixup_alpha", None, "MixUp alpha. Default: the HyperRule's (0 below 20k examples, 0.1 above)."
+)
+flags.DEFINE_integer(
+    "gradient_accumulation_steps",
+    1,
+    "Split each batch into this many micro-batches (same effective batch, less memory).",
+)
+flags.DEFINE_integer(
+    "validation_every",
+    None,
+    f"Steps between validations. Default: a tenth of the run, {DIGITS_DEFAULTS['validation_every']}"
+    " on digits.",
+)
+flags.DEFINE_enum(
+    "strategy",
+    "default",
+    ["default", "mirrored"],
+    "tf.distribute strategy: default (one device) or mirrored (all local GPUs or CPUs).",
+)
+flags.DEFINE_bool(
+    "jit_compile", False, "Compile the training step with XLA (faster on GPUs, slower on CPUs)."
+)
+flags.DEFINE_string("export_dir", "bit_finetune", "Folder for the fine-tuned model.keras.")
+flags.DEFINE_string(
+    "checkpoint_dir",
+    None,
+    "Folder for last.keras/best.keras; an unfinished run there is resumed. "
+    "Default: <export_dir>/checkpoints.",
+)
+flags.DEFINE_string(
+    "logdir",
+    None,
+    "TensorBoard log folder. Default: <export_dir>/logs if the tensorboard package is installed.",
+)
+flags.DEFINE_integer("seed", 0, "Seed of the validation split, few-shot draw and augmentation.")
+
+
+def _load_data():
+    from bit_tf import data
+
+    if FLAGS.dataset == DIGITS:
+        train, validation = data.load_digits(FLAGS.validation_fraction, seed=FLAGS.seed)
+    elif os.path.isdir(FLAGS.dataset):
+        source = data.from_folder(FLAGS.dataset)
+        if source.skipped:
+            print(f"skipped {len(source.skipped)} unreadable file(s); see the warning above")
+        train, validation = data.split(source, FLAGS.validation_fraction, seed=FLAGS.seed)
+    else:
+        options = {"data_dir": FLAGS.data_dir, "manual_dir": FLAGS.manual_dir}
+        train = data.from_tfds(FLAGS.dataset, split=FLAGS.train_split, **options)
+        if FLAGS.validation_split:
+            validation = data.from_tfds(FLAGS.dataset, split=FLAGS.validation_split, **options)
+        else:
+            train, validation = data.split(train, FLAGS.validation_fraction, seed=FLAGS.seed)
+    if FLAGS.examples_per_class:
+        train = data.few_shot(train, FLAGS.examples_per_class, seed=FLAGS.seed)
+    return train, validation
+
+
+def _model_name() -> str:
+    if FLAGS.model:
+        return FLAGS.model
+    from bit_tf.weights import RELEASED_CHECKPOINTS
+
+    if FLAGS.weights in RELEASED_CHECKPOINTS:
+        return FLAGS.weights.removesuffix("-ILSVRC2012")
+    return DEFAULT_MODEL
+
+
+def _logdir(export_dir: str) -> str | None:
+    if FLAGS.logdir:
+        return FLAGS.logdir
+    if importlib.util.find_spec("tensorboard") is None:
+        print("no TensorBoard logs: the tensorboard package is not installed")
+        return None
+    return os.path.join(export_dir, "logs")
+
+
+def main(argv):
+    del argv
+    logging.getLogger("bit_tf").setLevel(logging.INFO)
+    import tensorflow as tf
+
+    from bit_tf import finetune as finetune_lib
+
+    defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
+
+    def setting(name, fallback=None):
+        value = getattr(FLAGS, name)
+        return value if value is not None else defaults.get(name, fallback)
+
+    train, validation = _load_data()
+    print(f"train: {train}\nvalidation: {validation}")
+    strategy = tf.distribute.MirroredStrategy() if FLAGS.strategy == "mirrored" else None
+    export_dir = FLAGS.export_dir
+    os.makedirs(export_dir, exist_ok=True)
+    checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(export_dir, "checkpoints")
+    try:
+        model, _ = finetune_lib.finetune(
+            _model_name(),
+            train,
+            validation,
+            weights=FLAGS.weights,
+            batch_size=setting("batch_size", 512),
+            steps=setting("steps"),
+            base_lr=setting("base_lr", 0.003),
+            mixup_alpha=FLAGS.mixup_alpha,
+            gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
+            strategy=strategy,
+            resize=setting("resize"),
+            crop=setting("crop"),
+            warmup_steps=FLAGS.warmup_steps,
+            validation_every=setting("validation_every"),
+            checkpoint_dir=checkpoint_dir,
+            logdir=_logdir(export_dir),
+            seed=FLAGS.seed,
+            jit_compile=FLAGS.jit_compile,
+            verbose=2,
+        )
+    except finetune_lib.TrainingInterruptedError as interrupted:
+        print(interrupted, file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
+        # shutdown after an interrupted fit).
+        os._exit(128 + interrupted.signal_number)
+    except finetune_lib.TrainingDivergedError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+    from bit_tf import data
+
+    _, crop = finetune_lib.resolve_resolution(
+        train, _model_name(), setting("resize"), setting("crop")
+    )
+    batches = data.eval_pipeline(validation, min(setting("batch_size", 512), 256), crop)
+    results = model.evaluate(batches, return_dict=True, verbose=0)
+    path = os.path.join(export_dir, "model.keras")
+    partial = os.path.join(export_dir, "model.partial.keras")
+    model.save(partial)
+    os.replace(partial, path)
+    print(f"wrote {path}")
+    print(f"final validation accuracy: {results['accuracy']:.4f}", flush=True)
+
+
+def run():
+    """The `bit-finetune` console script."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
