@@ -97,8 +97,17 @@ def model_card(
         "",
         "## Architecture",
         "",
-        f"- {architecture}: pre-activation ResNet (v2) with Group Normalization (32 groups) "
-        "and Weight Standardization in every convolution.",
+        f"- {architecture}: pre-activation ResNet (v2) with "
+        + (
+            "Group Normalization (32 groups)"
+            if metadata.get("normalization", "group") == "group"
+            else "no normalization"
+        )
+        + (
+            " and Weight Standardization in every convolution."
+            if metadata.get("weight_standardization", True)
+            else " and plain convolutions."
+        ),
         f"- Units per block: {tuple(metadata.get('units_per_block', ())) or 'n/a'}; "
         f"width factor: {width or 'n/a'}.",
         "- Variables carry the official BiT checkpoint names (`resnet/block1/unit01/...`).",
