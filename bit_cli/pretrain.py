@@ -122,14 +122,10 @@ def _config():
 
 
 def _export_hub(model, export_dir: str) -> None:
-    try:
-        from hub_export import export_module
-    except ImportError as error:
-        logging.warning(
-            "TF-Hub export skipped: hub_export.export_module is not available (%s).", error
-        )
-        return
-    export_module(model, export_dir, kind="feature_vector")
+    from hub_export import export_module
+
+    # A finished run started again re-exports the same weights, so replacing is safe.
+    export_module(model, export_dir, kind="feature_vector", overwrite=True)
     logging.info("Wrote the TF-Hub feature-vector module to %s", export_dir)
 
 

@@ -368,7 +368,10 @@ class _StopSignals:
 
     def _handle(self, number, frame):
         if self.received is None:
-            log.warning("Got %s: stopping after this step, with a checkpoint.", number)
+            log.warning(
+                "Got %s: stopping after this step, with a checkpoint.",
+                signal.Signals(number).name,
+            )
         self.received = number
 
     def __exit__(self, *exc):

@@ -174,7 +174,7 @@ def test_sigmoid_loss_and_precision_at_1_formulas():
     np.testing.assert_allclose(single, -np.log(softmax[[0, 1], [2, 1]]), rtol=1e-6)
 
 
-def test_multi_label_pretraining_uses_sigmoid_loss_and_reports_precision_at_1(
+def test_multi_label_bfloat16_pretraining_uses_sigmoid_loss_and_reports_precision_at_1(
     multi_label_file, tmp_path
 ):
     result = pretrain(
@@ -192,9 +192,12 @@ def test_multi_label_pretraining_uses_sigmoid_loss_and_reports_precision_at_1(
             units_per_block=(1, 1, 1, 1),
             shuffle_buffer=1,
             log_every=1,
+            mixed_precision=True,
         )
     )
     assert result.step == 3
+    assert result.model.get_layer("block1_unit01").compute_dtype == "bfloat16"
+    assert {variable.dtype for variable in result.model.trainable_variables} == {"float32"}
     first = result.history[0]
     # The head starts at zero: every logit is 0, so the summed sigmoid cross-entropy is
     # num_classes x log 2 (softmax would give log num_classes), and the top class is class 0,
