@@ -1,0 +1,63 @@
+"""The benchmark scripts keep working: one quick repetition each, small images (not a timing)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(arguments, tmp_path, **env):
+    output = tmp_path / "report.md"
+    result = subprocess.run(
+        [sys.executable, *arguments, f"--output={output}"],
+        cwd=REPOSITORY,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output.read_text()
+
+
+def test_cpu_benchmark_prints_its_table(tmp_path):
+    report = run_script(
+        [
+            "benchmarks/cpu.py",
+            "--quick",
+            "--image_size=32",
+            "--batch_size=2",
+            "--num_classes=10",
+            "--contenders=bit_tf.predict,bit_tf.serving,bit_tf.finetune",
+        ],
+        tmp_path,
+    )
+    assert "| contender | images/s (median)" in report
+    for contender in ("bit_tf.predict", "bit_tf.serving", "bit_tf.finetune"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {contender} "))
+        assert "failed" not in row, row
+        assert float(row.split("|")[2]) > 0
+    assert "float32 matmul peak" in report and "tensorflow 2." in report
+
+
+def test_gpu_benchmark_runs_on_jax_here(tmp_path):
+    pytest.importorskip("jax")
+    report = run_script(
+        [
+            "benchmarks/gpu.py",
+            "--quick",
+            "--image_size=32",
+            "--batch_size=2",
+            "--num_classes=10",
+            "--precision=float32",
+            "--contenders=bit_tf.jax.inference,bit_tf.jax.train",
+        ],
+        tmp_path,
+        KERAS_BACKEND="jax",
+    )
+    for contender in ("bit_tf.jax.inference", "bit_tf.jax.train"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {contender} "))
+        assert "failed" not in row, row
