@@ -28,7 +28,7 @@ DEFAULT_MODEL = "BiT-S-R26x1"
 # flag): random initialisation needs a larger rate than fine-tuning a pretrained model.
 DIGITS_DEFAULTS = {
     "batch_size": 32,
-    "steps": 300,
+    "steps": 400,
     "base_lr": 0.4,
     "resize": 36,
     "crop": 32,
@@ -182,7 +182,12 @@ def main(argv):
     logging.getLogger("bit_tf").setLevel(logging.INFO)
     import tensorflow as tf
 
-    from bit_tf import finetune as finetune_lib
+    from bit_tf.finetune import (
+        TrainingDivergedError,
+        TrainingInterruptedError,
+        finetune,
+        resolve_resolution,
+    )
 
     defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
 
@@ -197,7 +202,7 @@ def main(argv):
     os.makedirs(export_dir, exist_ok=True)
     checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(export_dir, "checkpoints")
     try:
-        model, _ = finetune_lib.finetune(
+        model, _ = finetune(
             _model_name(),
             train,
             validation,
@@ -218,21 +223,19 @@ def main(argv):
             jit_compile=FLAGS.jit_compile,
             verbose=2,
         )
-    except finetune_lib.TrainingInterruptedError as interrupted:
+    except TrainingInterruptedError as interrupted:
         print(interrupted, file=sys.stderr, flush=True)
         sys.stdout.flush()
         # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
         # shutdown after an interrupted fit).
         os._exit(128 + interrupted.signal_number)
-    except finetune_lib.TrainingDivergedError as error:
+    except TrainingDivergedError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
 
     from bit_tf import data
 
-    _, crop = finetune_lib.resolve_resolution(
-        train, _model_name(), setting("resize"), setting("crop")
-    )
+    _, crop = resolve_resolution(train, _model_name(), setting("resize"), setting("crop"))
     batches = data.eval_pipeline(validation, min(setting("batch_size", 512), 256), crop)
     results = model.evaluate(batches, return_dict=True, verbose=0)
     path = os.path.join(export_dir, "model.keras")

@@ -36,7 +36,10 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        # Importing bit_tf.finetune binds the submodule to the same name; keep the function.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'bit_tf' has no attribute {name!r}")
 
 

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 import bit_tf
-from bit_tf import finetune as finetune_lib
+import bit_tf.hyperrule  # noqa: F401  (registers the schedule for load_model)
+from bit_tf.finetune import TrainingDivergedError, _segments, finetune
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {"resize": 16, "crop": 16, "jit_compile": False, "verbose": 0, "seed": 0}
@@ -36,7 +37,7 @@ def stripes(count=48, seed=0):
 
 def test_short_finetune_lowers_the_loss_with_a_new_zero_head():
     backbone = tiny_backbone()
-    model, history = finetune_lib.finetune(
+    model, history = finetune(
         backbone,
         stripes(),
         stripes(16, seed=1),
@@ -63,7 +64,7 @@ def test_gradient_accumulation_gives_the_update_of_the_full_batch():
     for accumulation in (1, 4):
         backbone = tiny_backbone()
         backbone.set_weights(initial)
-        model, _ = finetune_lib.finetune(
+        model, _ = finetune(
             backbone,
             stripes(),
             batch_size=16,
@@ -86,8 +87,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
     images, labels = stripes(64)
     images[40:48] = np.nan  # the 6th batch of 8
     batches = tf.data.Dataset.from_tensor_slices((images, tf.one_hot(labels, 2))).batch(8)
-    with pytest.raises(finetune_lib.TrainingDivergedError, match=r"became nan at step 6 of 10"):
-        finetune_lib.finetune(
+    with pytest.raises(TrainingDivergedError, match=r"became nan at step 6 of 10"):
+        finetune(
             tiny_backbone(),
             batches,
             dataset_size=64,
@@ -129,13 +130,16 @@ backbone = tiny_backbone()
 initial = backbone.get_weights()
 weights = {}
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+images, labels = stripes()
+# The same global batches for both runs: a fixed-order batched dataset.
+batches = tf.data.Dataset.from_tensor_slices((images, tf.one_hot(labels, 2))).batch(16)
 for label, strategy in [("one", None), ("mirrored", mirrored)]:
     backbone.set_weights(initial)
-    model, _ = finetune(backbone, stripes(), batch_size=16, steps=2, base_lr=3.2,
-                        warmup_steps=0, strategy=strategy, **FAST)
+    model, _ = finetune(backbone, batches, dataset_size=48, batch_size=16, steps=2,
+                        base_lr=3.2, warmup_steps=0, strategy=strategy, **FAST)
     weights[label] = model.get_weights()
     print(label, "replicas", (strategy or tf.distribute.get_strategy()).num_replicas_in_sync,
-          "iterations", int(model.optimizer.iterations))
+          "iterations", int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
 np.savez(sys.argv[1], *[w for pair in zip(weights["one"], weights["mirrored"]) for w in pair],
          initial_count=len(initial))
 """
@@ -159,7 +163,7 @@ def test_mirrored_strategy_on_two_cpus_gives_the_update_of_one_device(tmp_path):
     assert len(pairs) > 20
     for index in range(0, len(pairs), 2):
         np.testing.assert_allclose(
-            arrays[f"arr_{index}"], arrays[f"arr_{index + 1}"], rtol=2e-4, atol=2e-6
+            arrays[f"arr_{index}"], arrays[f"arr_{index + 1}"], rtol=1e-4, atol=1e-6
         )
     head_kernel = arrays[f"arr_{len(pairs) - 4}"]
     assert np.abs(head_kernel).max() > 0, "the head did not move"
@@ -222,14 +226,12 @@ def test_sigint_writes_a_checkpoint_and_the_rerun_finishes_at_the_same_step(tmp_
 
 def test_bad_arguments_are_refused_before_training():
     with pytest.raises(ValueError, match="gradient_accumulation_steps=3 .* batch_size=16"):
-        finetune_lib.finetune(
-            tiny_backbone(), stripes(), batch_size=16, gradient_accumulation_steps=3, **FAST
-        )
+        finetune(tiny_backbone(), stripes(), batch_size=16, gradient_accumulation_steps=3, **FAST)
     with pytest.raises(TypeError, match="got int"):
-        finetune_lib.finetune(tiny_backbone(), 5, **FAST)
+        finetune(tiny_backbone(), 5, **FAST)
 
 
 def test_segments_cover_every_step_once():
-    assert finetune_lib._segments(0, 24, 5) == [(0, 4, 5), (4, 1, 4)]
-    assert finetune_lib._segments(7, 24, 5) == [(1, 1, 3), (2, 2, 5), (4, 1, 4)]
-    assert finetune_lib._segments(24, 24, 5) == []
+    assert _segments(0, 24, 5) == [(0, 4, 5), (4, 1, 4)]
+    assert _segments(7, 24, 5) == [(1, 1, 3), (2, 2, 5), (4, 1, 4)]
+    assert _segments(24, 24, 5) == []

@@ -1,0 +1,44 @@
+"""Fine-tune BiT on your own photos: one subfolder per class, e.g. photos/cat/*.jpg, photos/dog/*.
+
+    python examples/finetune_folder.py photos/ --weights BiT-M-R50x1
+
+Unreadable files are skipped and reported before training; 20% of every class is held out for
+validation; the BiT-HyperRule picks the schedule, resolution and MixUp from the data. Stop it
+with Ctrl-C (or SIGTERM) and run it again to resume from the last checkpoint.
+"""
+
+import argparse
+
+import bit_tf
+from bit_tf import data
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="a folder with one subfolder of images per class")
+    parser.add_argument("--model", default="BiT-M-R50x1", help="a name from bit_tf.list_models()")
+    parser.add_argument("--weights", default="BiT-M-R50x1", help="released name, .npz or URL")
+    parser.add_argument("--batch_size", type=int, default=128, help="global batch size")
+    parser.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
+    parser.add_argument("--output", default="finetuned", help="folder for checkpoints and model")
+    args = parser.parse_args()
+
+    source = data.from_folder(args.folder)
+    train, validation = data.split(source, validation_fraction=0.2, seed=0)
+    print(f"{train.num_examples} training and {validation.num_examples} validation images")
+
+    model, history = bit_tf.finetune(
+        args.model,
+        train,
+        validation,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.accumulate,
+        checkpoint_dir=f"{args.output}/checkpoints",
+    )
+    model.save(f"{args.output}/model.keras")
+    print(f"validation accuracy: {history.history['val_accuracy'][-1]:.4f}")
+
+
+if __name__ == "__main__":
+    main()
