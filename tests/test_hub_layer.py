@@ -36,14 +36,14 @@ def test_hub_layer_fine_tunes_in_a_keras3_model(feature_module, trainable):
         keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     before = [variable.numpy().copy() for variable in layer.weights]
-    history = model.fit(images, labels, epochs=2, batch_size=4, verbose=0)
+    history = model.fit(images, labels, epochs=2 if trainable else 1, batch_size=4, verbose=0)
     change = max(
         float(np.max(np.abs(old - variable.numpy())))
         for old, variable in zip(before, layer.weights, strict=True)
     )
     losses = history.history["loss"]
-    assert losses[-1] < losses[0]
     if trainable:
+        assert losses[-1] < losses[0]
         assert len(layer.trainable_weights) == len(layer.weights) > 0
         assert change > 0
         # The module itself was trained: a call through the layer sees the new weights.
