@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 from bit_tf.layers import (
     GroupNormalization,
@@ -34,12 +36,30 @@ _LAZY = {
 }
 
 
+class _CallableModule(types.ModuleType):
+    """A submodule that is also its main function: `bit_tf.finetune(...)` calls
+    `bit_tf.finetune.finetune(...)`, however the submodule was imported first."""
+
+    def __call__(self, *args, **kwargs):
+        return getattr(self, self.__name__.rsplit(".", 1)[-1])(*args, **kwargs)
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name, value):
+        # The import system binds an imported submodule onto its package under the same
+        # name as the function it is named after; make that module callable.
+        if name == "finetune" and isinstance(value, types.ModuleType):
+            value.__class__ = _CallableModule
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        # Importing bit_tf.finetune binds the submodule to the same name; keep the function.
-        globals()[name] = value
-        return value
+        module = importlib.import_module(_LAZY[name])
+        return module if name == "finetune" else getattr(module, name)
     raise AttributeError(f"module 'bit_tf' has no attribute {name!r}")
 
 

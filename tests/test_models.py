@@ -133,3 +133,16 @@ def test_keras_file_round_trip_gives_identical_outputs(fixture_model, reference_
         keras.ops.convert_to_numpy(loaded(images)),
         keras.ops.convert_to_numpy(fixture_model(images)),
     )
+
+
+def test_finetune_stays_callable_however_it_is_imported():
+    import subprocess
+    import sys
+
+    code = (
+        "import bit_tf.finetune, bit_tf; "
+        "assert callable(bit_tf.finetune), type(bit_tf.finetune); "
+        "assert bit_tf.finetune.finetune.__name__ == 'finetune'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
