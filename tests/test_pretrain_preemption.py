@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOTAL_STEPS = 20
+TOTAL_STEPS = 16
 MODEL = "BiT-S-R18x1"
 
 
