@@ -269,12 +269,13 @@ def _load_head(model, path, arrays, expected) -> None:
     bias_var.assign(arrays[HEAD_BIAS].astype(bias_var.dtype))
 
 
-def save_official_weights(model: keras.Model, path: str) -> str:
-    """Writes the model's weights in the official `.npz` layout, atomically.
+def official_arrays(model: keras.Model) -> dict[str, np.ndarray]:
+    """The model's weights as official key -> float32 array, in the released layout (the head
+    kernel as a (1, 1, features, classes) convolution).
 
     Example:
-        >>> bit_tf.save_official_weights(model, "my-bit.npz")
-        'my-bit.npz'
+        >>> official_arrays(model)["resnet/root_block/standardized_conv2d/kernel"].shape
+        (7, 7, 3, 64)
     """
     arrays = {}
     for key, variable in official_variables(model).items():
@@ -282,6 +283,17 @@ def save_official_weights(model: keras.Model, path: str) -> str:
         if key == HEAD_KERNEL:
             value = value.reshape((1, 1, *value.shape))
         arrays[key] = value
+    return arrays
+
+
+def save_official_weights(model: keras.Model, path: str) -> str:
+    """Writes the model's weights in the official `.npz` layout, atomically.
+
+    Example:
+        >>> bit_tf.save_official_weights(model, "my-bit.npz")
+        'my-bit.npz'
+    """
+    arrays = official_arrays(model)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

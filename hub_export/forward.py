@@ -6,39 +6,22 @@ the published BiT TF-Hub modules, and a loaded module needs neither Keras nor bi
 `tests/test_hub_module.py` checks it against the Keras model to 1e-5.
 
 Example:
-    >>> forward = BitForward(model_arrays(model))
+    >>> forward = BitForward(official_arrays(model))
     >>> features = forward.features(images)    # [batch, 2048 * width], the pre-logits
     >>> logits = forward.logits(features)
 """
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from bit_tf.hub import describe_layout
-from bit_tf.weights import HEAD_BIAS, HEAD_KERNEL, official_variables
+from bit_tf.weights import HEAD_BIAS, HEAD_KERNEL
 
 GROUPS = 32
 GROUP_NORM_EPSILON = 1e-5
 STANDARDIZATION_EPSILON = 1e-10
-
-
-def model_arrays(model: keras.Model) -> dict[str, np.ndarray]:
-    """The model's weights as official key -> float32 array (head kernel as (1, 1, F, C)).
-
-    Example:
-        >>> model_arrays(model)["resnet/root_block/standardized_conv2d/kernel"].shape
-        (7, 7, 3, 64)
-    """
-    arrays = {}
-    for key, variable in official_variables(model).items():
-        value = np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
-        if key == HEAD_KERNEL:
-            value = value.reshape((1, 1, *value.shape))
-        arrays[key] = value
-    return arrays
 
 
 def standardize_kernel(kernel):
@@ -56,7 +39,7 @@ def fold_weight_standardization(arrays: dict[str, np.ndarray]) -> dict[str, np.n
     standardization at every call.
 
     Example:
-        >>> folded = fold_weight_standardization(model_arrays(model))
+        >>> folded = fold_weight_standardization(official_arrays(model))
         >>> "resnet/root_block/conv2d/kernel" in folded
         True
     """
@@ -74,11 +57,11 @@ class BitForward(tf.Module):
     """Holds one `tf.Variable` per official key and computes BiT's forward pass with them.
 
     Args:
-        arrays: official key -> array, e.g. from `model_arrays` or a released `.npz`.
+        arrays: official key -> array, from `bit_tf.weights.official_arrays` or an `.npz`.
         trainable: whether the variables are trainable (False for serving exports).
 
     Example:
-        >>> forward = BitForward(model_arrays(model))
+        >>> forward = BitForward(official_arrays(model))
         >>> forward.weights["resnet/group_norm/gamma"].name
         'resnet/group_norm/gamma:0'
     """

@@ -21,9 +21,9 @@ import json
 import keras
 import tensorflow as tf
 
-from bit_tf.weights import HEAD_KEYS
+from bit_tf.weights import HEAD_KEYS, official_arrays
 from hub_export.atomic import atomic_path, join
-from hub_export.forward import BitForward, model_arrays
+from hub_export.forward import BitForward
 
 KINDS = ("feature_vector", "classification")
 METADATA_FILE = "bit_tf_module.json"
@@ -58,7 +58,7 @@ def build_module(model: keras.Model, kind: str = "feature_vector") -> tf.Module:
         TensorShape([2, 10])
     """
     _check_kind(kind)
-    arrays = model_arrays(model)
+    arrays = official_arrays(model)
     if kind == "feature_vector":  # like the published feature vectors: no head variables
         arrays = {key: value for key, value in arrays.items() if key not in HEAD_KEYS}
     forward = BitForward(arrays, trainable=True)

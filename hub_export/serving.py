@@ -39,8 +39,9 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from bit_tf.weights import official_arrays
 from hub_export.atomic import atomic_path, join
-from hub_export.forward import BitForward, model_arrays
+from hub_export.forward import BitForward
 from hub_export.forward import fold_weight_standardization as fold_weights
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -143,7 +144,7 @@ class ServingModule(tf.Module):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         super().__init__(name=None)
-        arrays = model_arrays(model)
+        arrays = official_arrays(model)
         if fold_weight_standardization:
             arrays = fold_weights(arrays)
         self.forward = BitForward(arrays, trainable=False)
