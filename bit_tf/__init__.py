@@ -16,6 +16,7 @@ import importlib
 import sys
 import types
 
+from bit_tf import hyperrule  # registers the schedule that saved .keras files refer to
 from bit_tf.layers import (
     GroupNormalization,
     PreActBasic,
@@ -70,6 +71,7 @@ __all__ = [
     "PreActBottleneck",
     "StandardizedConv2D",
     "create_model",
+    "hyperrule",
     "list_models",
     "load_official_weights",
     "resnet_v2",
