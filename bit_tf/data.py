@@ -136,6 +136,12 @@ class ImageSource:
 
 def _as_float_rgb(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
+    if images.ndim in (3, 4) and 0 in images.shape[:3]:
+        raise ValueError(
+            f"images must have at least one example, row and column, got shape {images.shape}."
+        )
+    if not images.dtype.isnative:
+        images = images.astype(images.dtype.newbyteorder("="))
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
@@ -420,6 +426,12 @@ def split(source: ImageSource, validation_fraction: float = 0.2, seed: int = 0) 
     )
 
 
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
 def _should_cache(source: ImageSource, size: int, cache: bool | str) -> bool:
     if cache == "auto":
         return source.num_examples * size * size * 3 * 4 <= CACHE_BYTES
@@ -457,6 +469,7 @@ def train_pipeline(
     Example:
         >>> batches = train_pipeline(source, batch_size=64, resize=160, crop=128, seed=0)
     """
+    _check_sizes(batch_size=batch_size, resize=resize, crop=crop)
     if crop > resize:
         raise ValueError(f"crop ({crop}) must not be larger than resize ({resize}).")
     if batch_size > source.num_examples and not repeat:
@@ -505,6 +518,7 @@ def eval_pipeline(
     Example:
         >>> model.evaluate(eval_pipeline(validation, batch_size=256, crop=128))
     """
+    _check_sizes(batch_size=batch_size, crop=crop)
     dataset = source.dataset().map(
         lambda image, label: (tf.image.resize(image, (crop, crop)), label),
         num_parallel_calls=AUTOTUNE,

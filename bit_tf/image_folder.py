@@ -104,7 +104,8 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         array = np.asarray(image).astype(np.float32) / 65535.0
         return np.repeat(np.clip(array, 0.0, 1.0)[..., None], 3, axis=-1)
     if image.mode == "F":
-        array = np.clip(np.asarray(image, dtype=np.float32) / 255.0, 0.0, 1.0)
+        array = np.nan_to_num(np.asarray(image, dtype=np.float32) / 255.0, nan=0.0)
+        array = np.clip(array, 0.0, 1.0)
         return np.repeat(array[..., None], 3, axis=-1)
     if image.mode != "RGB":
         image = image.convert("RGB")

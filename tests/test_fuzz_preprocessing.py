@@ -7,8 +7,8 @@
   reported in `source.skipped`) or stops with an `ImageFolderError` naming the class left empty;
   no image outside [0, 1] ever comes out.
 
-Cases marked xfail(strict=True) are real defects found by these tests, kept as reproductions
-until `bit_tf/data.py` or `bit_tf/image_folder.py` is fixed.
+The cases at the end reproduce defects these tests found (NaN in float TIFFs, empty axes,
+big-endian arrays, non-positive sizes); they stay as regression tests.
 """
 
 import io
@@ -336,14 +336,9 @@ def test_float_tiff_values_are_clipped_to_unit_range(values):
     assert np.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0
 
 
-# --- Reproductions of defects found by the tests above --------------------------------------
+# --- Regression tests for defects found by the tests above ----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="image_folder.to_rgb_array clips mode 'F' images with np.clip, which keeps NaN: a "
-    "float TIFF holding NaN passes scan_folder and yields NaN pixels",
-)
 def test_float_tiff_with_nan_is_skipped_or_made_finite(tmp_path):
     for label in ("a", "b"):
         (tmp_path / label).mkdir()
@@ -355,12 +350,6 @@ def test_float_tiff_with_nan_is_skipped_or_made_finite(tmp_path):
         assert np.isfinite(image).all(), "NaN pixels reached the pipeline"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data._as_float_rgb does not check for empty axes: zero-height integer images are "
-    "accepted and fail later inside tf.data; empty float arrays fail in np.min with numpy's "
-    "'zero-size array' message",
-)
 @pytest.mark.parametrize(
     "shape, dtype", [((2, 0, 4, 3), "uint8"), ((2, 4, 0), "uint16"), ((0, 4, 4, 3), "float32")]
 )
@@ -370,11 +359,6 @@ def test_empty_image_axes_are_refused_with_the_shape(shape, dtype):
         data.from_arrays(np.zeros(shape, dtype), labels, num_classes=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data._as_float_rgb compares dtypes with ==, so a big-endian uint16 array ('>u2') "
-    "is refused as 'must be uint8, uint16 or float'",
-)
 def test_big_endian_uint16_images_are_accepted():
     images = np.full((2, 4, 4, 3), 65535, dtype=">u2")
     source = data.from_arrays(images, np.array([0, 1]))
@@ -382,12 +366,6 @@ def test_big_endian_uint16_images_are_accepted():
     np.testing.assert_array_equal(image, 1.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train_pipeline / eval_pipeline do not check batch_size, resize and crop: zero or "
-    "negative values surface as tf.errors.InvalidArgumentError or a traced ValueError from "
-    "inside tf.image",
-)
 @pytest.mark.parametrize(
     "pipeline, arguments, name",
     [
