@@ -12,9 +12,16 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
+import os
+
+# TensorFlow enables its oneDNN kernels by default only on CPUs with AVX-512 features; on others
+# (AVX2 machines such as AMD EPYC) BiT trains about 4x faster with them. Set before TensorFlow is
+# imported; TF_ENABLE_ONEDNN_OPTS=0 turns them off, and an explicit setting always wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+import importlib  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
 
 from bit_tf import hyperrule  # registers the schedule that saved .keras files refer to
 from bit_tf.layers import (
