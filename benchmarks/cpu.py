@@ -32,31 +32,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from harness import (  # noqa: E402
     Worker,
+    benchmark,
+    define_flags,
     forward_flops,
     parse_name,
     random_images,
-    run_alternating,
     serve,
     versions,
 )
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "BiT-S-R50x1", "BiT model name (bit_tf.list_models()).")
-flags.DEFINE_integer("image_size", 128, "Square image size in pixels.")
-flags.DEFINE_integer("batch_size", 16, "Images per step.")
-flags.DEFINE_integer("num_classes", 1000, "Classes of the head.")
-flags.DEFINE_integer("repeats", 5, "Timed repetitions per contender, after warm-up.")
-flags.DEFINE_integer("steps_per_repeat", 3, "Steps timed together in one repetition.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps per contender before the first repetition.")
-flags.DEFINE_integer("threads", 2, "Intra-op threads for every framework.")
-flags.DEFINE_bool("quick", False, "One repetition of one step: checks that everything runs.")
-flags.DEFINE_list(
-    "contenders",
-    "bit_tf.predict,bit_tf.serving,bit_tf.finetune,timm.inference,timm.train",
-    "Which contenders to run.",
+define_flags(
+    image_size=128,
+    batch_size=16,
+    steps_per_repeat=3,
+    warmup=2,
+    contenders="bit_tf.predict,bit_tf.serving,bit_tf.finetune,timm.inference,timm.train",
 )
-flags.DEFINE_string("output", None, "Also write the Markdown report to this file.")
-flags.DEFINE_string("worker", None, "Internal: run as the worker of this contender.")
+flags.DEFINE_integer("threads", 2, "Intra-op threads for every framework.")
 
 TRAINING = {"bit_tf.finetune", "timm.train"}
 PEER = {"inference": "timm.inference", "train": "timm.train"}
@@ -320,43 +313,16 @@ def report(results: dict, flops: float, peak: float, info: dict) -> str:
 
 
 def driver_main() -> None:
-    if FLAGS.quick:
-        FLAGS.repeats, FLAGS.steps_per_repeat, FLAGS.warmup = 1, 1, 1
-    parse_name(FLAGS.model)
-    unknown = [name for name in FLAGS.contenders if name not in WORKERS]
-    if unknown:
-        raise app.UsageError(f"Unknown contenders {unknown}; choose from {sorted(WORKERS)}.")
     unavailable = {}
     if importlib.util.find_spec("timm") is None:
-        unavailable = {
-            name: "timm is not installed (pip install timm)"
-            for name in FLAGS.contenders
-            if name.startswith("timm")
-        }
-    arguments = [
-        f"--{flag}={getattr(FLAGS, flag)}"
-        for flag in ("model", "image_size", "batch_size", "num_classes", "threads", "repeats")
-    ]
-    arguments += [f"--steps_per_repeat={FLAGS.steps_per_repeat}", f"--warmup={FLAGS.warmup}"]
-    results = run_alternating(
-        __file__,
-        FLAGS.contenders,
-        arguments,
-        warmup=FLAGS.warmup,
-        repeats=FLAGS.repeats,
-        steps_per_repeat=FLAGS.steps_per_repeat,
-        unavailable=unavailable,
-    )
-    text = report(
-        results,
-        forward_flops(FLAGS.model, FLAGS.image_size, FLAGS.num_classes),
-        matmul_peak_gflops(FLAGS.threads),
-        versions(),
-    )
-    print(text)
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as handle:
-            handle.write(text + "\n")
+        unavailable = {name: "timm is not installed (pip install timm)" for name in WORKERS}
+        unavailable = {name: why for name, why in unavailable.items() if name.startswith("timm")}
+
+    def cpu_report(results):
+        flops = forward_flops(FLAGS.model, FLAGS.image_size, FLAGS.num_classes)
+        return report(results, flops, matmul_peak_gflops(FLAGS.threads), versions())
+
+    benchmark(__file__, WORKERS, ("threads",), unavailable, cpu_report)
 
 
 def main(argv) -> None:

@@ -22,32 +22,25 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 from absl import app, flags  # noqa: E402
 from harness import (  # noqa: E402
     Worker,
+    benchmark,
+    define_flags,
     forward_flops,
     parse_name,
     random_images,
-    run_alternating,
     serve,
     versions,
 )
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "BiT-S-R50x1", "BiT model name (bit_tf.list_models()).")
-flags.DEFINE_integer("image_size", 224, "Square image size in pixels.")
-flags.DEFINE_integer("batch_size", 128, "Images per step.")
-flags.DEFINE_integer("num_classes", 1000, "Classes of the head.")
-flags.DEFINE_enum("precision", "bfloat16", ["bfloat16", "float32"], "Compute precision.")
-flags.DEFINE_integer("repeats", 5, "Timed repetitions per contender, after warm-up.")
-flags.DEFINE_integer("steps_per_repeat", 10, "Steps timed together in one repetition.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps per contender before the first repetition.")
-flags.DEFINE_bool("quick", False, "One repetition of one step: checks that everything runs.")
-flags.DEFINE_list(
-    "contenders",
-    "bit_tf.jax.inference,bit_tf.jax.train,timm.eager.inference,timm.eager.train,"
+define_flags(
+    image_size=224,
+    batch_size=128,
+    steps_per_repeat=10,
+    warmup=3,
+    contenders="bit_tf.jax.inference,bit_tf.jax.train,timm.eager.inference,timm.eager.train,"
     "timm.compile.inference,timm.compile.train",
-    "Which contenders to run.",
 )
-flags.DEFINE_string("output", None, "Also write the Markdown report to this file.")
-flags.DEFINE_string("worker", None, "Internal: run as the worker of this contender.")
+flags.DEFINE_enum("precision", "bfloat16", ["bfloat16", "float32"], "Compute precision.")
 
 
 class BitJax(Worker):
@@ -240,36 +233,16 @@ def report(results: dict, flops: float) -> str:
 
 
 def driver_main() -> None:
-    if FLAGS.quick:
-        FLAGS.repeats, FLAGS.steps_per_repeat, FLAGS.warmup = 1, 1, 1
-    parse_name(FLAGS.model)
-    unknown = [name for name in FLAGS.contenders if name not in WORKERS]
-    if unknown:
-        raise app.UsageError(f"Unknown contenders {unknown}; choose from {sorted(WORKERS)}.")
-    missing = {
+    unavailable = {
         name: f"{package} is not installed"
-        for name in FLAGS.contenders
+        for name in WORKERS
         for package in (("jax",) if name.startswith("bit_tf") else ("torch", "timm"))
         if importlib.util.find_spec(package) is None
     }
-    arguments = [
-        f"--{flag}={getattr(FLAGS, flag)}"
-        for flag in ("model", "image_size", "batch_size", "num_classes", "precision")
-    ]
-    results = run_alternating(
-        __file__,
-        FLAGS.contenders,
-        arguments,
-        warmup=FLAGS.warmup,
-        repeats=FLAGS.repeats,
-        steps_per_repeat=FLAGS.steps_per_repeat,
-        unavailable=missing,
+    flops = forward_flops(FLAGS.model, FLAGS.image_size, FLAGS.num_classes)
+    benchmark(
+        __file__, WORKERS, ("precision",), unavailable, lambda results: report(results, flops)
     )
-    text = report(results, forward_flops(FLAGS.model, FLAGS.image_size, FLAGS.num_classes))
-    print(text)
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as handle:
-            handle.write(text + "\n")
 
 
 def main(argv) -> None:

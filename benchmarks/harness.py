@@ -16,6 +16,10 @@ import resource
 import subprocess
 import sys
 
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
 
 def rss_bytes() -> int:
     """Resident memory of this process now."""
@@ -194,3 +198,58 @@ def versions(packages=("tensorflow", "keras", "numpy", "torch", "timm")) -> dict
                 break
     found["cpu"] = f"{cpu}, {os.cpu_count()} cores"
     return found
+
+
+def define_flags(
+    *, image_size: int, batch_size: int, steps_per_repeat: int, warmup: int, contenders: str
+) -> None:
+    """The flags every benchmark script shares, with that script's defaults."""
+    flags.DEFINE_string("model", "BiT-S-R50x1", "BiT model name (bit_tf.list_models()).")
+    flags.DEFINE_integer("image_size", image_size, "Square image size in pixels.")
+    flags.DEFINE_integer("batch_size", batch_size, "Images per step.")
+    flags.DEFINE_integer("num_classes", 1000, "Classes of the head.")
+    flags.DEFINE_integer("repeats", 5, "Timed repetitions per contender, after warm-up.")
+    flags.DEFINE_integer("steps_per_repeat", steps_per_repeat, "Steps timed per repetition.")
+    flags.DEFINE_integer("warmup", warmup, "Untimed steps per contender before timing.")
+    flags.DEFINE_bool("quick", False, "One repetition of one step: checks that everything runs.")
+    flags.DEFINE_list("contenders", contenders, "Which contenders to run.")
+    flags.DEFINE_string("output", None, "Also write the Markdown report to this file.")
+    flags.DEFINE_string("worker", None, "Internal: run as the worker of this contender.")
+
+
+def benchmark(script: str, workers: dict, passed_flags: tuple, unavailable: dict, report) -> None:
+    """The driver: checks the flags, runs the contenders alternately in workers of `script`
+    (given `passed_flags`), prints `report(results)` and writes it to --output."""
+    if FLAGS.quick:
+        FLAGS.repeats, FLAGS.steps_per_repeat, FLAGS.warmup = 1, 1, 1
+    try:
+        parse_name(FLAGS.model)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    unknown = [name for name in FLAGS.contenders if name not in workers]
+    if unknown:
+        raise app.UsageError(f"Unknown contenders {unknown}; choose from {sorted(workers)}.")
+    names = (
+        "model",
+        "image_size",
+        "batch_size",
+        "num_classes",
+        "repeats",
+        "steps_per_repeat",
+        "warmup",
+        *passed_flags,
+    )
+    results = run_alternating(
+        script,
+        FLAGS.contenders,
+        [f"--{name}={getattr(FLAGS, name)}" for name in names],
+        warmup=FLAGS.warmup,
+        repeats=FLAGS.repeats,
+        steps_per_repeat=FLAGS.steps_per_repeat,
+        unavailable={name: why for name, why in unavailable.items() if name in FLAGS.contenders},
+    )
+    text = report(results)
+    print(text)
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as handle:
+            handle.write(text + "\n")
