@@ -122,8 +122,13 @@ def test_saved_model_round_trip_keeps_settings_and_outputs(tmp_path):
     restored = keras.saving.load_model(path)
     noisy_layers = [layer.norm_b for layer in restored.layers if hasattr(layer, "norm_b")]
     assert noisy_layers and all(isinstance(n, NoisyBatchNormalization) for n in noisy_layers)
+    # Direct calls: the same kernels on both sides (predict may be XLA-compiled on one side
+    # only, and two noisy training steps leave the network badly conditioned).
     np.testing.assert_allclose(
-        restored.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5
+        keras.ops.convert_to_numpy(restored(images, training=False)),
+        keras.ops.convert_to_numpy(model(images, training=False)),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
     layer = NoisyBatchNormalization(mean_range=0.3, scale_range=2.0, seed=7, axis=1)
