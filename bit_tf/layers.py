@@ -16,6 +16,10 @@ import keras
 from keras import ops
 
 PACKAGE = "bit_tf"
+# BiT's constants, shared with the plain-TensorFlow forward pass of hub_export.
+STANDARDIZATION_EPSILON = 1e-10
+GROUP_NORM_GROUPS = 32
+GROUP_NORM_EPSILON = 1e-5
 NORMALIZATIONS = ("group", "batch", "noisy_batch", "none")
 
 
@@ -39,7 +43,9 @@ class StandardizedConv2D(keras.layers.Conv2D):
         (2, 8, 8, 16)
     """
 
-    def __init__(self, filters: int, kernel_size, *, epsilon: float = 1e-10, **kwargs):
+    def __init__(
+        self, filters: int, kernel_size, *, epsilon: float = STANDARDIZATION_EPSILON, **kwargs
+    ):
         kwargs.setdefault("use_bias", False)
         super().__init__(filters, kernel_size, **kwargs)
         self.epsilon = epsilon
@@ -72,7 +78,9 @@ class GroupNormalization(keras.layers.GroupNormalization):
         (1, 4, 4, 64)
     """
 
-    def __init__(self, groups: int = 32, epsilon: float = 1e-5, **kwargs):
+    def __init__(
+        self, groups: int = GROUP_NORM_GROUPS, epsilon: float = GROUP_NORM_EPSILON, **kwargs
+    ):
         super().__init__(groups=groups, epsilon=epsilon, **kwargs)
 
 

@@ -17,11 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 from bit_tf.hub import describe_layout
+from bit_tf.layers import GROUP_NORM_EPSILON, STANDARDIZATION_EPSILON
+from bit_tf.layers import GROUP_NORM_GROUPS as GROUPS
 from bit_tf.weights import HEAD_BIAS, HEAD_KERNEL
-
-GROUPS = 32
-GROUP_NORM_EPSILON = 1e-5
-STANDARDIZATION_EPSILON = 1e-10
 
 
 def standardize_kernel(kernel):
