@@ -1,6 +1,8 @@
 """The building blocks of BiT: weight-standardized convolutions, GroupNorm, pre-activation units.
 
-Only `keras` and `keras.ops` are used here, so the layers run on every Keras 3 backend.
+Only `keras` and `keras.ops` are used here, so the layers run on every Keras 3 backend; on the
+TensorFlow backend, weight standardization and GroupNorm(+ReLU) run as fused, XLA-compiled
+kernels (`bit_tf.fused`) with the same results.
 
 Example:
     >>> import numpy as np
@@ -14,6 +16,34 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+
+_FUSED_KERNELS = {"enabled": True}
+
+
+def use_fused_kernels(enabled: bool) -> bool:
+    """Turns the fused TensorFlow kernels of `bit_tf.fused` on or off; returns the old setting.
+
+    They are on by default and give the same results; turning them off runs the plain Keras
+    ops (for debugging, or to compare).
+
+    Example:
+        >>> previous = use_fused_kernels(False)
+        >>> use_fused_kernels(previous)
+        False
+    """
+    previous = _FUSED_KERNELS["enabled"]
+    _FUSED_KERNELS["enabled"] = bool(enabled)
+    return previous
+
+
+def _fused():
+    """`bit_tf.fused` on the TensorFlow backend, else None (imported lazily: it needs TF)."""
+    if keras.backend.backend() != "tensorflow" or not _FUSED_KERNELS["enabled"]:
+        return None
+    from bit_tf import fused
+
+    return fused
+
 
 PACKAGE = "bit_tf"
 # BiT's constants, shared with the plain-TensorFlow forward pass of hub_export.
@@ -53,6 +83,9 @@ class StandardizedConv2D(keras.layers.Conv2D):
     def standardized_kernel(self, kernel=None):
         """Returns the kernel the convolution actually uses (computed in float32)."""
         kernel = self.kernel if kernel is None else kernel
+        fused = _fused()
+        if fused is not None:
+            return fused.standardize_kernel(kernel, epsilon=self.epsilon)
         kernel = ops.cast(kernel, "float32")
         mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
         variance = ops.var(kernel, axis=(0, 1, 2), keepdims=True)
@@ -82,6 +115,40 @@ class GroupNormalization(keras.layers.GroupNormalization):
         self, groups: int = GROUP_NORM_GROUPS, epsilon: float = GROUP_NORM_EPSILON, **kwargs
     ):
         super().__init__(groups=groups, epsilon=epsilon, **kwargs)
+
+    def _fusable(self, inputs):
+        fused = _fused()
+        if fused is None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
+            return None
+        if not (self.scale and self.center) or not fused.available(inputs.dtype):
+            return None
+        return fused
+
+    def call(self, inputs):
+        fused = self._fusable(inputs)
+        if fused is None:
+            return super().call(inputs)
+        return self._fused_call(fused, inputs, relu=False)
+
+    def normalize_and_relu(self, inputs):
+        """`relu(self(inputs))`, in one fused pass on the TensorFlow backend.
+
+        Example:
+            >>> GroupNormalization().normalize_and_relu(np.ones((1, 4, 4, 64), "float32")).shape
+            (1, 4, 4, 64)
+        """
+        if not self.built:
+            self.build(inputs.shape)
+        fused = self._fusable(inputs)
+        if fused is None:
+            return ops.relu(self(inputs))
+        return self._fused_call(fused, inputs, relu=True)
+
+    def _fused_call(self, fused, inputs, relu: bool):
+        outputs = fused.group_norm(
+            inputs, self.gamma, self.beta, groups=self.groups, epsilon=self.epsilon, relu=relu
+        )
+        return ops.cast(outputs, self.compute_dtype)
 
 
 def make_normalization(kind: str, name: str | None = None) -> keras.layers.Layer | None:
@@ -168,6 +235,8 @@ class _PreActUnit(keras.layers.Layer):
 
     @staticmethod
     def _activate(norm, inputs, training):
+        if isinstance(norm, GroupNormalization):
+            return norm.normalize_and_relu(inputs)
         if norm is not None:
             inputs = norm(inputs, training=training)
         return ops.relu(inputs)

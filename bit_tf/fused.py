@@ -1,0 +1,214 @@
+"""Fused TensorFlow kernels for BiT's GroupNorm(+ReLU) and weight standardization.
+
+On the TensorFlow backend, TensorFlow runs `keras.layers.GroupNormalization` and the kernel
+standardization as a dozen separate ops per layer (moments, broadcasts, and in the backward
+pass `Tile`s and more reductions), each a full pass over memory. Profiling BiT-R50x1 at
+128x128 showed these passes, not the convolutions, to be where this package lost to timm.
+
+Here each of them is one XLA-compiled function for the forward pass and one for the backward
+pass (a `tf.custom_gradient` with the closed-form gradient), so XLA fuses the elementwise work
+into the reductions, while the convolutions stay on TensorFlow's oneDNN kernels. Statistics are
+computed in float32 with two passes (mean, then the mean squared deviation), like the reference
+code; results match the unfused layers to float32 round-off.
+
+The other Keras backends do not need this: JAX compiles the whole step with XLA anyway.
+
+Example:
+    >>> import tensorflow as tf
+    >>> from bit_tf import fused
+    >>> x = tf.random.normal([2, 8, 8, 64])
+    >>> gamma, beta = tf.ones([64]), tf.zeros([64])
+    >>> y = fused.group_norm(x, gamma, beta, groups=32, epsilon=1e-5, relu=True)
+    >>> w = fused.standardize_kernel(tf.random.normal([3, 3, 64, 64]), epsilon=1e-10)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import keras
+import tensorflow as tf
+
+
+class _QuietRetracing(logging.Filter):
+    """Drops TensorFlow's "frequent retracing" warning about this module's functions.
+
+    Each outer graph (a model's predict or train step) traces them again for its own shapes,
+    which is expected and cheap; the warning would only alarm users.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("retracing" in message and "_functions.<locals>" in message)
+
+
+tf.get_logger().addFilter(_QuietRetracing())
+
+
+def available(dtype="float32") -> bool:
+    """Whether the fused kernels apply: the TensorFlow backend and a floating-point dtype.
+
+    Example:
+        >>> available("float32")  # True under KERAS_BACKEND=tensorflow
+        True
+    """
+    return keras.backend.backend() == "tensorflow" and tf.as_dtype(dtype).is_floating
+
+
+def _group_statistics(x3, groups: int, epsilon: float):
+    """Mean and 1/sqrt(variance + epsilon) per (example, group) of x3 = [batch, pixels, C].
+
+    Both reductions first sum over the pixels (contiguous "column" reductions that XLA turns
+    into one pass), then over the channels of each group (small).
+    """
+    channels = x3.shape[-1]
+    per_group = channels // groups
+    batch = tf.shape(x3)[0]
+    count = tf.cast(tf.shape(x3)[1] * per_group, tf.float32)
+    sums = tf.reshape(tf.reduce_sum(x3, axis=1), [batch, groups, per_group])
+    mean = tf.reduce_sum(sums, axis=2, keepdims=True) / count  # [batch, groups, 1]
+    mean_per_channel = tf.reshape(tf.broadcast_to(mean, [batch, groups, per_group]), [batch, 1, -1])
+    squares = tf.reduce_sum(tf.math.squared_difference(x3, mean_per_channel), axis=1)
+    variance = tf.reduce_sum(tf.reshape(squares, [batch, groups, per_group]), axis=2, keepdims=True)
+    return mean, tf.math.rsqrt(variance / count + epsilon), count
+
+
+def _per_channel(values, batch, groups: int, per_group: int):
+    """[batch, groups, 1 or per_group] -> [batch, 1, channels], for broadcasting over pixels."""
+    return tf.reshape(tf.broadcast_to(values, [batch, groups, per_group]), [batch, 1, -1])
+
+
+@functools.cache
+def _group_norm_functions(groups: int, epsilon: float, relu: bool, channels: int):
+    """The compiled forward and backward of GroupNorm(+ReLU) for one setting.
+
+    One pair per channel count as well, so that each function sees only the few input shapes
+    of its layers (TensorFlow warns about functions that are retraced for many shapes).
+    """
+
+    @tf.function(jit_compile=True, autograph=False)
+    def forward(x, gamma, beta):
+        shape = tf.shape(x)
+        x3 = tf.reshape(tf.cast(x, tf.float32), [shape[0], -1, x.shape[-1]])
+        batch, per_group = shape[0], x.shape[-1] // groups
+        mean, inverse, _ = _group_statistics(x3, groups, epsilon)
+        gamma = tf.reshape(gamma, [1, groups, per_group])
+        scale = inverse * gamma  # [batch, groups, per_group]
+        offset = tf.reshape(beta, [1, groups, per_group]) - mean * scale
+        y = x3 * _per_channel(scale, batch, groups, per_group)
+        y = y + _per_channel(offset, batch, groups, per_group)
+        if relu:
+            y = tf.nn.relu(y)
+        return tf.cast(tf.reshape(y, shape), x.dtype)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def backward(upstream, x, y, gamma):
+        shape = tf.shape(x)
+        batch, channels = shape[0], x.shape[-1]
+        per_group = channels // groups
+        x3 = tf.reshape(tf.cast(x, tf.float32), [batch, -1, channels])
+        dz = tf.reshape(tf.cast(upstream, tf.float32), [batch, -1, channels])
+        if relu:
+            dz = tf.where(tf.reshape(y, [batch, -1, channels]) > 0, dz, tf.zeros_like(dz))
+        mean, inverse, count = _group_statistics(x3, groups, epsilon)
+        sum_dz = tf.reshape(tf.reduce_sum(dz, axis=1), [batch, groups, per_group])
+        sum_dz_x = tf.reshape(tf.reduce_sum(dz * x3, axis=1), [batch, groups, per_group])
+        sum_dz_xhat = (sum_dz_x - mean * sum_dz) * inverse  # sum over pixels of dz * x_hat
+        gamma = tf.reshape(gamma, [1, groups, per_group])
+        d_beta = tf.reshape(tf.reduce_sum(sum_dz, axis=0), [channels])
+        d_gamma = tf.reshape(tf.reduce_sum(sum_dz_xhat, axis=0), [channels])
+        mean_dxhat = tf.reduce_sum(gamma * sum_dz, axis=2, keepdims=True) / count
+        mean_dxhat_xhat = tf.reduce_sum(gamma * sum_dz_xhat, axis=2, keepdims=True) / count
+        # dx = inverse * (gamma * dz - mean_dxhat - x_hat * mean_dxhat_xhat), as a * dz + b * x + c
+        a = _per_channel(inverse * gamma, batch, groups, per_group)
+        b = _per_channel(-inverse * inverse * mean_dxhat_xhat, batch, groups, per_group)
+        c = inverse * (mean * inverse * mean_dxhat_xhat - mean_dxhat)
+        dx = dz * a + x3 * b + _per_channel(c, batch, groups, per_group)
+        return tf.cast(tf.reshape(dx, shape), x.dtype), d_gamma, d_beta
+
+    return forward, backward
+
+
+def group_norm(x, gamma, beta, *, groups: int, epsilon: float, relu: bool = False):
+    """GroupNorm over the last axis of an NHWC tensor (then ReLU if asked), fused and compiled.
+
+    Args:
+        x: [batch, height, width, channels], channels divisible by `groups`.
+        gamma, beta: [channels] scale and offset.
+        groups: number of channel groups (BiT: 32).
+        epsilon: added to the variance (BiT: 1e-5).
+        relu: apply ReLU to the output (BiT's pre-activation), fused into the same pass.
+
+    Example:
+        >>> group_norm(tf.ones([1, 4, 4, 32]), tf.ones([32]), tf.zeros([32]), groups=32,
+        ...            epsilon=1e-5).shape
+        TensorShape([1, 4, 4, 32])
+    """
+    forward, backward = _group_norm_functions(
+        int(groups), float(epsilon), bool(relu), int(x.shape[-1])
+    )
+    # Tensors, not variables: a tf.function traces anew for every variable it is given.
+    gamma = tf.cast(tf.convert_to_tensor(gamma), tf.float32)
+    beta = tf.cast(tf.convert_to_tensor(beta), tf.float32)
+
+    @tf.custom_gradient
+    def normalize(x, gamma, beta):
+        y = forward(x, gamma, beta)
+
+        def gradient(upstream):
+            return backward(upstream, x, y, gamma)
+
+        return y, gradient
+
+    return normalize(x, gamma, beta)
+
+
+@functools.cache
+def _standardize_functions(shape: tuple, epsilon: float):
+    """The compiled forward and backward of weight standardization for one kernel shape."""
+
+    @tf.function(jit_compile=True, autograph=False)
+    def forward(kernel):
+        columns = tf.reshape(kernel, [-1, shape[-1]])
+        mean = tf.reduce_mean(columns, axis=0, keepdims=True)
+        variance = tf.reduce_mean(tf.math.squared_difference(columns, mean), axis=0, keepdims=True)
+        return tf.reshape((columns - mean) * tf.math.rsqrt(variance + epsilon), shape)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def backward(upstream, kernel):
+        columns = tf.reshape(kernel, [-1, shape[-1]])
+        d_columns = tf.reshape(upstream, [-1, shape[-1]])
+        mean = tf.reduce_mean(columns, axis=0, keepdims=True)
+        variance = tf.reduce_mean(tf.math.squared_difference(columns, mean), axis=0, keepdims=True)
+        inverse = tf.math.rsqrt(variance + epsilon)
+        standardized = (columns - mean) * inverse
+        mean_d = tf.reduce_mean(d_columns, axis=0, keepdims=True)
+        mean_d_standardized = tf.reduce_mean(d_columns * standardized, axis=0, keepdims=True)
+        d_kernel = (d_columns - mean_d - standardized * mean_d_standardized) * inverse
+        return tf.reshape(d_kernel, shape)
+
+    return forward, backward
+
+
+def standardize_kernel(kernel, *, epsilon: float):
+    """Weight standardization of a [..., out_channels] kernel in float32, fused and compiled.
+
+    Each output channel is shifted to mean 0 and scaled to variance 1 over all other axes
+    (variance without Bessel's correction, epsilon inside the square root).
+
+    Example:
+        >>> standardize_kernel(tf.random.normal([3, 3, 16, 8]), epsilon=1e-10).shape
+        TensorShape([3, 3, 16, 8])
+    """
+    kernel = tf.cast(tf.convert_to_tensor(kernel), tf.float32)
+    forward, backward = _standardize_functions(tuple(kernel.shape.as_list()), float(epsilon))
+
+    @tf.custom_gradient
+    def standardize(kernel):
+        def gradient(upstream):
+            return backward(upstream, kernel)
+
+        return forward(kernel), gradient
+
+    return standardize(kernel)
