@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from bit_tf import data as data_lib
 from bit_tf import hyperrule
+from bit_tf.bit_model import BitModel
 from bit_tf.models import create_model
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def _with_new_head(model: keras.Model, num_classes: int) -> keras.Model:
     head = keras.layers.Dense(
         num_classes, kernel_initializer="zeros", bias_initializer="zeros", name="head"
     )(features)
-    return keras.Model(model.inputs, head, name=model.name)
+    return BitModel(model.inputs, head, name=model.name)
 
 
 def _as_source(value, name: str):

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import keras
 
+from bit_tf.bit_model import BitModel
 from bit_tf.layers import (
     NORMALIZATIONS,
     PreActBasic,
@@ -178,7 +179,7 @@ def resnet_v2(
         outputs = keras.layers.Dense(
             num_classes, kernel_initializer="zeros", bias_initializer="zeros", name="head"
         )(outputs)
-    model = keras.Model(images, outputs, name=name)
+    model = BitModel(images, outputs, name=name)
     # predict/evaluate on an uncompiled model run XLA-compiled: Keras's "auto" turns XLA off on
     # CPUs, where it is about 1.4x faster for BiT inference (benchmarks/RESULTS.md).
     # `model.compile(jit_compile=...)` still decides for training.

@@ -7,7 +7,7 @@ scratch at 32x32 on scikit-learn's handwritten digits (offline, 1,437 training a
 images) for the same number of epochs at every per-device batch size, with the learning rate
 scaled linearly with the batch (Goyal et al.), and the test error is recorded.
 
-    python examples/normalization_ablation.py           # about 10 minutes on 2 CPU cores
+    python examples/normalization_ablation.py           # about 13.5 minutes on 2 CPU cores
     python examples/normalization_ablation.py --quick   # under a minute, for CI
     python examples/normalization_ablation.py --batch_sizes=2,16 --epochs=6 --model=BiT-S-R18x1
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from bit_tf import fused
 from bit_tf.hub import describe_layout
 from bit_tf.layers import GROUP_NORM_EPSILON, STANDARDIZATION_EPSILON
 from bit_tf.layers import GROUP_NORM_GROUPS as GROUPS
@@ -78,6 +79,9 @@ class BitForward(tf.Module):
             for key, value in sorted(arrays.items())
         }
         self.has_head = HEAD_KERNEL in self.weights
+        # Serving exports run GroupNorm + ReLU as one XLA-compiled kernel (bit_tf.fused);
+        # trainable modules keep plain ops, which any TF-Hub consumer can differentiate.
+        self.fused = not trainable
 
     def _conv(self, prefix, inputs, stride=1):
         standardized = f"{prefix}/standardized_conv2d/kernel"
@@ -96,6 +100,11 @@ class BitForward(tf.Module):
 
     def _norm_relu(self, prefix, inputs):
         gamma_key = f"{prefix}/group_norm/gamma"
+        if gamma_key in self.weights and self.fused:
+            gamma, beta = self.weights[gamma_key], self.weights[f"{prefix}/group_norm/beta"]
+            return fused.group_norm(
+                inputs, gamma, beta, groups=GROUPS, epsilon=GROUP_NORM_EPSILON, relu=True
+            )
         if gamma_key in self.weights:
             inputs = self._group_norm(
                 inputs, self.weights[gamma_key], self.weights[f"{prefix}/group_norm/beta"]
