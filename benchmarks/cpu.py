@@ -227,6 +227,9 @@ WORKERS = {
 def configure_threads() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(FLAGS.threads))
     if FLAGS.worker and FLAGS.worker.startswith("bit_tf"):
+        # bit_tf first, as users import it: it turns TensorFlow's oneDNN kernels on, which
+        # only works before TensorFlow itself is imported.
+        importlib.import_module("bit_tf")
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
