@@ -49,7 +49,8 @@ def test_bit_export_writes_module_serving_model_and_archive(official_checkpoint,
     images = np.random.default_rng(7).uniform(size=(2, 32, 32, 3)).astype("float32")
     module_outputs = tf.saved_model.load(str(tmp_path / "module"))(images).numpy()
     expected = model(images).numpy()
-    assert np.max(np.abs(module_outputs - expected)) / np.max(np.abs(expected)) < 1e-5
+    # Two float32 implementations (the module's plain-TF graph, the fused kernels): round-off.
+    assert np.max(np.abs(module_outputs - expected)) / np.max(np.abs(expected)) < 5e-5
 
     serving = tf.saved_model.load(str(tmp_path / "serving" / "1"))
     answer = serving.signatures["predict_images"](images=tf.constant(images))
