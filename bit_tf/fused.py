@@ -71,7 +71,7 @@ def _group_statistics(x3, groups: int, epsilon: float):
     mean_per_channel = tf.reshape(tf.broadcast_to(mean, [batch, groups, per_group]), [batch, 1, -1])
     squares = tf.reduce_sum(tf.math.squared_difference(x3, mean_per_channel), axis=1)
     variance = tf.reduce_sum(tf.reshape(squares, [batch, groups, per_group]), axis=2, keepdims=True)
-    return mean, tf.math.rsqrt(variance / count + epsilon), count
+    return mean, tf.math.rsqrt(variance / count + epsilon)
 
 
 def _per_channel(values, batch, groups: int, per_group: int):
@@ -92,7 +92,7 @@ def _group_norm_functions(groups: int, epsilon: float, relu: bool, channels: int
         shape = tf.shape(x)
         x3 = tf.reshape(tf.cast(x, tf.float32), [shape[0], -1, x.shape[-1]])
         batch, per_group = shape[0], x.shape[-1] // groups
-        mean, inverse, _ = _group_statistics(x3, groups, epsilon)
+        mean, inverse = _group_statistics(x3, groups, epsilon)
         gamma = tf.reshape(gamma, [1, groups, per_group])
         scale = inverse * gamma  # [batch, groups, per_group]
         offset = tf.reshape(beta, [1, groups, per_group]) - mean * scale
@@ -100,10 +100,12 @@ def _group_norm_functions(groups: int, epsilon: float, relu: bool, channels: int
         y = y + _per_channel(offset, batch, groups, per_group)
         if relu:
             y = tf.nn.relu(y)
-        return tf.cast(tf.reshape(y, shape), x.dtype)
+        return tf.cast(tf.reshape(y, shape), x.dtype), mean, inverse
 
     @tf.function(jit_compile=True, autograph=False)
-    def backward(upstream, x, y, gamma):
+    def backward(upstream, x, y, gamma, mean, inverse):
+        """Reuses the forward pass's statistics ([batch, groups, 1] each) instead of two more
+        passes over x."""
         shape = tf.shape(x)
         batch, channels = shape[0], x.shape[-1]
         per_group = channels // groups
@@ -111,7 +113,7 @@ def _group_norm_functions(groups: int, epsilon: float, relu: bool, channels: int
         dz = tf.reshape(tf.cast(upstream, tf.float32), [batch, -1, channels])
         if relu:
             dz = tf.where(tf.reshape(y, [batch, -1, channels]) > 0, dz, tf.zeros_like(dz))
-        mean, inverse, count = _group_statistics(x3, groups, epsilon)
+        count = tf.cast(tf.shape(x3)[1] * per_group, tf.float32)
         sum_dz = tf.reshape(tf.reduce_sum(dz, axis=1), [batch, groups, per_group])
         sum_dz_x = tf.reshape(tf.reduce_sum(dz * x3, axis=1), [batch, groups, per_group])
         sum_dz_xhat = (sum_dz_x - mean * sum_dz) * inverse  # sum over pixels of dz * x_hat
@@ -154,10 +156,10 @@ def group_norm(x, gamma, beta, *, groups: int, epsilon: float, relu: bool = Fals
 
     @tf.custom_gradient
     def normalize(x, gamma, beta):
-        y = forward(x, gamma, beta)
+        y, mean, inverse = forward(x, gamma, beta)
 
         def gradient(upstream):
-            return backward(upstream, x, y, gamma)
+            return backward(upstream, x, y, gamma, mean, inverse)
 
         return y, gradient
 
