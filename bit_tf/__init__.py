@@ -20,7 +20,7 @@ import os
 import sys  # noqa: E402
 import warnings  # noqa: E402
 
-if "tensorflow" in sys.modules and "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+if sys.modules.get("tensorflow") is not None and "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
     warnings.warn(
         "TensorFlow was imported before bit_tf, so bit_tf could not turn on TensorFlow's oneDNN "
         "kernels (about 4x faster BiT training on CPUs without AVX-512). Import bit_tf first, "

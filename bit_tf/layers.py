@@ -2,7 +2,8 @@
 
 Only `keras` and `keras.ops` are used here, so the layers run on every Keras 3 backend; on the
 TensorFlow backend, weight standardization and GroupNorm(+ReLU) run as fused, XLA-compiled
-kernels (`bit_tf.fused`) with the same results.
+kernels (`bit_tf.fused`) with the same results, and on JAX GroupNorm(+ReLU) runs with
+column statistics and a closed-form gradient (`bit_tf.fused_jax`).
 
 Example:
     >>> import numpy as np
@@ -21,7 +22,8 @@ _FUSED_KERNELS = {"enabled": True}
 
 
 def use_fused_kernels(enabled: bool) -> bool:
-    """Turns the fused TensorFlow kernels of `bit_tf.fused` on or off; returns the old setting.
+    """Turns the fused kernels (`bit_tf.fused`, `bit_tf.fused_jax`) on or off; returns the old
+    setting.
 
     They are on by default and give the same results; turning them off runs the plain Keras
     ops (for debugging, or to compare).
@@ -43,6 +45,21 @@ def _fused():
     from bit_tf import fused
 
     return fused
+
+
+def _fused_group_norm():
+    """The module whose `group_norm` fuses GroupNorm(+ReLU) on this backend, or None.
+
+    `bit_tf.fused` on TensorFlow, `bit_tf.fused_jax` on JAX (there only the GroupNorm needs
+    it: JAX compiles the weight standardization into the step already).
+    """
+    if not _FUSED_KERNELS["enabled"]:
+        return None
+    if keras.backend.backend() == "jax":
+        from bit_tf import fused_jax
+
+        return fused_jax
+    return _fused()
 
 
 PACKAGE = "bit_tf"
@@ -117,10 +134,12 @@ class GroupNormalization(keras.layers.GroupNormalization):
         super().__init__(groups=groups, epsilon=epsilon, **kwargs)
 
     def _fusable(self, inputs):
-        fused = _fused()
+        fused = _fused_group_norm()
         if fused is None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
             return None
-        if not (self.scale and self.center) or not fused.available(inputs.dtype):
+        if not (self.scale and self.center) or inputs.shape[-1] % self.groups:
+            return None
+        if fused is _fused() and not fused.available(inputs.dtype):
             return None
         return fused
 
@@ -145,8 +164,11 @@ class GroupNormalization(keras.layers.GroupNormalization):
         return self._fused_call(fused, inputs, relu=True)
 
     def _fused_call(self, fused, inputs, relu: bool):
+        gamma, beta = self.gamma, self.beta
+        if keras.backend.backend() == "jax":  # jax.custom_vjp takes arrays, not variables
+            gamma, beta = ops.convert_to_tensor(gamma), ops.convert_to_tensor(beta)
         outputs = fused.group_norm(
-            inputs, self.gamma, self.beta, groups=self.groups, epsilon=self.epsilon, relu=relu
+            inputs, gamma, beta, groups=self.groups, epsilon=self.epsilon, relu=relu
         )
         return ops.cast(outputs, self.compute_dtype)
 
