@@ -37,16 +37,27 @@ define_flags(
     batch_size=128,
     steps_per_repeat=10,
     warmup=3,
-    contenders="bit_tf.jax.inference,bit_tf.jax.train,timm.eager.inference,timm.eager.train,"
+    contenders="bit_tf.jax.inference,bit_tf.jax.train,bit_tf.jax_keras_gn.inference,"
+    "bit_tf.jax_keras_gn.train,timm.eager.inference,timm.eager.train,"
     "timm.compile.inference,timm.compile.train",
 )
 flags.DEFINE_enum("precision", "bfloat16", ["bfloat16", "float32"], "Compute precision.")
+flags.DEFINE_string(
+    "check_fixtures",
+    None,
+    "Before timing, check the JAX model on this machine's accelerator against the authors' "
+    "outputs in this folder (bit_r14x1_official.npz, bit_r14x1_reference_outputs.npz).",
+)
 
 
 class BitJax(Worker):
-    """The Keras 3 model on JAX: jitted stateless calls, as JAX users run Keras models."""
+    """The Keras 3 model on JAX: jitted stateless calls, as JAX users run Keras models.
+
+    `fused` False runs Keras' own GroupNormalization instead of `bit_tf.fused_jax`.
+    """
 
     training = False
+    fused = True
 
     def prepare(self):
         os.environ["KERAS_BACKEND"] = "jax"
@@ -55,6 +66,8 @@ class BitJax(Worker):
         import numpy as np
 
         import bit_tf
+
+        bit_tf.layers.use_fused_kernels(self.fused)
 
         if FLAGS.precision == "bfloat16":
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -107,8 +120,8 @@ class BitJax(Worker):
         return times
 
 
-class BitJaxTrain(BitJax):
-    training = True
+def _bit_kind(training: bool, fused: bool):
+    return type("BitJaxContender", (BitJax,), {"training": training, "fused": fused})
 
 
 class Timm(Worker):
@@ -167,8 +180,10 @@ def _timm_kind(training: bool, compiled: bool):
 
 
 WORKERS = {
-    "bit_tf.jax.inference": BitJax,
-    "bit_tf.jax.train": BitJaxTrain,
+    "bit_tf.jax.inference": _bit_kind(False, True),
+    "bit_tf.jax.train": _bit_kind(True, True),
+    "bit_tf.jax_keras_gn.inference": _bit_kind(False, False),
+    "bit_tf.jax_keras_gn.train": _bit_kind(True, False),
     "timm.eager.inference": _timm_kind(False, False),
     "timm.eager.train": _timm_kind(True, False),
     "timm.compile.inference": _timm_kind(False, True),
@@ -232,6 +247,51 @@ def report(results: dict, flops: float) -> str:
     return "\n".join(lines)
 
 
+def check_against_fixtures(folder: str) -> str:
+    """The R14 fixture's logits on this machine's JAX device vs the authors' reference, with
+    and without `bit_tf.fused_jax`, and the two GroupNorms' gradients against each other.
+    Runs in a worker process of its own; returns a Markdown paragraph."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, numpy as np
+os.environ["KERAS_BACKEND"] = "jax"
+import jax, keras
+import bit_tf
+jax.config.update("jax_default_matmul_precision", "highest")
+folder = {folder!r}
+reference = np.load(os.path.join(folder, "bit_r14x1_reference_outputs.npz"))
+checkpoint = os.path.join(folder, "bit_r14x1_official.npz")
+def error(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+gradients = {{}}
+for fused in (True, False):
+    bit_tf.layers.use_fused_kernels(fused)
+    model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=10)
+    bit_tf.load_official_weights(model, checkpoint)
+    logits = model.predict(reference["images"], verbose=0)
+    print(f"fused={{fused}} device={{jax.devices()[0].device_kind}} "
+          f"logits relative error {{error(logits, reference['logits']):.2e}}")
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    def loss(trainable, images):
+        out = model.stateless_call(trainable, non_trainable, images, training=True)[0]
+        return keras.ops.sum(keras.ops.square(out))
+    gradients[fused] = jax.jit(jax.grad(loss))(trainable, reference["images"])
+worst = max(error(a, b) for a, b in zip(gradients[True], gradients[False]))
+print(f"gradients fused vs Keras GroupNorm: worst relative error {{worst:.2e}}")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600
+    )
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    if result.returncode != 0:
+        lines.append(f"check failed (exit {result.returncode}): {result.stderr[-2000:]}")
+    return "Correctness (float32, highest matmul precision): " + "; ".join(lines)
+
+
 def driver_main() -> None:
     unavailable = {
         name: f"{package} is not installed"
@@ -240,8 +300,16 @@ def driver_main() -> None:
         if importlib.util.find_spec(package) is None
     }
     flops = forward_flops(FLAGS.model, FLAGS.image_size, FLAGS.num_classes)
+    check = ""
+    if FLAGS.check_fixtures:
+        check = check_against_fixtures(FLAGS.check_fixtures)
+        print(check, flush=True)
     benchmark(
-        __file__, WORKERS, ("precision",), unavailable, lambda results: report(results, flops)
+        __file__,
+        WORKERS,
+        ("precision",),
+        unavailable,
+        lambda results: report(results, flops) + (f"\n\n{check}" if check else ""),
     )
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # BiT-R50x1 on the lent GPU machine: this package on JAX against timm eager and torch.compile.
-# Here, first: ../shared/gpu/fetch_wheels.sh (puts keras, namex, optree into .whl/). Then one
-# device `run` with carry [".whl"] and the command `bash benchmarks/gpu.sh`; the report lands
-# in $OUT/gpu.md. Extra arguments go to benchmarks/gpu.py (e.g. --quick).
+# Here, first: ../shared/gpu/fetch_wheels.sh (puts keras, namex, optree into .whl/) and
+# `mkdir -p shared && cp -r ../shared/fixtures shared/` (the correctness check's inputs). Then
+# one device `run` with carry [".whl"] and the command `bash benchmarks/gpu.sh`; the report
+# lands in $OUT/gpu.md. Extra arguments go to benchmarks/gpu.py (e.g. --quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ] && ! python3 -c "import keras" 2>/dev/null; then
@@ -13,4 +14,10 @@ fi
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 out="${OUT:-benchmarks}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
-python3 benchmarks/gpu.py --output="$out/gpu.md" "$@"
+# The authors' reference outputs, for the correctness check before timing: ../shared/fixtures
+# here; on the device machine a copy in ./shared/fixtures (ignored by git, travels with the tree).
+check=()
+for fixtures in shared/fixtures ../shared/fixtures; do
+  if [ -f "$fixtures/bit_r14x1_official.npz" ]; then check=(--check_fixtures="$fixtures"); break; fi
+done
+python3 benchmarks/gpu.py --output="$out/gpu.md" "${check[@]}" "$@"

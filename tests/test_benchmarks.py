@@ -1,12 +1,16 @@
 """The benchmark scripts keep working: one quick repetition each, small images (not a timing)."""
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.environ.get(
+    "BIT_TF_FIXTURES", os.path.join(os.path.dirname(REPOSITORY), "shared", "fixtures")
+)
 
 
 def run_script(arguments, tmp_path, **env):
@@ -54,6 +58,7 @@ def test_gpu_benchmark_runs_on_jax_here(tmp_path):
             "--num_classes=10",
             "--precision=float32",
             "--contenders=bit_tf.jax.inference,bit_tf.jax.train",
+            f"--check_fixtures={FIXTURES}",
         ],
         tmp_path,
         KERAS_BACKEND="jax",
@@ -61,3 +66,6 @@ def test_gpu_benchmark_runs_on_jax_here(tmp_path):
     for contender in ("bit_tf.jax.inference", "bit_tf.jax.train"):
         row = next(line for line in report.splitlines() if line.startswith(f"| {contender} "))
         assert "failed" not in row, row
+    # The correctness check ran both GroupNorms against the authors' outputs and each other.
+    errors = [float(value) for value in re.findall(r"relative error (\S+?)(?:;|$)", report, re.M)]
+    assert len(errors) == 3 and max(errors) < 1e-4, report
