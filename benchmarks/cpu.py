@@ -119,12 +119,17 @@ class BitFinetune(Worker):
         self.release = threading.Semaphore(0)
         self.durations: queue.Queue = queue.Queue()
         self.failure: list = []
+        # Set when fit is about to run its first step: the model, its optimizer and the input
+        # pipeline exist, as timm's model and optimizer do when its worker reports ready, so
+        # both memory baselines are taken at the same point.
+        self.built = threading.Event()
         images = random_images(FLAGS.batch_size * 4, FLAGS.image_size)
         labels = np.arange(len(images)) % FLAGS.num_classes
         worker = self
 
         class StepGate(keras.callbacks.Callback):
             def on_train_batch_begin(self, batch, logs=None):
+                worker.built.set()
                 worker.release.acquire()
                 self.start = time.perf_counter()
 
@@ -150,9 +155,13 @@ class BitFinetune(Worker):
             except Exception as error:  # reported to the driver, not swallowed
                 worker.failure.append(repr(error))
                 worker.durations.put(None)
+                worker.built.set()
 
         self.thread = threading.Thread(target=train, daemon=True)
         self.thread.start()
+        self.built.wait()
+        if self.failure:
+            raise RuntimeError(f"bit_tf.finetune failed: {self.failure}")
 
     def run(self, steps):
         times = []
