@@ -1,8 +1,25 @@
 """Shared test fixtures: the authors' reference files in ../shared/fixtures."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# One XLA compilation cache for the whole session: the fused kernels (bit_tf.fused) cost
+# seconds of XLA compilation in every fresh process, and many tests start the same kind of
+# process (CLI runs, resumed runs, workers). Set here, before TensorFlow is imported, so that
+# pytest-xdist's workers and every subprocess inherit it; a cache the caller set is kept.
+if "--tf_xla_persistent_cache_directory" not in os.environ.get("TF_XLA_FLAGS", ""):
+    _XLA_CACHE = tempfile.mkdtemp(prefix="bit-tf-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+    os.environ["TF_XLA_FLAGS"] = " ".join(
+        filter(
+            None,
+            [os.environ.get("TF_XLA_FLAGS"), f"--tf_xla_persistent_cache_directory={_XLA_CACHE}"],
+        )
+    )
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -29,3 +46,9 @@ def reference_outputs() -> dict:
     """Images, logits and features that the authors' reference code gives for the fixture."""
     with np.load(REFERENCE_OUTPUTS) as data:
         return {key: data[key] for key in data.files}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow (a minute or more) start first, so that pytest-xdist's workers share
+    them out and finish together instead of one worker ending on a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

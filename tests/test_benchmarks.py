@@ -1,4 +1,5 @@
-"""The benchmark scripts keep working: one quick repetition each, small images (not a timing)."""
+"""The benchmark scripts keep working: one quick repetition each, the smallest BiT model and small
+images (not a timing)."""
 
 import os
 import re
@@ -6,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+
+pytestmark = pytest.mark.slow
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.environ.get(
@@ -32,6 +35,7 @@ def test_cpu_benchmark_prints_its_table(tmp_path):
         [
             "benchmarks/cpu.py",
             "--quick",
+            "--model=BiT-S-R18x1",
             "--image_size=32",
             "--batch_size=2",
             "--num_classes=10",
@@ -53,6 +57,7 @@ def test_gpu_benchmark_runs_on_jax_here(tmp_path):
         [
             "benchmarks/gpu.py",
             "--quick",
+            "--model=BiT-S-R18x1",
             "--image_size=32",
             "--batch_size=2",
             "--num_classes=10",

@@ -17,6 +17,7 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENVIRONMENT = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPOSITORY}
 
 
+@pytest.mark.slow
 def test_bit_export_writes_module_serving_model_and_archive(official_checkpoint, tmp_path):
     class_names = [f"flower_{index}" for index in range(10)]
     (tmp_path / "labels.txt").write_text("\n".join(class_names) + "\n")

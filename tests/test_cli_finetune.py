@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import keras
+import pytest
 
 import bit_tf.hyperrule  # noqa: F401  (registers the layers and the schedule for loading)
 
@@ -17,6 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = ["--steps=10", "--batch_size=8", "--resize=16", "--crop=16", "--validation_every=4"]
 
 
+@pytest.mark.slow
 def test_main_job_survives_sigterm_resumes_and_exports(tmp_path):
     export_dir = tmp_path / "out"
     command = [sys.executable, "-m", "bit_cli.finetune", f"--export_dir={export_dir}", *SHORT]

@@ -145,6 +145,7 @@ np.savez(sys.argv[1], *[w for pair in zip(weights["one"], weights["mirrored"]) f
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_cpus_gives_the_update_of_one_device(tmp_path):
     command, environment = _run_script(MIRRORED, tmp_path, "mirrored.py")
     output = tmp_path / "weights.npz"
@@ -193,6 +194,7 @@ print("finished iterations", int(model.optimizer.iterations), "epochs", history.
 """
 
 
+@pytest.mark.slow
 def test_sigint_writes_a_checkpoint_and_the_rerun_finishes_at_the_same_step(tmp_path):
     command, environment = _run_script(RESUMABLE, tmp_path, "resumable.py")
     command += [str(tmp_path / "run"), os.path.dirname(os.path.abspath(__file__))]

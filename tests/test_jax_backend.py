@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -19,6 +21,8 @@ def test_layers_and_parity_pass_on_jax():
         "-q",
         "-p",
         "no:cacheprovider",
+        "-n",
+        "0",
         "tests/test_layers.py",
         "tests/test_models.py",
         "-k",

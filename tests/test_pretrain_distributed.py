@@ -88,6 +88,7 @@ MIRRORED_VERSUS_ONE_DEVICE = """
 """
 
 
+@pytest.mark.slow
 def test_mirrored_update_over_two_cpu_devices_equals_one_device_update(tmp_path):
     result = _run_script(MIRRORED_VERSUS_ONE_DEVICE, tmp_path)
     assert result["replicas"] == 2
@@ -146,6 +147,7 @@ def _write_images_tfrecord(path, count, num_classes):
             writer.write(example.SerializeToString())
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_two_processes_end_with_the_same_weights(tmp_path):
     data = tmp_path / "train.tfrecord"
     _write_images_tfrecord(data, 32, 4)

@@ -11,6 +11,9 @@ import sys
 import time
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 16
