@@ -28,8 +28,27 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """The high-water mark of this process's resident memory."""
+    """The high-water mark of this process's resident memory (VmHWM where Linux has it)."""
+    if os.path.exists("/proc/self/status"):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Resets the high-water mark to the resident size now (Linux 4.0+); False where it can't.
+
+    The warm-up steps (tracing, compilation, first allocations) set a high-water mark of their
+    own; resetting after them lets the timed steps report the peak that training keeps hitting.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
 
 
 # Kept free of imports of TensorFlow: torch and TensorFlow in one process can crash.
@@ -121,13 +140,23 @@ def serve(worker: Worker) -> None:
     worker.prepare()
     baseline = rss_bytes()
     print(json.dumps({"ready": True}), flush=True)
+    overall_peak, steady_peak_known = 0, False
     for line in sys.stdin:
         request = json.loads(line)
         if request.get("stop"):
             break
         times = worker.run(request["steps"])
-        reply = {"times": times, "rss_growth": max(0, peak_rss_bytes() - baseline)}
+        peak = peak_rss_bytes()
+        overall_peak = max(overall_peak, peak)
+        reply = {
+            "times": times,
+            "rss_growth": max(0, overall_peak - baseline),
+            # The peak of the steps after the first request (the warm-up), over the same baseline.
+            "steady_rss_growth": max(0, peak - baseline) if steady_peak_known else None,
+        }
         print(json.dumps(reply), flush=True)
+        if not steady_peak_known:
+            steady_peak_known = reset_peak_rss()
     worker.close()
 
 
@@ -143,7 +172,9 @@ def run_alternating(
 ) -> dict:
     """Starts one worker per contender, warms each up, then alternates them `repeats` times
     (reversing the order every other round). Returns {name: {"times": [seconds per step],
-    "rss_growth": bytes}} or {name: {"error": text}}."""
+    "rss_growth": bytes, "steady_rss_growth": bytes or None}} or {name: {"error": text}}.
+    rss_growth is the resident high-water mark over the resident size before the first step,
+    all steps included; steady_rss_growth the same for the steps after warm-up."""
     results: dict = {name: {"error": why} for name, why in (unavailable or {}).items()}
     processes = {}
     for name in names:
@@ -161,6 +192,7 @@ def run_alternating(
             reply = ask(processes[name], name, steps_per_repeat)
             results[name]["times"].append(sum(reply["times"]) / len(reply["times"]))
             results[name]["rss_growth"] = reply["rss_growth"]
+            results[name]["steady_rss_growth"] = reply.get("steady_rss_growth")
     for process in processes.values():
         process.stdin.write(json.dumps({"stop": True}) + "\n")
         process.stdin.close()

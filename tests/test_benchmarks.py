@@ -48,6 +48,9 @@ def test_cpu_benchmark_prints_its_table(tmp_path):
         row = next(line for line in report.splitlines() if line.startswith(f"| {contender} "))
         assert "failed" not in row, row
         assert float(row.split("|")[2]) > 0
+    finetune = next(line for line in report.splitlines() if line.startswith("| bit_tf.finetune "))
+    all_steps, after_warmup = [cell.strip() for cell in finetune.split("|")[-3:-1]]
+    assert all_steps.endswith(" MiB") and after_warmup.endswith(" MiB"), finetune
     assert "float32 matmul peak" in report and "tensorflow 2." in report
 
 
@@ -74,3 +77,20 @@ def test_gpu_benchmark_runs_on_jax_here(tmp_path):
     # The correctness check ran both GroupNorms against the authors' outputs and each other.
     errors = [float(value) for value in re.findall(r"relative error (\S+?)(?:;|$)", report, re.M)]
     assert len(errors) == 3 and max(errors) < 1e-4, report
+
+
+def test_peak_memory_reset_forgets_an_earlier_peak():
+    """The harness's steady-state memory figure rests on resetting the high-water mark."""
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import harness\n"
+        "block = bytearray(300 * 2**20); block[::4096] = b'x' * len(block[::4096]); del block\n"
+        "before = harness.peak_rss_bytes()\n"
+        "assert harness.reset_peak_rss(), 'no /proc/self/clear_refs'\n"
+        "after = harness.peak_rss_bytes()\n"
+        "print(before - after)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) > 200 * 2**20
