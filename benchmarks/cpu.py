@@ -327,7 +327,7 @@ def report(results: dict, flops: float, peak: float, info: dict) -> str:
         memory = steady = ""
         if kind == "train":
             memory = _mebibytes(result["rss_growth"])
-            steady = _mebibytes(result.get("steady_rss_growth"))
+            steady = _mebibytes(result["steady_rss_growth"])
         lines.append(
             f"| {name} | {median:.1f} | {min(rates):.1f}-{max(rates):.1f} | {ratio} | "
             f"{achieved:.1f} | {100 * achieved / peak:.0f}% | {memory} | {steady} |"

@@ -140,7 +140,7 @@ def serve(worker: Worker) -> None:
     worker.prepare()
     baseline = rss_bytes()
     print(json.dumps({"ready": True}), flush=True)
-    overall_peak, steady_peak_known = 0, False
+    overall_peak, peak_was_reset = 0, False
     for line in sys.stdin:
         request = json.loads(line)
         if request.get("stop"):
@@ -152,11 +152,11 @@ def serve(worker: Worker) -> None:
             "times": times,
             "rss_growth": max(0, overall_peak - baseline),
             # The peak of the steps after the first request (the warm-up), over the same baseline.
-            "steady_rss_growth": max(0, peak - baseline) if steady_peak_known else None,
+            "steady_rss_growth": max(0, peak - baseline) if peak_was_reset else None,
         }
         print(json.dumps(reply), flush=True)
-        if not steady_peak_known:
-            steady_peak_known = reset_peak_rss()
+        if not peak_was_reset:
+            peak_was_reset = reset_peak_rss()
     worker.close()
 
 
@@ -183,7 +183,7 @@ def run_alternating(
         try:
             processes[name] = start_worker(script, name, arguments)
             ask(processes[name], name, warmup)
-            results[name] = {"times": [], "rss_growth": 0}
+            results[name] = {"times": [], "rss_growth": 0, "steady_rss_growth": None}
         except RuntimeError as error:
             results[name] = {"error": str(error)}
     for repeat in range(repeats):
@@ -192,7 +192,7 @@ def run_alternating(
             reply = ask(processes[name], name, steps_per_repeat)
             results[name]["times"].append(sum(reply["times"]) / len(reply["times"]))
             results[name]["rss_growth"] = reply["rss_growth"]
-            results[name]["steady_rss_growth"] = reply.get("steady_rss_growth")
+            results[name]["steady_rss_growth"] = reply["steady_rss_growth"]
     for process in processes.values():
         process.stdin.write(json.dumps({"stop": True}) + "\n")
         process.stdin.close()
