@@ -24,6 +24,10 @@ if "--tf_xla_persistent_cache_directory" not in os.environ.get("TF_XLA_FLAGS", "
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# bit_tf before anything that loads TensorFlow (keras does), as users import it: it turns on
+# TensorFlow's oneDNN kernels, which only works before TensorFlow is imported.
+import bit_tf  # noqa: E402, F401
+
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.environ.get(
     "BIT_TF_FIXTURES", os.path.join(os.path.dirname(REPOSITORY), "shared", "fixtures")

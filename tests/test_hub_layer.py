@@ -12,6 +12,8 @@ import bit_tf
 import hub_export
 from bit_tf.hub import UnsafeArchiveError, extract_archive_safely
 
+from numerics import SAME_MODEL_TOLERANCE, relative_error
+
 
 @pytest.fixture(scope="module")
 def feature_module(tmp_path_factory, official_checkpoint):
@@ -63,7 +65,7 @@ def test_hub_layer_matches_the_model_and_reads_local_archives(
     layer = bit_tf.HubLayer(archive)
     expected = backbone(images).numpy()
     actual = layer(images).numpy()
-    assert np.max(np.abs(actual - expected)) / np.max(np.abs(expected)) < 1e-5
+    assert relative_error(actual, expected) < SAME_MODEL_TOLERANCE
     assert os.listdir(tmp_path / "cache" / "bit_tf_hub")  # unpacked once, into the cache
     with pytest.raises(FileNotFoundError, match="neither an existing SavedModel"):
         bit_tf.HubLayer(str(tmp_path / "nothing-here"))

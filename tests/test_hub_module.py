@@ -13,9 +13,7 @@ import bit_tf
 import hub_export
 from bit_tf.weights import CheckpointError
 
-
-def relative_error(actual, expected):
-    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+from numerics import SAME_MODEL_TOLERANCE, relative_error
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +72,7 @@ def test_module_follows_the_reusable_saved_model_api(modules, classifier, images
     assert relative_error(training_output, module(images).numpy()) < 1e-6
     signature = module.signatures["serving_default"]
     served = signature(images=tf.constant(images))["logits"].numpy()
-    assert relative_error(served, classifier(images).numpy()) < 1e-5
+    assert relative_error(served, classifier(images).numpy()) < SAME_MODEL_TOLERANCE
     assert hub_export.read_metadata(modules["classification"])["kind"] == "classification"
 
 
@@ -85,7 +83,9 @@ def test_from_hub_rebuilds_a_native_trainable_model(modules, classifier, images,
     assert len(model.trainable_weights) == len(classifier.trainable_weights) - (
         0 if kind == "classification" else 2
     )
-    assert relative_error(model(images).numpy(), keras_output(classifier, images, kind)) < 1e-5
+    assert relative_error(model(images).numpy(), keras_output(classifier, images, kind)) < (
+        SAME_MODEL_TOLERANCE
+    )
 
 
 def test_from_hub_reads_modules_with_official_names_written_by_others(
@@ -102,7 +102,7 @@ def test_from_hub_reads_modules_with_official_names_written_by_others(
     tf.saved_model.save(root, str(tmp_path / "foreign"))
     assert root.weights[0].name.startswith("module/resnet/")
     model = bit_tf.from_hub(str(tmp_path / "foreign"))
-    assert relative_error(model(images).numpy(), classifier(images).numpy()) < 1e-5
+    assert relative_error(model(images).numpy(), classifier(images).numpy()) < SAME_MODEL_TOLERANCE
 
 
 def test_from_hub_refuses_a_module_that_is_not_bit(tmp_path):

@@ -10,13 +10,7 @@ import pytest
 import bit_tf
 from bit_tf.models import UPSTREAM, parse_model_name, resnet_v2
 
-PARITY_TOLERANCE = 1e-4
-
-
-def relative_error(actual, reference) -> float:
-    """Max abs difference over max abs reference, as the fixtures' README defines it."""
-    actual = keras.ops.convert_to_numpy(actual)
-    return float(np.abs(actual - reference).max() / np.abs(reference).max())
+from numerics import PARITY_TOLERANCE, relative_error
 
 
 @pytest.fixture(scope="module")

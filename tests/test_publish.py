@@ -16,6 +16,8 @@ import tensorflow as tf
 import bit_tf
 import hub_export
 
+from numerics import SAME_MODEL_TOLERANCE, relative_error
+
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENVIRONMENT = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPOSITORY}
 
@@ -197,6 +199,5 @@ def test_published_module_loads_over_http_in_a_fresh_process(module_dir, classif
     expected = classifier(images).numpy()
     with np.load(tmp_path / "outputs.npz") as outputs:
         for key in ("hub", "rebuilt"):
-            error = np.max(np.abs(outputs[key] - expected)) / np.max(np.abs(expected))
-            assert error < 1e-5, key
+            assert relative_error(outputs[key], expected) < SAME_MODEL_TOLERANCE, key
     assert os.listdir(tmp_path / "tfhub_cache")  # tensorflow_hub downloaded and unpacked it
