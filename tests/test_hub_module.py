@@ -83,9 +83,8 @@ def test_from_hub_rebuilds_a_native_trainable_model(modules, classifier, images,
     assert len(model.trainable_weights) == len(classifier.trainable_weights) - (
         0 if kind == "classification" else 2
     )
-    assert relative_error(model(images).numpy(), keras_output(classifier, images, kind)) < (
-        SAME_MODEL_TOLERANCE
-    )
+    # The same Keras layers with the same weights, both called eagerly: as close as that allows.
+    assert relative_error(model(images).numpy(), keras_output(classifier, images, kind)) < 1e-5
 
 
 def test_from_hub_reads_modules_with_official_names_written_by_others(
@@ -102,7 +101,7 @@ def test_from_hub_reads_modules_with_official_names_written_by_others(
     tf.saved_model.save(root, str(tmp_path / "foreign"))
     assert root.weights[0].name.startswith("module/resnet/")
     model = bit_tf.from_hub(str(tmp_path / "foreign"))
-    assert relative_error(model(images).numpy(), classifier(images).numpy()) < SAME_MODEL_TOLERANCE
+    assert relative_error(model(images).numpy(), classifier(images).numpy()) < 1e-5
 
 
 def test_from_hub_refuses_a_module_that_is_not_bit(tmp_path):
