@@ -31,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 from harness import (  # noqa: E402
+    MEMORY_KINDS,
     Worker,
     benchmark,
     define_flags,
@@ -167,6 +168,19 @@ class BitFinetune(Worker):
         self.built.wait()
         if self.failure:
             raise RuntimeError(f"bit_tf.finetune failed: {self.failure}")
+        import tensorflow as tf
+
+        self.tf = tf
+        try:  # TensorFlow's CPU allocator keeps statistics when oneDNN is on (bit_tf's default)
+            tf.config.experimental.reset_memory_stats("CPU:0")
+            self.tensors_before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        except ValueError:
+            self.tensors_before = None
+
+    def tensor_peak_growth(self):
+        if self.tensors_before is None:
+            return None
+        return self.tf.config.experimental.get_memory_info("CPU:0")["peak"] - self.tensors_before
 
     def run(self, steps):
         times = []
@@ -339,7 +353,35 @@ def report(results: dict, flops: float, peak: float, info: dict) -> str:
         "step, over all steps, and over the timed steps only (high-water mark reset after "
         "warm-up, so tracing and compilation in the first steps do not count there).",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + memory_by_kind(results))
+
+
+def memory_by_kind(results: dict) -> list[str]:
+    """A table of where each training contender's resident memory grew (harness.MEMORY_KINDS)."""
+    rows = [
+        (name, result)
+        for name, result in results.items()
+        if name in TRAINING and result.get("growth_by_kind")
+    ]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Where the training memory is: the resident growth after the last step, over the same "
+        "baseline, by kind of mapping, and the peak of the framework's own tensor allocator "
+        "over its use before the first step (TensorFlow's statistics; torch keeps none on the "
+        "CPU).",
+        "",
+        "| contender | tensors at peak | " + " | ".join(MEMORY_KINDS) + " | all resident growth |",
+        "| --- | --- | " + " | ".join("---" for _ in MEMORY_KINDS) + " | --- |",
+    ]
+    for name, result in rows:
+        kinds = result["growth_by_kind"]
+        cells = [_mebibytes(result.get("tensor_peak_growth"))]
+        cells += [_mebibytes(kinds[kind]) for kind in MEMORY_KINDS]
+        cells.append(_mebibytes(sum(kinds.values())))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def driver_main() -> None:

@@ -51,6 +51,49 @@ def reset_peak_rss() -> bool:
     return True
 
 
+MEMORY_KINDS = ("large anonymous", "heap", "other anonymous", "file-backed")
+LARGE_MAPPING_BYTES = 64 * 2**20
+
+
+def resident_by_kind() -> dict[str, int]:
+    """Resident bytes of this process by the kind of memory mapping (from /proc/self/smaps).
+
+    - "large anonymous": anonymous mappings over 64 MiB: the regions of TensorFlow's tensor
+      allocator (glibc never makes a thread arena larger than 64 MiB);
+    - "heap": glibc's main heap ([heap]), where the main thread's malloc lands;
+    - "other anonymous": the rest of the anonymous memory: glibc's per-thread arenas, thread
+      stacks, JIT-compiled code;
+    - "file-backed": pages of mapped files, mostly the libraries' code as it is first used.
+
+    Empty where the system has no /proc/self/smaps.
+
+    Example:
+        >>> sorted(resident_by_kind()) == sorted(MEMORY_KINDS)  # on Linux
+        True
+    """
+    if not os.path.exists("/proc/self/smaps"):
+        return {}
+    totals = dict.fromkeys(MEMORY_KINDS, 0)
+    kind = None
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            fields = line.split()
+            if re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", fields[0]):
+                start, end = (int(value, 16) for value in fields[0].split("-"))
+                name = fields[5] if len(fields) > 5 else ""
+                if name == "[heap]":
+                    kind = "heap"
+                elif name.startswith("/"):
+                    kind = "file-backed"
+                elif not name and end - start > LARGE_MAPPING_BYTES:
+                    kind = "large anonymous"
+                else:
+                    kind = "other anonymous"
+            elif fields[0] == "Rss:" and kind is not None:
+                totals[kind] += int(fields[1]) * 1024
+    return totals
+
+
 # Kept free of imports of TensorFlow: torch and TensorFlow in one process can crash.
 UNITS_PER_BLOCK = {
     18: (2, 2, 2, 2),
@@ -117,6 +160,11 @@ class Worker:
     def run(self, steps: int) -> list[float]:
         raise NotImplementedError
 
+    def tensor_peak_growth(self) -> int | None:
+        """Peak bytes of the framework's tensor allocator over its use before the first step,
+        where the framework keeps such statistics (None where not)."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -139,6 +187,7 @@ def serve(worker: Worker) -> None:
     """The worker side: prepare, then answer {"steps": n} lines with timings until stopped."""
     worker.prepare()
     baseline = rss_bytes()
+    baseline_by_kind = resident_by_kind()
     print(json.dumps({"ready": True}), flush=True)
     overall_peak, peak_was_reset = 0, False
     for line in sys.stdin:
@@ -153,6 +202,11 @@ def serve(worker: Worker) -> None:
             "rss_growth": max(0, overall_peak - baseline),
             # The peak of the steps after the first request (the warm-up), over the same baseline.
             "steady_rss_growth": max(0, peak - baseline) if peak_was_reset else None,
+            # Where the resident memory grew since that baseline, now, after these steps.
+            "growth_by_kind": {
+                kind: size - baseline_by_kind[kind] for kind, size in resident_by_kind().items()
+            },
+            "tensor_peak_growth": worker.tensor_peak_growth(),
         }
         print(json.dumps(reply), flush=True)
         if not peak_was_reset:
@@ -174,7 +228,9 @@ def run_alternating(
     (reversing the order every other round). Returns {name: {"times": [seconds per step],
     "rss_growth": bytes, "steady_rss_growth": bytes or None}} or {name: {"error": text}}.
     rss_growth is the resident high-water mark over the resident size before the first step,
-    all steps included; steady_rss_growth the same for the steps after warm-up."""
+    all steps included; steady_rss_growth the same for the steps after warm-up;
+    growth_by_kind the resident growth after the last step by `resident_by_kind`, and
+    tensor_peak_growth the worker's `tensor_peak_growth()`."""
     results: dict = {name: {"error": why} for name, why in (unavailable or {}).items()}
     processes = {}
     for name in names:
@@ -193,6 +249,8 @@ def run_alternating(
             results[name]["times"].append(sum(reply["times"]) / len(reply["times"]))
             results[name]["rss_growth"] = reply["rss_growth"]
             results[name]["steady_rss_growth"] = reply["steady_rss_growth"]
+            results[name]["growth_by_kind"] = reply["growth_by_kind"]
+            results[name]["tensor_peak_growth"] = reply["tensor_peak_growth"]
     for process in processes.values():
         process.stdin.write(json.dumps({"stop": True}) + "\n")
         process.stdin.close()

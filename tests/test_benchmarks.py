@@ -51,7 +51,46 @@ def test_cpu_benchmark_prints_its_table(tmp_path):
     finetune = next(line for line in report.splitlines() if line.startswith("| bit_tf.finetune "))
     all_steps, after_warmup = [cell.strip() for cell in finetune.split("|")[-3:-1]]
     assert all_steps.endswith(" MiB") and after_warmup.endswith(" MiB"), finetune
+    # The breakdown of that memory: TensorFlow's tensor peak, then growth by kind of mapping.
+    lines = report.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| contender | tensors"))
+    breakdown = next(line for line in lines[header:] if line.startswith("| bit_tf.finetune "))
+    cells = [cell.strip() for cell in breakdown.split("|")[2:-1]]
+    assert len(cells) == 6 and all(cell.endswith(" MiB") for cell in cells), breakdown
+    tensors, *kinds, total = (int(cell.split()[0]) for cell in cells)
+    assert tensors > 0 and abs(sum(kinds) - total) <= 4, breakdown
     assert "float32 matmul peak" in report and "tensorflow 2." in report
+
+
+def test_onednn_profile_sums_the_primitives_of_a_training_step():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/onednn_profile.py",
+            "--frameworks=tensorflow",
+            "--model=BiT-S-R18x1",
+            "--image_size=32",
+            "--batch_size=2",
+            "--num_classes=10",
+            "--warmup=1",
+            "--steps=1",
+        ],
+        cwd=REPOSITORY,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[1:4]): line.split("|")[4].strip()
+        for line in result.stdout.splitlines()
+        if line.startswith("| convolution ")
+    }
+    # Every convolution of the step ran forward and both backward directions, and the 3x3 ones
+    # report a rate: "milliseconds (GFLOP/s)".
+    for direction in ("forward_training", "backward_data", "backward_weights"):
+        assert re.fullmatch(r"[\d.]+ \(\d+\)", rows[("convolution", direction, "3x3")]), rows
 
 
 def test_gpu_benchmark_runs_on_jax_here(tmp_path):
