@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import importlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -182,7 +183,11 @@ def main(argv) -> None:
     unknown = [name for name in FLAGS.frameworks if name not in STEPS]
     if unknown:
         raise app.UsageError(f"Unknown frameworks {unknown}; choose from {sorted(STEPS)}.")
-    print(report({name: profile(name) for name in FLAGS.frameworks}))
+    frameworks = list(FLAGS.frameworks)
+    if "torch" in frameworks and importlib.util.find_spec("timm") is None:
+        print("torch: skipped, timm is not installed (pip install timm)")
+        frameworks.remove("torch")
+    print(report({name: profile(name) for name in frameworks}))
 
 
 if __name__ == "__main__":
