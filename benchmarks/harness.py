@@ -290,14 +290,19 @@ def versions(packages=("tensorflow", "keras", "numpy", "torch", "timm")) -> dict
     return found
 
 
-def define_flags(
-    *, image_size: int, batch_size: int, steps_per_repeat: int, warmup: int, contenders: str
-) -> None:
-    """The flags every benchmark script shares, with that script's defaults."""
+def define_model_flags(*, image_size: int, batch_size: int) -> None:
+    """The flags that say what is measured: --model, --image_size, --batch_size, --num_classes."""
     flags.DEFINE_string("model", "BiT-S-R50x1", "BiT model name (bit_tf.list_models()).")
     flags.DEFINE_integer("image_size", image_size, "Square image size in pixels.")
     flags.DEFINE_integer("batch_size", batch_size, "Images per step.")
     flags.DEFINE_integer("num_classes", 1000, "Classes of the head.")
+
+
+def define_flags(
+    *, image_size: int, batch_size: int, steps_per_repeat: int, warmup: int, contenders: str
+) -> None:
+    """The flags every benchmark script shares, with that script's defaults."""
+    define_model_flags(image_size=image_size, batch_size=batch_size)
     flags.DEFINE_integer("repeats", 5, "Timed repetitions per contender, after warm-up.")
     flags.DEFINE_integer("steps_per_repeat", steps_per_repeat, "Steps timed per repetition.")
     flags.DEFINE_integer("warmup", warmup, "Untimed steps per contender before timing.")

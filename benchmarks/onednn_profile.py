@@ -28,13 +28,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
-from harness import parse_name, random_images  # noqa: E402
+from harness import define_model_flags, parse_name, random_images  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "BiT-S-R50x1", "BiT model name (bit_tf.list_models()).")
-flags.DEFINE_integer("image_size", 128, "Square image size in pixels.")
-flags.DEFINE_integer("batch_size", 16, "Images per step.")
-flags.DEFINE_integer("num_classes", 1000, "Classes of the head.")
+define_model_flags(image_size=128, batch_size=16)
 flags.DEFINE_integer("threads", 2, "Intra-op threads for every framework.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps before the profiled ones.")
 flags.DEFINE_integer("steps", 2, "Profiled steps.")
@@ -92,14 +89,15 @@ def torch_step():
 STEPS = {"tensorflow": tensorflow_step, "torch": torch_step}
 
 
-def convolution_gflop(shape: str) -> float | None:
-    """GFLOP of a convolution from oneDNN's shape string (mb16_ic64oc256_ih32oh32kh1...)."""
+def convolution_gflop_and_kernel(shape: str) -> tuple[float, str] | None:
+    """GFLOP and kernel size ("3x3") of a convolution from oneDNN's shape string
+    (mb16_ic64oc256_ih32oh32kh1...); None where the string lacks a size."""
     sizes = {key: int(value) for key, value in SHAPE.findall(shape.replace("_", " "))}
     needed = ("mb", "ic", "oc", "oh", "ow", "kh", "kw")
     if not all(key in sizes for key in needed):
         return None
     mb, ic, oc, oh, ow, kh, kw = (sizes[key] for key in needed)
-    return 2 * mb * ic * oc * oh * ow * kh * kw / 1e9 / sizes.get("g", 1)
+    return 2 * mb * ic * oc * oh * ow * kh * kw / 1e9 / sizes.get("g", 1), f"{kh}x{kw}"
 
 
 def summarize(log: str, steps: int) -> dict:
@@ -111,11 +109,9 @@ def summarize(log: str, steps: int) -> dict:
             continue
         at = fields.index("exec")
         primitive, direction = fields[at + 2], fields[at + 4]
-        gflop = convolution_gflop(fields[-2]) if primitive == "convolution" else None
-        kernel = ""
-        if gflop is not None:
-            sizes = dict(SHAPE.findall(fields[-2].replace("_", " ")))
-            kernel = f"{sizes['kh']}x{sizes['kw']}"
+        gflop, kernel = None, ""
+        if primitive == "convolution":
+            gflop, kernel = convolution_gflop_and_kernel(fields[-2]) or (None, "")
         entry = totals[(primitive, direction, kernel)]
         entry[0] += float(fields[-1]) / steps
         entry[1] += (gflop or 0.0) / steps
