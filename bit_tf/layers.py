@@ -173,21 +173,23 @@ class GroupNormalization(keras.layers.GroupNormalization):
         return ops.cast(outputs, self.compute_dtype)
 
 
-def make_normalization(kind: str, name: str | None = None) -> keras.layers.Layer | None:
+def make_normalization(kind: str, name: str | None = None, dtype=None) -> keras.layers.Layer | None:
     """Returns the normalization layer named by `kind` (see `NORMALIZATIONS`), None for "none".
+
+    `dtype` is the layer's dtype policy (None: Keras' global policy).
 
     Example:
         >>> type(make_normalization("group")).__name__
         'GroupNormalization'
     """
     if kind == "group":
-        return GroupNormalization(name=name)
+        return GroupNormalization(name=name, dtype=dtype)
     if kind == "batch":
-        return keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=name)
+        return keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=name, dtype=dtype)
     if kind == "noisy_batch":
         from bit_tf.noisy_batch_norm import NoisyBatchNormalization
 
-        return NoisyBatchNormalization(name=name)
+        return NoisyBatchNormalization(name=name, dtype=dtype)
     if kind == "none":
         return None
     raise ValueError(f"Unknown normalization {kind!r}; choose one of {NORMALIZATIONS}.")
@@ -200,8 +202,11 @@ def make_convolution(
     strides: int = 1,
     weight_standardization: bool = True,
     name: str | None = None,
+    dtype=None,
 ) -> keras.layers.Layer:
     """A bias-free convolution, weight-standardized unless asked otherwise.
+
+    `dtype` is the layer's dtype policy (None: Keras' global policy).
 
     Kernels of size > 1 with stride 1 use "same" padding, which is symmetric then. With a
     stride, callers pad explicitly (as the reference code does) and the convolution is "valid".
@@ -209,7 +214,13 @@ def make_convolution(
     padding = "same" if (kernel_size > 1 and strides == 1) else "valid"
     layer_class = StandardizedConv2D if weight_standardization else keras.layers.Conv2D
     return layer_class(
-        filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=name
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=False,
+        name=name,
+        dtype=dtype,
     )
 
 
@@ -238,8 +249,10 @@ class _PreActUnit(keras.layers.Layer):
         self.weight_standardization = weight_standardization
         self.projection = None
 
+    # Sublayers take the unit's own dtype policy, so that a unit built or loaded under a mixed
+    # policy computes in it whatever Keras' global policy is at that time.
     def _norm(self, name: str):
-        return make_normalization(self.normalization, name=name)
+        return make_normalization(self.normalization, name=name, dtype=self.dtype_policy)
 
     def _conv(self, filters: int, kernel_size: int, strides: int = 1, name: str | None = None):
         return make_convolution(
@@ -248,6 +261,7 @@ class _PreActUnit(keras.layers.Layer):
             strides=strides,
             weight_standardization=self.weight_standardization,
             name=name,
+            dtype=self.dtype_policy,
         )
 
     def _build_projection(self, input_shape):

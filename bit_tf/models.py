@@ -62,6 +62,24 @@ def list_models() -> list[str]:
     ]
 
 
+def resolve_dtype_policy(dtype: str | keras.DTypePolicy | None) -> keras.DTypePolicy:
+    """The Keras dtype policy named by `dtype`; None gives Keras' global policy.
+
+    Example:
+        >>> resolve_dtype_policy("mixed_bfloat16").compute_dtype
+        'bfloat16'
+    """
+    if dtype is None:
+        return keras.config.dtype_policy()
+    try:
+        return keras.dtype_policies.get(dtype)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"Unknown dtype policy {dtype!r}: use a Keras policy name such as 'float32' or "
+            "'mixed_bfloat16', or a keras.DTypePolicy."
+        ) from error
+
+
 def parse_model_name(name: str) -> tuple[str, int, int]:
     """Splits "BiT-M-R50x1" into ("M", 50, 1), with a clear error for unknown names.
 
@@ -95,6 +113,7 @@ def resnet_v2(
     weight_standardization: bool = True,
     unit: str | None = None,
     name: str = "resnet_v2",
+    dtype: str | keras.DTypePolicy | None = None,
 ) -> keras.Model:
     """Builds a BiT ResNetV2 as a functional Keras model.
 
@@ -113,6 +132,10 @@ def resnet_v2(
         weight_standardization: standardize convolution kernels (BiT: True).
         unit: "bottleneck" or "basic"; by default basic for depths 18 and 34.
         name: the Keras model name.
+        dtype: the dtype policy of every layer, e.g. "mixed_bfloat16" (weights in float32,
+            computation in bfloat16: faster on CPUs with AMX or AVX512-BF16 and on GPUs);
+            None for Keras' global policy. The pooling and the head keep the policy's variable
+            dtype, so the features and logits of a mixed model are float32.
 
     Example:
         >>> model = resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=10)
@@ -144,6 +167,7 @@ def resnet_v2(
         raise ValueError(f"unit must be 'basic' or 'bottleneck', got {unit!r}.")
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(f"input_shape must be (height, width, 3), got {input_shape!r}.")
+    policy = resolve_dtype_policy(dtype)
 
     unit_options = {
         "normalization": normalization,
@@ -152,38 +176,49 @@ def resnet_v2(
     root_channels = 64 * width_factor
 
     images = keras.Input(shape=input_shape, name="images")
-    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus_one_one")(images)
-    x = keras.layers.ZeroPadding2D(3, name="root_pad")(x)
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus_one_one", dtype=policy)(images)
+    x = keras.layers.ZeroPadding2D(3, name="root_pad", dtype=policy)(x)
     x = make_convolution(
-        root_channels, 7, strides=2, weight_standardization=weight_standardization, name="root_conv"
+        root_channels,
+        7,
+        strides=2,
+        weight_standardization=weight_standardization,
+        name="root_conv",
+        dtype=policy,
     )(x)
-    x = keras.layers.ZeroPadding2D(1, name="root_pool_pad")(x)
-    x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="root_pool")(x)
+    x = keras.layers.ZeroPadding2D(1, name="root_pool_pad", dtype=policy)(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="root_pool", dtype=policy)(x)
 
     for block_index, units in enumerate(units_per_block):
         channels = root_channels * 2**block_index
         for unit_index in range(units):
             strides = 2 if (block_index > 0 and unit_index == 0) else 1
             layer_name = f"block{block_index + 1}_unit{unit_index + 1:02d}"
-            if unit == "bottleneck":
-                x = PreActBottleneck(channels, strides, name=layer_name, **unit_options)(x)
-            else:
-                x = PreActBasic(channels, strides, name=layer_name, **unit_options)(x)
+            unit_class = PreActBottleneck if unit == "bottleneck" else PreActBasic
+            x = unit_class(channels, strides, name=layer_name, dtype=policy, **unit_options)(x)
 
-    pre_head_norm = make_normalization(normalization, name="pre_head_norm")
+    pre_head_norm = make_normalization(normalization, name="pre_head_norm", dtype=policy)
     if pre_head_norm is not None:
         x = pre_head_norm(x)
-    x = keras.layers.ReLU(name="pre_head_relu")(x)
-    outputs = keras.layers.GlobalAveragePooling2D(name="pre_logits")(x)
+    x = keras.layers.ReLU(name="pre_head_relu", dtype=policy)(x)
+    # The features and the head keep the policy's variable dtype (float32 for mixed policies):
+    # the pooled features and the logits come out as float32, as Keras advises for outputs.
+    outputs = keras.layers.GlobalAveragePooling2D(name="pre_logits", dtype=policy.variable_dtype)(x)
     if num_classes is not None:
         outputs = keras.layers.Dense(
-            num_classes, kernel_initializer="zeros", bias_initializer="zeros", name="head"
+            num_classes,
+            kernel_initializer="zeros",
+            bias_initializer="zeros",
+            name="head",
+            dtype=policy.variable_dtype,
         )(outputs)
     model = BitModel(images, outputs, name=name)
     # predict/evaluate on an uncompiled model run XLA-compiled: Keras's "auto" turns XLA off on
     # CPUs, where it is about 1.4x faster for BiT inference (benchmarks/RESULTS.md).
-    # `model.compile(jit_compile=...)` still decides for training.
-    model.jit_compile = True
+    # `model.compile(jit_compile=...)` still decides for training. Not in bfloat16: XLA's CPU
+    # convolutions have no bfloat16 kernels of their own, oneDNN's do (1.6x faster, RESULTS.md).
+    if policy.compute_dtype == "float32":
+        model.jit_compile = True
     return model
 
 
@@ -203,7 +238,8 @@ def create_model(
         weights: None (random backbone, zero head), a released name such as "BiT-M-R50x1",
             a path to an official-layout `.npz`, or an http(s) URL of one.
         input_shape: (height, width, 3); None for any size.
-        **kwargs: passed to `resnet_v2` (normalization, weight_standardization).
+        **kwargs: passed to `resnet_v2` (normalization, weight_standardization, and dtype,
+            e.g. "mixed_bfloat16" for bfloat16 computation with float32 weights).
 
     Returns:
         A `keras.Model` taking float32 images in [0, 1], NHWC.
