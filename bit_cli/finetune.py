@@ -121,6 +121,13 @@ flags.DEFINE_enum(
 flags.DEFINE_bool(
     "jit_compile", False, "Compile the training step with XLA (faster on GPUs, slower on CPUs)."
 )
+flags.DEFINE_enum(
+    "dtype",
+    "float32",
+    ["float32", "mixed_bfloat16"],
+    "Keras dtype policy of the model: mixed_bfloat16 computes in bfloat16 with float32 weights "
+    "(faster on CPUs with AMX or AVX512-BF16, and on GPUs).",
+)
 flags.DEFINE_string("export_dir", "bit_finetune", "Folder for the fine-tuned model.keras.")
 flags.DEFINE_string(
     "checkpoint_dir",
@@ -220,6 +227,7 @@ def main(argv):
             checkpoint_dir=checkpoint_dir,
             logdir=_logdir(export_dir),
             seed=FLAGS.seed,
+            dtype=FLAGS.dtype,
             jit_compile=FLAGS.jit_compile,
             verbose=2,
         )

@@ -231,6 +231,31 @@ def test_bad_arguments_are_refused_before_training():
         finetune(tiny_backbone(), stripes(), batch_size=16, gradient_accumulation_steps=3, **FAST)
     with pytest.raises(TypeError, match="got int"):
         finetune(tiny_backbone(), 5, **FAST)
+    with pytest.raises(ValueError, match="dtype='mixed_bfloat16' applies to a model name"):
+        finetune(tiny_backbone(), stripes(), dtype="mixed_bfloat16", **FAST)
+    with pytest.raises(ValueError, match="Unknown dtype policy 'float33'"):
+        finetune("BiT-S-R18x1", stripes(), dtype="float33", **FAST)
+
+
+def test_mixed_bfloat16_trains_in_bfloat16_with_float32_weights_and_logits():
+    model, history = finetune(
+        "BiT-S-R18x1",
+        stripes(),
+        batch_size=16,
+        steps=16,
+        base_lr=0.64,
+        warmup_steps=2,
+        validation_every=4,
+        dtype="mixed_bfloat16",
+        **FAST,
+    )
+    losses = history.history["loss"]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert model.get_layer("root_conv").compute_dtype == "bfloat16"
+    assert model.get_layer("block2_unit01").conv_a.compute_dtype == "bfloat16"
+    assert {variable.dtype for variable in model.weights} == {"float32"}
+    logits = model(stripes(4)[0])
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
 
 
 def test_segments_cover_every_step_once():
