@@ -8,6 +8,7 @@ in the same run, and the versions.
     python benchmarks/cpu.py                        # BiT-R50x1, 128x128, batch 16, 5 repeats
     python benchmarks/cpu.py --quick                # one repetition, to check that it runs
     python benchmarks/cpu.py --output=benchmarks/latest.md
+    python benchmarks/cpu.py --dtype=mixed_bfloat16 # bfloat16 compute (timm under autocast)
 
 Contenders: `bit_tf.predict` (model.predict), `bit_tf.serving` (the serving SavedModel of
 hub_export: JPEG bytes in, top-k out), `bit_tf.finetune` (the `model.fit` path of
@@ -51,6 +52,13 @@ define_flags(
     contenders="bit_tf.predict,bit_tf.serving,bit_tf.finetune,timm.inference,timm.train",
 )
 flags.DEFINE_integer("threads", 2, "Intra-op threads for every framework.")
+flags.DEFINE_enum(
+    "dtype",
+    "float32",
+    ["float32", "mixed_bfloat16"],
+    "Keras dtype policy of bit_tf's models; mixed_bfloat16 runs timm under "
+    "torch.autocast(bfloat16) and measures a bfloat16 matmul peak.",
+)
 
 TRAINING = {"bit_tf.finetune", "timm.train"}
 PEER = {"inference": "timm.inference", "train": "timm.train"}
@@ -63,7 +71,9 @@ class BitPredict(Worker):
     def prepare(self):
         import bit_tf
 
-        self.model = bit_tf.create_model(FLAGS.model, num_classes=FLAGS.num_classes)
+        self.model = bit_tf.create_model(
+            FLAGS.model, num_classes=FLAGS.num_classes, dtype=FLAGS.dtype
+        )
         self.images = random_images(FLAGS.batch_size, FLAGS.image_size)
 
     def run(self, steps):
@@ -85,7 +95,7 @@ class BitServing(Worker):
         import bit_tf
         import hub_export
 
-        model = bit_tf.create_model(FLAGS.model, num_classes=FLAGS.num_classes)
+        model = bit_tf.create_model(FLAGS.model, num_classes=FLAGS.num_classes, dtype=FLAGS.dtype)
         rng = np.random.default_rng(0)
         model.get_layer("head").kernel.assign(
             rng.normal(0, 0.01, model.get_layer("head").kernel.shape).astype("float32")
@@ -155,6 +165,7 @@ class BitFinetune(Worker):
                     crop=FLAGS.image_size,
                     mixup_alpha=0.0,
                     validation_every=total_steps,
+                    dtype=FLAGS.dtype,
                     callbacks=[StepGate()],
                     verbose=0,
                 )
@@ -213,6 +224,9 @@ class TimmWorker(Worker):
         images = random_images(FLAGS.batch_size, FLAGS.image_size).transpose(0, 3, 1, 2)
         self.images = torch.from_numpy(images.copy()) * 2 - 1
         self.labels = torch.arange(FLAGS.batch_size) % FLAGS.num_classes
+        self.autocast = torch.autocast(
+            "cpu", dtype=torch.bfloat16, enabled=FLAGS.dtype == "mixed_bfloat16"
+        )
         if self.training:
             self.model.train()
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.003, momentum=0.9)
@@ -222,11 +236,13 @@ class TimmWorker(Worker):
     def step(self):
         torch = self.torch
         if not self.training:
-            with torch.inference_mode():
+            with torch.inference_mode(), self.autocast:
                 self.model(self.images)
             return
         self.optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
+        with self.autocast:
+            logits = self.model(self.images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), self.labels)
         loss.backward()
         self.optimizer.step()
 
@@ -266,14 +282,15 @@ def configure_threads() -> None:
 
 MATMUL_PROBE = """
 import sys, time
-size, threads, repeats = 2048, int(sys.argv[1]), 5
+size, threads, repeats, dtype = 2048, int(sys.argv[1]), 5, sys.argv[2]
 try:
     import torch
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = (torch.randn(size, size, dtype=getattr(torch, dtype)) for _ in range(2))
     multiply = lambda: torch.mm(a, b)
 except ImportError:
     import numpy as np
+    dtype = "float32"
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     b = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
     multiply = lambda: a @ b
@@ -283,22 +300,23 @@ for _ in range(repeats):
     start = time.perf_counter()
     multiply()
     best = min(best, time.perf_counter() - start)
-print(2 * size**3 / best / 1e9)
+print(2 * size**3 / best / 1e9, dtype)
 """
 
 
-def matmul_peak_gflops(threads: int) -> float:
-    """The float32 matmul rate of this machine with `threads` threads (torch's BLAS, else
-    numpy's), measured in a process of its own."""
+def matmul_peak_gflops(threads: int, dtype: str = "float32") -> tuple[float, str]:
+    """The matmul rate of this machine with `threads` threads in `dtype` (torch's BLAS, else
+    numpy's, which has float32 only), measured in a process of its own, and the dtype used."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     output = subprocess.run(
-        [sys.executable, "-c", MATMUL_PROBE, str(threads)],
+        [sys.executable, "-c", MATMUL_PROBE, str(threads), dtype],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return float(output.strip().splitlines()[-1])
+    rate, used = output.strip().splitlines()[-1].split()
+    return float(rate), used
 
 
 def _timed(function) -> float:
@@ -311,14 +329,15 @@ def _mebibytes(count) -> str:
     return "n/a" if count is None else f"{count / 2**20:.0f} MiB"
 
 
-def report(results: dict, flops: float, peak: float, info: dict) -> str:
+def report(results: dict, flops: float, peak: tuple[float, str], info: dict) -> str:
+    peak, peak_dtype = peak
     lines = [
         f"# BiT CPU benchmark: {FLAGS.model}, {FLAGS.image_size}x{FLAGS.image_size}, "
-        f"batch {FLAGS.batch_size}, float32, {FLAGS.threads} threads",
+        f"batch {FLAGS.batch_size}, {FLAGS.dtype}, {FLAGS.threads} threads",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         + "; ".join(f"{key} {value}" for key, value in info.items()),
-        f"float32 matmul peak (2048x2048, {FLAGS.threads} threads): {peak:.1f} GFLOP/s; "
+        f"{peak_dtype} matmul peak (2048x2048, {FLAGS.threads} threads): {peak:.1f} GFLOP/s; "
         f"forward pass: {flops / 1e9:.2f} GFLOP per image",
         "",
         "| contender | images/s (median) | min-max | vs timm | GFLOP/s | % of peak | "
@@ -392,9 +411,10 @@ def driver_main() -> None:
 
     def cpu_report(results):
         flops = forward_flops(FLAGS.model, FLAGS.image_size, FLAGS.num_classes)
-        return report(results, flops, matmul_peak_gflops(FLAGS.threads), versions())
+        peak_dtype = "bfloat16" if FLAGS.dtype == "mixed_bfloat16" else "float32"
+        return report(results, flops, matmul_peak_gflops(FLAGS.threads, peak_dtype), versions())
 
-    benchmark(__file__, WORKERS, ("threads",), unavailable, cpu_report)
+    benchmark(__file__, WORKERS, ("threads", "dtype"), unavailable, cpu_report)
 
 
 def main(argv) -> None:
