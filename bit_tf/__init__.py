@@ -40,6 +40,7 @@ from bit_tf.layers import (
     StandardizedConv2D,
 )
 from bit_tf.models import create_model, list_models, resnet_v2
+from bit_tf.optimizers import FusedMomentumSGD  # registered for saved .keras files
 from bit_tf.weights import CheckpointError, load_official_weights, save_official_weights
 
 __version__ = "0.1.0"
@@ -82,6 +83,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "CheckpointError",
+    "FusedMomentumSGD",
     "GroupNormalization",
     "PreActBasic",
     "PreActBottleneck",

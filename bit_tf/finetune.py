@@ -38,6 +38,7 @@ from bit_tf import data as data_lib
 from bit_tf import hyperrule
 from bit_tf.bit_model import BitModel
 from bit_tf.models import create_model, resolve_dtype_policy
+from bit_tf.optimizers import FusedMomentumSGD
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +437,7 @@ def finetune(
                 boundaries=boundaries,
                 gradient_accumulation_steps=accumulation,
             )
-            optimizer = keras.optimizers.SGD(
+            optimizer = FusedMomentumSGD(
                 learning_rate=schedule,
                 momentum=0.9,
                 gradient_accumulation_steps=accumulation if accumulation > 1 else None,

@@ -36,6 +36,7 @@ import keras
 import tensorflow as tf
 
 from bit_tf.models import create_model, parse_model_name
+from bit_tf.optimizers import FusedMomentumSGD
 from bit_tf.pretrain_data import DEFAULT_IMAGE_SIZE, UpstreamInput, open_source
 from bit_tf.pretrain_schedule import DEFAULT_GLOBAL_BATCH_SIZE, WARMUP_STEPS, upstream_schedule
 from bit_tf.weights import save_official_weights
@@ -271,13 +272,15 @@ def top1_hits(labels: tf.Tensor, logits: tf.Tensor, multi_label: bool) -> tf.Ten
 def make_optimizer(learning_rate, momentum: float = MOMENTUM) -> keras.optimizers.SGD:
     """SGD with momentum (BiT: 0.9); weight decay is added to the gradients by the train step.
 
+    A `bit_tf.optimizers.FusedMomentumSGD`: Keras' SGD with one fused update op per variable.
+
     Create it inside `strategy.scope()`.
 
     Example:
         >>> with strategy.scope():
         ...     optimizer = make_optimizer(upstream_schedule("S", 1_281_167))
     """
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+    return FusedMomentumSGD(learning_rate=learning_rate, momentum=momentum)
 
 
 def make_train_step(
