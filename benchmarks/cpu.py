@@ -372,6 +372,11 @@ def report(results: dict, flops: float, peak: tuple[float, str], info: dict) -> 
         "step, over all steps, and over the timed steps only (high-water mark reset after "
         "warm-up, so tracing and compilation in the first steps do not count there).",
     ]
+    if FLAGS.dtype != "float32" and "bit_tf.serving" in results:
+        lines.append(
+            f"bit_tf.serving computes in float32 whatever --dtype says ({FLAGS.dtype} here): "
+            "the serving export holds the official float32 graph."
+        )
     return "\n".join(lines + memory_by_kind(results))
 
 

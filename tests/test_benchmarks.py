@@ -64,6 +64,29 @@ def test_cpu_benchmark_prints_its_table(tmp_path):
     assert "float32 matmul peak" in report and "tensorflow 2." in report
 
 
+def test_cpu_benchmark_runs_in_bfloat16(tmp_path):
+    report = run_script(
+        [
+            "benchmarks/cpu.py",
+            "--quick",
+            "--model=BiT-S-R18x1",
+            "--image_size=32",
+            "--batch_size=2",
+            "--num_classes=10",
+            "--dtype=mixed_bfloat16",
+            "--contenders=bit_tf.predict,bit_tf.serving,bit_tf.finetune",
+        ],
+        tmp_path,
+    )
+    assert "batch 2, mixed_bfloat16, 2 threads" in report
+    for contender in ("bit_tf.predict", "bit_tf.finetune"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {contender} "))
+        assert "failed" not in row and float(row.split("|")[2]) > 0, row
+    # torch's bfloat16 matmul when torch is installed, numpy's float32 otherwise; either is named.
+    assert re.search(r"(bfloat16|float32) matmul peak", report)
+    assert "bit_tf.serving computes in float32 whatever --dtype says" in report
+
+
 def test_onednn_profile_sums_the_primitives_of_a_training_step():
     result = subprocess.run(
         [
