@@ -30,19 +30,20 @@ def run_script(arguments, tmp_path, **env):
     return output.read_text()
 
 
+# One quick repetition of the bit_tf contenders on the smallest model and small images.
+QUICK_CPU_RUN = [
+    "benchmarks/cpu.py",
+    "--quick",
+    "--model=BiT-S-R18x1",
+    "--image_size=32",
+    "--batch_size=2",
+    "--num_classes=10",
+    "--contenders=bit_tf.predict,bit_tf.serving,bit_tf.finetune",
+]
+
+
 def test_cpu_benchmark_prints_its_table(tmp_path):
-    report = run_script(
-        [
-            "benchmarks/cpu.py",
-            "--quick",
-            "--model=BiT-S-R18x1",
-            "--image_size=32",
-            "--batch_size=2",
-            "--num_classes=10",
-            "--contenders=bit_tf.predict,bit_tf.serving,bit_tf.finetune",
-        ],
-        tmp_path,
-    )
+    report = run_script(QUICK_CPU_RUN, tmp_path)
     assert "| contender | images/s (median)" in report
     for contender in ("bit_tf.predict", "bit_tf.serving", "bit_tf.finetune"):
         row = next(line for line in report.splitlines() if line.startswith(f"| {contender} "))
@@ -65,19 +66,7 @@ def test_cpu_benchmark_prints_its_table(tmp_path):
 
 
 def test_cpu_benchmark_runs_in_bfloat16(tmp_path):
-    report = run_script(
-        [
-            "benchmarks/cpu.py",
-            "--quick",
-            "--model=BiT-S-R18x1",
-            "--image_size=32",
-            "--batch_size=2",
-            "--num_classes=10",
-            "--dtype=mixed_bfloat16",
-            "--contenders=bit_tf.predict,bit_tf.serving,bit_tf.finetune",
-        ],
-        tmp_path,
-    )
+    report = run_script([*QUICK_CPU_RUN, "--dtype=mixed_bfloat16"], tmp_path)
     assert "batch 2, mixed_bfloat16, 2 threads" in report
     for contender in ("bit_tf.predict", "bit_tf.finetune"):
         row = next(line for line in report.splitlines() if line.startswith(f"| {contender} "))
