@@ -329,8 +329,7 @@ def _mebibytes(count) -> str:
     return "n/a" if count is None else f"{count / 2**20:.0f} MiB"
 
 
-def report(results: dict, flops: float, peak: tuple[float, str], info: dict) -> str:
-    peak, peak_dtype = peak
+def report(results: dict, flops: float, peak: float, peak_dtype: str, info: dict) -> str:
     lines = [
         f"# BiT CPU benchmark: {FLAGS.model}, {FLAGS.image_size}x{FLAGS.image_size}, "
         f"batch {FLAGS.batch_size}, {FLAGS.dtype}, {FLAGS.threads} threads",
@@ -417,7 +416,8 @@ def driver_main() -> None:
     def cpu_report(results):
         flops = forward_flops(FLAGS.model, FLAGS.image_size, FLAGS.num_classes)
         peak_dtype = "bfloat16" if FLAGS.dtype == "mixed_bfloat16" else "float32"
-        return report(results, flops, matmul_peak_gflops(FLAGS.threads, peak_dtype), versions())
+        peak, peak_dtype = matmul_peak_gflops(FLAGS.threads, peak_dtype)
+        return report(results, flops, peak, peak_dtype, versions())
 
     benchmark(__file__, WORKERS, ("threads", "dtype"), unavailable, cpu_report)
 
