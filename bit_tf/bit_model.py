@@ -7,6 +7,12 @@ about 180 ms on top of a ~500 ms forward pass (benchmarks/RESULTS.md). For in-me
 predict function (`predict_on_batch`), so `model.predict(images)` costs what the forward pass
 costs. Datasets, generators, `steps=` and callbacks take Keras' own path, unchanged.
 
+A float32 `BitModel` also predicts XLA-compiled, however it was made: built by `resnet_v2`, or
+reloaded from a `.keras` file. Keras' "auto" turns XLA off on CPUs, where it makes BiT inference
+about 1.4x faster (benchmarks/RESULTS.md). Not in bfloat16 or float16: XLA's CPU convolutions
+have no bfloat16 kernels of their own, oneDNN's do (1.6x faster, RESULTS.md). `model.compile(
+jit_compile=...)` still decides, for training and afterwards for predict too.
+
 Example:
     >>> import numpy as np, bit_tf
     >>> model = bit_tf.create_model("BiT-S-R50x1", num_classes=10)
@@ -22,6 +28,13 @@ import math
 
 import keras
 import numpy as np
+
+
+def _xla_predicts_faster(model: keras.Model) -> bool:
+    """XLA for an uncompiled model's predict: float32 layers, on the backends that compile it."""
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        return False
+    return all(layer.compute_dtype == "float32" for layer in model.layers)
 
 
 def _is_in_memory(x) -> bool:
@@ -42,6 +55,12 @@ class BitModel(keras.Model):
         >>> model.predict(np.ones((5, 32, 32, 3), "float32"), verbose=0).shape
         (5, 3)
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Also runs when Keras reloads a saved model (functional from_config calls the class).
+        if _xla_predicts_faster(self):
+            self.jit_compile = True
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         if steps is not None or callbacks or not _is_in_memory(x) or len(x) == 0:

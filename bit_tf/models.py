@@ -212,14 +212,8 @@ def resnet_v2(
             name="head",
             dtype=policy.variable_dtype,
         )(outputs)
-    model = BitModel(images, outputs, name=name)
-    # predict/evaluate on an uncompiled model run XLA-compiled: Keras's "auto" turns XLA off on
-    # CPUs, where it is about 1.4x faster for BiT inference (benchmarks/RESULTS.md).
-    # `model.compile(jit_compile=...)` still decides for training. Not in bfloat16: XLA's CPU
-    # convolutions have no bfloat16 kernels of their own, oneDNN's do (1.6x faster, RESULTS.md).
-    if policy.compute_dtype == "float32":
-        model.jit_compile = True
-    return model
+    # A float32 BitModel predicts XLA-compiled, also when reloaded (bit_tf/bit_model.py).
+    return BitModel(images, outputs, name=name)
 
 
 def create_model(

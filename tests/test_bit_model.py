@@ -52,6 +52,19 @@ def test_datasets_take_the_keras_path_and_saving_keeps_the_class(model, tmp_path
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, BitModel)
+    # The reloaded model predicts XLA-compiled too, so both sides run the same kernels.
+    assert loaded.jit_compile and model.jit_compile
     np.testing.assert_allclose(
         loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5, atol=1e-5
     )
+
+
+def test_only_float32_models_predict_with_xla_until_compile_decides(tmp_path):
+    mixed = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3, dtype="mixed_bfloat16")
+    assert not mixed.jit_compile
+    path = str(tmp_path / "mixed.keras")
+    mixed.save(path)
+    assert not keras.saving.load_model(path).jit_compile
+    model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3)
+    model.compile(loss="mse", jit_compile=False)
+    assert not model.jit_compile
