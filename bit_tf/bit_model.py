@@ -7,11 +7,14 @@ about 180 ms on top of a ~500 ms forward pass (benchmarks/RESULTS.md). For in-me
 predict function (`predict_on_batch`), so `model.predict(images)` costs what the forward pass
 costs. Datasets, generators, `steps=` and callbacks take Keras' own path, unchanged.
 
-A float32 `BitModel` also predicts XLA-compiled, however it was made: built by `resnet_v2`, or
-reloaded from a `.keras` file. Keras' "auto" turns XLA off on CPUs, where it makes BiT inference
-about 1.4x faster (benchmarks/RESULTS.md). Not in bfloat16 or float16: XLA's CPU convolutions
-have no bfloat16 kernels of their own, oneDNN's do (1.6x faster, RESULTS.md). `model.compile(
-jit_compile=...)` still decides, for training and afterwards for predict too.
+On TensorFlow a float32 `BitModel` also predicts XLA-compiled, however it was made (built by
+`resnet_v2`, compiled and trained by `bit_tf.finetune`, or reloaded from a `.keras` file):
+`model.predict_jit_compile` is "auto". Keras' own `jit_compile="auto"` turns XLA off on CPUs
+for training, predict and evaluate alike; XLA makes a BiT training step slower there, but its
+inference 1.1-1.4x faster (benchmarks/RESULTS.md). Not in bfloat16 or float16: XLA's CPU
+convolutions have no bfloat16 kernels of their own, oneDNN's do (1.6x faster, RESULTS.md).
+`model.compile(jit_compile=True)` turns XLA on for predict too; set `model.predict_jit_compile =
+False` to predict without it.
 
 Example:
     >>> import numpy as np, bit_tf
@@ -31,8 +34,9 @@ import numpy as np
 
 
 def _xla_predicts_faster(model: keras.Model) -> bool:
-    """XLA for an uncompiled model's predict: float32 layers, on the backends that compile it."""
-    if keras.backend.backend() not in ("tensorflow", "jax"):
+    """Whether "auto" means XLA for predict: float32 layers on TensorFlow (where Keras' own "auto"
+    means no XLA on CPUs); on the other backends Keras' `jit_compile` decides alone."""
+    if keras.backend.backend() != "tensorflow":
         return False
     return all(layer.compute_dtype == "float32" for layer in model.layers)
 
@@ -59,8 +63,49 @@ class BitModel(keras.Model):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Also runs when Keras reloads a saved model (functional from_config calls the class).
-        if _xla_predicts_faster(self):
-            self.jit_compile = True
+        self._predict_jit_compile = "auto"
+
+    @property
+    def predict_jit_compile(self) -> bool | str:
+        """XLA for `predict` and `predict_on_batch`: True, False, or "auto" (the default).
+
+        "auto" means XLA for float32 models on TensorFlow, and otherwise whatever
+        `model.jit_compile` says; `jit_compile=True` always means XLA for predict too.
+
+        Example:
+            >>> model = bit_tf.create_model("BiT-S-R50x1", num_classes=10)
+            >>> model.predict_jit_compile = False  # e.g. to step through predict in a debugger
+        """
+        return self._predict_jit_compile
+
+    @predict_jit_compile.setter
+    def predict_jit_compile(self, value: bool | str) -> None:
+        if value not in (True, False, "auto"):
+            raise ValueError(f'predict_jit_compile must be True, False or "auto", got {value!r}.')
+        self._predict_jit_compile = value
+        self.predict_function = None
+
+    def _predicts_with_xla(self) -> bool:
+        if self.run_eagerly:
+            return False
+        if self.jit_compile or self._predict_jit_compile is True:
+            return True
+        return self._predict_jit_compile == "auto" and _xla_predicts_faster(self)
+
+    def make_predict_function(self, force: bool = False):
+        if self.predict_function is not None and not force:
+            return self.predict_function
+        with_xla = self._predicts_with_xla()
+        if with_xla == bool(self.jit_compile):
+            return super().make_predict_function(force)
+        # Keras reads `jit_compile` once, here, to build the predict function: lend it the
+        # predict setting for that moment without touching training's.
+        training_setting = self._jit_compile
+        self._jit_compile = with_xla
+        try:
+            return super().make_predict_function(force)
+        finally:
+            self._jit_compile = training_setting
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         if steps is not None or callbacks or not _is_in_memory(x) or len(x) == 0:

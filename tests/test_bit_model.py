@@ -53,18 +53,50 @@ def test_datasets_take_the_keras_path_and_saving_keeps_the_class(model, tmp_path
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, BitModel)
     # The reloaded model predicts XLA-compiled too, so both sides run the same kernels.
-    assert loaded.jit_compile and model.jit_compile
+    assert loaded._predicts_with_xla() and model._predicts_with_xla()
     np.testing.assert_allclose(
         loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5, atol=1e-5
     )
 
 
-def test_only_float32_models_predict_with_xla_until_compile_decides(tmp_path):
-    mixed = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3, dtype="mixed_bfloat16")
-    assert not mixed.jit_compile
-    path = str(tmp_path / "mixed.keras")
-    mixed.save(path)
-    assert not keras.saving.load_model(path).jit_compile
+def _predict_is_xla_compiled(model) -> bool:
+    """Whether the predict function Keras built for `model` calls its whole step XLA-compiled.
+
+    Only the call of Keras' step function counts: the fused kernels inside the step are
+    XLA-compiled functions of their own either way (bit_tf.fused).
+    """
+    model.make_predict_function()
+    graph = model.predict_function.get_concrete_function([keras.ops.zeros((1, 32, 32, 3))]).graph
+    return any(
+        "one_step_on_data" in node.attr["f"].func.name and node.attr["_XlaMustCompile"].b
+        for node in graph.as_graph_def().node
+        if "f" in node.attr and "_XlaMustCompile" in node.attr
+    )
+
+
+def test_a_float32_model_predicts_with_xla_however_it_was_compiled_and_reloaded(tmp_path):
     model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3)
-    model.compile(loss="mse", jit_compile=False)
-    assert not model.jit_compile
+    assert model.predict_jit_compile == "auto" and _predict_is_xla_compiled(model)
+    # Keras' "auto" means no XLA on CPUs, for training: predict keeps it all the same.
+    model.compile(optimizer="sgd", loss="mse")
+    assert not model.jit_compile and _predict_is_xla_compiled(model)
+    path = str(tmp_path / "compiled.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert not loaded.jit_compile and _predict_is_xla_compiled(loaded)
+    # Training's setting is left as it was after building the predict function.
+    assert not loaded.jit_compile
+    loaded.predict_jit_compile = False
+    assert not _predict_is_xla_compiled(loaded)
+    with pytest.raises(ValueError, match="predict_jit_compile must be .* got 'yes'"):
+        loaded.predict_jit_compile = "yes"
+
+
+def test_bfloat16_models_predict_without_xla_unless_asked():
+    mixed = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3, dtype="mixed_bfloat16")
+    assert not _predict_is_xla_compiled(mixed)
+    mixed.predict_jit_compile = True
+    assert _predict_is_xla_compiled(mixed)
+    mixed.predict_jit_compile = "auto"
+    mixed.compile(loss="mse", jit_compile=True)
+    assert _predict_is_xla_compiled(mixed)
