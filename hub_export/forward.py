@@ -18,7 +18,12 @@ import tensorflow as tf
 
 from bit_tf import fused
 from bit_tf.hub import describe_layout
-from bit_tf.layers import GROUP_NORM_EPSILON, STANDARDIZATION_EPSILON
+from bit_tf.layers import (
+    GROUP_NORM_EPSILON,
+    STANDARDIZATION_EPSILON,
+    favours_matrix_product,
+    pointwise_as_matrix_product,
+)
 from bit_tf.layers import GROUP_NORM_GROUPS as GROUPS
 from bit_tf.weights import HEAD_BIAS, HEAD_KERNEL
 
@@ -79,8 +84,9 @@ class BitForward(tf.Module):
             for key, value in sorted(arrays.items())
         }
         self.has_head = HEAD_KERNEL in self.weights
-        # Serving exports run GroupNorm + ReLU as one XLA-compiled kernel (bit_tf.fused);
-        # trainable modules keep plain ops, which any TF-Hub consumer can differentiate.
+        # Serving exports run GroupNorm + ReLU as one XLA-compiled kernel (bit_tf.fused), and
+        # 1x1 convolutions on few pixels as matrix products (bit_tf.layers); trainable modules
+        # keep plain ops, which any TF-Hub consumer can differentiate.
         self.fused = not trainable
 
     def _conv(self, prefix, inputs, stride=1):
@@ -90,6 +96,8 @@ class BitForward(tf.Module):
         else:
             kernel = self.weights[f"{prefix}/conv2d/kernel"]
         size = int(kernel.shape[0])
+        if self.fused and favours_matrix_product((size, size), (stride, stride), inputs.shape):
+            return pointwise_as_matrix_product(inputs, kernel)
         if stride != 1 and size > 1:
             pad = (size - 1) // 2
             inputs = tf.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])

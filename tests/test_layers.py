@@ -15,6 +15,7 @@ from bit_tf.layers import (
     PreActBottleneck,
     StandardizedConv2D,
     make_normalization,
+    use_fused_kernels,
 )
 
 
@@ -47,6 +48,46 @@ def test_standardized_conv_matches_the_seed_formula():
     np.testing.assert_allclose(per_output.mean(axis=0), 0.0, atol=1e-6)
     np.testing.assert_allclose(per_output.std(axis=0), 1.0, atol=1e-5)
     assert conv.bias is None
+
+
+@pytest.mark.parametrize("pixels", [(4, 4), (3, 5), (8, 8), (16, 16)])
+def test_pointwise_convolutions_on_few_pixels_give_the_convolution_and_its_gradients(pixels):
+    """On TensorFlow, 1x1 convolutions on <= 8x8 pixels run as matrix products (layers.py)."""
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(3, *pixels, 48)).astype("float32")
+    kernel = rng.normal(loc=0.1, size=(1, 1, 48, 40)).astype("float32")
+    conv = StandardizedConv2D(40, 1)
+    conv.build(images.shape)
+    conv.kernel.assign(kernel)
+    standardized = (kernel - kernel.mean(axis=(0, 1, 2))) / kernel.std(axis=(0, 1, 2))
+    expected = np.einsum("nhwi,io->nhwo", images, standardized[0, 0])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(conv(images)), expected, rtol=1e-4, atol=1e-4
+    )
+    if keras.config.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    as_product = pixels[0] * pixels[1] <= 64
+    assert conv._as_matrix_product(images) is as_product
+    inputs = tf.constant(images)
+    upstream = tf.constant(rng.normal(size=(3, *pixels, 40)).astype("float32"))
+    gradients = []
+    for fused in (True, False):  # off: Keras' own ops, the convolution among them
+        previous = use_fused_kernels(fused)
+        try:
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                outputs = conv(inputs)
+            gradients.append(tape.gradient(outputs, [inputs, conv.kernel], upstream))
+        finally:
+            use_fused_kernels(previous)
+    for ours, theirs in zip(*gradients, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    graph = tf.function(conv).get_concrete_function(inputs).graph
+    operations = {operation.type for operation in graph.get_operations()}
+    assert ("MatMul" in operations) is as_product
+    assert ("Conv2D" in operations) is not as_product
 
 
 def test_group_normalization_uses_bit_settings():
