@@ -30,6 +30,7 @@ if sys.modules.get("tensorflow") is not None and "TF_ENABLE_ONEDNN_OPTS" not in 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 import types  # noqa: E402
 
 from bit_tf import hyperrule  # registers the schedule that saved .keras files refer to
@@ -78,6 +79,9 @@ def __getattr__(name: str):
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
         return module if name == "finetune" else getattr(module, name)
+    # Submodules too, on first use, as the docstrings write them: `bit_tf.data.from_arrays`.
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'bit_tf' has no attribute {name!r}")
 
 

@@ -171,6 +171,23 @@ def test_keras_file_round_trip_gives_identical_outputs(fixture_model, reference_
     )
 
 
+def test_submodules_load_on_first_use_and_unknown_names_are_refused():
+    import subprocess
+    import sys
+
+    code = (
+        "import bit_tf, sys; "
+        "assert 'bit_tf.data' not in sys.modules; "
+        "source = bit_tf.data.from_arrays(__import__('numpy').zeros((4, 8, 8, 3)), [0, 1, 0, 1]); "
+        "assert source.num_classes == 2; "
+        "assert bit_tf.image_folder.__name__ == 'bit_tf.image_folder'\n"
+        "try:\n    bit_tf.no_such_thing\nexcept AttributeError as error:\n    print(error)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "module 'bit_tf' has no attribute 'no_such_thing'" in result.stdout
+
+
 def test_finetune_stays_callable_however_it_is_imported():
     import subprocess
     import sys
