@@ -140,7 +140,10 @@ class BitFinetune(Worker):
         # both memory baselines are taken at the same point.
         self.built = threading.Event()
         images = random_images(FLAGS.batch_size * 4, FLAGS.image_size)
-        labels = np.arange(len(images)) % FLAGS.num_classes
+        # A head of --num_classes, as timm's: from the labels alone it would have 64 classes.
+        source = bit_tf.data.from_arrays(
+            images, np.arange(len(images)) % FLAGS.num_classes, num_classes=FLAGS.num_classes
+        )
         worker = self
 
         class StepGate(keras.callbacks.Callback):
@@ -158,7 +161,7 @@ class BitFinetune(Worker):
             try:
                 bit_tf.finetune(
                     FLAGS.model,
-                    (images, labels),
+                    source,
                     batch_size=FLAGS.batch_size,
                     steps=total_steps,
                     resize=FLAGS.image_size,
