@@ -5,7 +5,8 @@ the TensorFlow backend. For BiT-R50x1 at 128x128 and one batch of 16 on 2 CPU co
 about 180 ms on top of a ~500 ms forward pass (benchmarks/RESULTS.md). For in-memory arrays
 `BitModel.predict` instead slices the batches itself and runs each through the same compiled
 predict function (`predict_on_batch`), so `model.predict(images)` costs what the forward pass
-costs. Datasets, generators, `steps=` and callbacks take Keras' own path, unchanged.
+costs. Datasets, generators, `steps=`, callbacks and models under a multi-replica
+`tf.distribute` strategy take Keras' own path, unchanged.
 
 On TensorFlow a float32 `BitModel` also predicts XLA-compiled, however it was made (built by
 `resnet_v2`, compiled and trained by `bit_tf.finetune`, or reloaded from a `.keras` file):
@@ -39,6 +40,17 @@ def _xla_predicts_faster(model: keras.Model) -> bool:
     if keras.backend.backend() != "tensorflow":
         return False
     return all(layer.compute_dtype == "float32" for layer in model.layers)
+
+
+def _replicas(model: keras.Model) -> int:
+    """Replicas of the model's `tf.distribute` strategy (1 without one, or off TensorFlow).
+
+    Keras' `predict_on_batch` hands every replica the whole batch under a multi-replica
+    strategy (2 replicas: twice the rows), so such models take Keras' `predict`, which splits
+    the batches between the replicas.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    return 1 if strategy is None else strategy.num_replicas_in_sync
 
 
 def _is_in_memory(x) -> bool:
@@ -108,7 +120,13 @@ class BitModel(keras.Model):
             self._jit_compile = training_setting
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        if steps is not None or callbacks or not _is_in_memory(x) or len(x) == 0:
+        if (
+            steps is not None
+            or callbacks
+            or not _is_in_memory(x)
+            or len(x) == 0
+            or _replicas(self) > 1
+        ):
             return super().predict(
                 x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
             )

@@ -129,6 +129,7 @@ keras.utils.set_random_seed(0)
 backbone = tiny_backbone()
 initial = backbone.get_weights()
 weights = {}
+predictions = {}
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 images, labels = stripes()
 # The same global batches for both runs: a fixed-order batched dataset.
@@ -138,10 +139,12 @@ for label, strategy in [("one", None), ("mirrored", mirrored)]:
     model, _ = finetune(backbone, batches, dataset_size=48, batch_size=16, steps=2,
                         base_lr=3.2, warmup_steps=0, strategy=strategy, **FAST)
     weights[label] = model.get_weights()
+    predictions[label] = model.predict(images[:7], verbose=0)
     print(label, "replicas", (strategy or tf.distribute.get_strategy()).num_replicas_in_sync,
           "iterations", int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
 np.savez(sys.argv[1], *[w for pair in zip(weights["one"], weights["mirrored"]) for w in pair],
-         initial_count=len(initial))
+         initial_count=len(initial), predicted_one=predictions["one"],
+         predicted_mirrored=predictions["mirrored"])
 """
 
 
@@ -168,6 +171,11 @@ def test_mirrored_strategy_on_two_cpus_gives_the_update_of_one_device(tmp_path):
         )
     head_kernel = arrays[f"arr_{len(pairs) - 4}"]
     assert np.abs(head_kernel).max() > 0, "the head did not move"
+    # predict on an array: one row per image on both, the same rows.
+    assert arrays["predicted_one"].shape == arrays["predicted_mirrored"].shape == (7, 2)
+    np.testing.assert_allclose(
+        arrays["predicted_mirrored"], arrays["predicted_one"], rtol=1e-4, atol=1e-5
+    )
 
 
 RESUMABLE = """
