@@ -30,7 +30,7 @@ if sys.modules.get("tensorflow") is not None and "TF_ENABLE_ONEDNN_OPTS" not in 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import importlib  # noqa: E402
-import importlib.util  # noqa: E402
+import pkgutil  # noqa: E402
 import types  # noqa: E402
 
 from bit_tf import hyperrule  # registers the schedule that saved .keras files refer to
@@ -53,6 +53,12 @@ _LAZY = {
     "HubLayer": "bit_tf.hub",
     "from_hub": "bit_tf.hub",
 }
+
+
+# The package's public submodules, by file name (no import needed to list them).
+_SUBMODULES = frozenset(
+    module.name for module in pkgutil.iter_modules(__path__) if not module.name.startswith("_")
+)
 
 
 class _CallableModule(types.ModuleType):
@@ -80,8 +86,14 @@ def __getattr__(name: str):
         module = importlib.import_module(_LAZY[name])
         return module if name == "finetune" else getattr(module, name)
     # Submodules too, on first use, as the docstrings write them: `bit_tf.data.from_arrays`.
-    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f"{__name__}.{name}")
+    if name in _SUBMODULES:
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ImportError as error:  # e.g. TensorFlow missing on a JAX-only install
+            raise AttributeError(
+                f"module 'bit_tf' has no attribute {name!r}: bit_tf.{name} could not be "
+                f"imported ({error})"
+            ) from error
     raise AttributeError(f"module 'bit_tf' has no attribute {name!r}")
 
 

@@ -14,8 +14,8 @@ On TensorFlow a float32 `BitModel` also predicts XLA-compiled, however it was ma
 for training, predict and evaluate alike; XLA makes a BiT training step slower there, but its
 inference 1.1-1.4x faster (benchmarks/RESULTS.md). Not in bfloat16 or float16: XLA's CPU
 convolutions have no bfloat16 kernels of their own, oneDNN's do (1.6x faster, RESULTS.md).
-`model.compile(jit_compile=True)` turns XLA on for predict too; set `model.predict_jit_compile =
-False` to predict without it.
+Under "auto", `model.compile(jit_compile=True)` turns XLA on for predict too; set
+`model.predict_jit_compile` to True or False to decide for predict alone.
 
 Example:
     >>> import numpy as np, bit_tf
@@ -29,17 +29,28 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
 
 import keras
 import numpy as np
 
 
 def _xla_predicts_faster(model: keras.Model) -> bool:
-    """Whether "auto" means XLA for predict: float32 layers on TensorFlow (where Keras' own "auto"
-    means no XLA on CPUs); on the other backends Keras' `jit_compile` decides alone."""
-    if keras.backend.backend() != "tensorflow":
+    """Whether "auto" means XLA for predict where Keras' own "auto" means none: float32 models
+    on TensorFlow (Keras turns XLA off on CPUs), outside `tf.distribute`, whose layers all
+    support XLA (Keras' own check). On the other backends Keras' `jit_compile` decides alone."""
+    from keras.src.trainers.trainer import model_supports_jit
+
+    if keras.backend.backend() != "tensorflow" or model._distribute_strategy is not None:
         return False
-    return all(layer.compute_dtype == "float32" for layer in model.layers)
+    layers = list(model._flatten_layers())
+    float32 = all(layer.compute_dtype == "float32" for layer in layers)
+    return float32 and model_supports_jit(model)
+
+
+# The model whose predict function is being built on this thread, and the XLA setting its
+# `jit_compile` shows Keras meanwhile (other threads, a `fit` among them, see training's).
+_BUILDING = threading.local()
 
 
 def _replicas(model: keras.Model) -> int:
@@ -81,8 +92,10 @@ class BitModel(keras.Model):
     def predict_jit_compile(self) -> bool | str:
         """XLA for `predict` and `predict_on_batch`: True, False, or "auto" (the default).
 
-        "auto" means XLA for float32 models on TensorFlow, and otherwise whatever
-        `model.jit_compile` says; `jit_compile=True` always means XLA for predict too.
+        True and False decide alone. "auto" means XLA for float32 models on TensorFlow (outside
+        `tf.distribute`, where all layers support it), and otherwise whatever
+        `model.jit_compile` says. A runtime setting like `run_eagerly`: not saved, a reloaded
+        model starts at "auto".
 
         Example:
             >>> model = bit_tf.create_model("BiT-S-R50x1", num_classes=10)
@@ -97,27 +110,33 @@ class BitModel(keras.Model):
         self._predict_jit_compile = value
         self.predict_function = None
 
+    @property
+    def jit_compile(self):
+        """Keras' `jit_compile` (training, evaluate), and the predict setting to Keras' own
+        `make_predict_function` while it builds this model's predict function."""
+        if getattr(_BUILDING, "model", None) is self:
+            return _BUILDING.with_xla
+        return keras.Model.jit_compile.fget(self)
+
+    @jit_compile.setter
+    def jit_compile(self, value) -> None:
+        keras.Model.jit_compile.fset(self, value)
+
     def _predicts_with_xla(self) -> bool:
         if self.run_eagerly:
             return False
-        if self.jit_compile or self._predict_jit_compile is True:
-            return True
-        return self._predict_jit_compile == "auto" and _xla_predicts_faster(self)
+        if self._predict_jit_compile != "auto":
+            return self._predict_jit_compile
+        return bool(self.jit_compile) or _xla_predicts_faster(self)
 
     def make_predict_function(self, force: bool = False):
         if self.predict_function is not None and not force:
             return self.predict_function
-        with_xla = self._predicts_with_xla()
-        if with_xla == bool(self.jit_compile):
-            return super().make_predict_function(force)
-        # Keras reads `jit_compile` once, here, to build the predict function: lend it the
-        # predict setting for that moment without touching training's.
-        training_setting = self._jit_compile
-        self._jit_compile = with_xla
+        _BUILDING.model, _BUILDING.with_xla = self, self._predicts_with_xla()
         try:
             return super().make_predict_function(force)
         finally:
-            self._jit_compile = training_setting
+            _BUILDING.model = None
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         if (

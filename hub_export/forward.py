@@ -18,12 +18,7 @@ import tensorflow as tf
 
 from bit_tf import fused
 from bit_tf.hub import describe_layout
-from bit_tf.layers import (
-    GROUP_NORM_EPSILON,
-    STANDARDIZATION_EPSILON,
-    favours_matrix_product,
-    pointwise_as_matrix_product,
-)
+from bit_tf.layers import GROUP_NORM_EPSILON, STANDARDIZATION_EPSILON, favours_matrix_product
 from bit_tf.layers import GROUP_NORM_GROUPS as GROUPS
 from bit_tf.weights import HEAD_BIAS, HEAD_KERNEL
 
@@ -97,7 +92,10 @@ class BitForward(tf.Module):
             kernel = self.weights[f"{prefix}/conv2d/kernel"]
         size = int(kernel.shape[0])
         if self.fused and favours_matrix_product((size, size), (stride, stride), inputs.shape):
-            return pointwise_as_matrix_product(inputs, kernel)
+            # (batch * pixels, in) @ (in, out), in TensorFlow's ops whatever Keras' backend is.
+            rows = tf.reshape(inputs, [-1, inputs.shape[-1]])
+            outputs = tf.matmul(rows, tf.reshape(kernel, kernel.shape[2:]))
+            return tf.reshape(outputs, [-1, *inputs.shape[1:3], kernel.shape[-1]])
         if stride != 1 and size > 1:
             pad = (size - 1) // 2
             inputs = tf.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])

@@ -52,8 +52,9 @@ def test_datasets_take_the_keras_path_and_saving_keeps_the_class(model, tmp_path
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, BitModel)
-    # The reloaded model predicts XLA-compiled too, so both sides run the same kernels.
-    assert loaded._predicts_with_xla() and model._predicts_with_xla()
+    # The reloaded model predicts XLA-compiled too (on TensorFlow), so both sides run the same
+    # kernels.
+    assert loaded._predicts_with_xla() == model._predicts_with_xla()
     np.testing.assert_allclose(
         loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5, atol=1e-5
     )
@@ -66,7 +67,8 @@ def _predict_is_xla_compiled(model) -> bool:
     XLA-compiled functions of their own either way (bit_tf.fused).
     """
     model.make_predict_function()
-    graph = model.predict_function.get_concrete_function([keras.ops.zeros((1, 32, 32, 3))]).graph
+    shape = [1, *(32 if size is None else size for size in model.input_shape[1:])]
+    graph = model.predict_function.get_concrete_function([keras.ops.zeros(shape)]).graph
     return any(
         "one_step_on_data" in node.attr["f"].func.name and node.attr["_XlaMustCompile"].b
         for node in graph.as_graph_def().node
@@ -74,6 +76,12 @@ def _predict_is_xla_compiled(model) -> bool:
     )
 
 
+TENSORFLOW_ONLY = pytest.mark.skipif(
+    keras.config.backend() != "tensorflow", reason="predict_jit_compile's 'auto' acts on TensorFlow"
+)
+
+
+@TENSORFLOW_ONLY
 def test_a_float32_model_predicts_with_xla_however_it_was_compiled_and_reloaded(tmp_path):
     model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3)
     assert model.predict_jit_compile == "auto" and _predict_is_xla_compiled(model)
@@ -92,6 +100,7 @@ def test_a_float32_model_predicts_with_xla_however_it_was_compiled_and_reloaded(
         loaded.predict_jit_compile = "yes"
 
 
+@TENSORFLOW_ONLY
 def test_bfloat16_models_predict_without_xla_unless_asked():
     mixed = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3, dtype="mixed_bfloat16")
     assert not _predict_is_xla_compiled(mixed)
@@ -100,3 +109,53 @@ def test_bfloat16_models_predict_without_xla_unless_asked():
     mixed.predict_jit_compile = "auto"
     mixed.compile(loss="mse", jit_compile=True)
     assert _predict_is_xla_compiled(mixed)
+
+
+@TENSORFLOW_ONLY
+def test_an_explicit_setting_decides_for_predict_alone():
+    model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3)
+    model.compile(loss="mse", jit_compile=True)
+    model.predict_jit_compile = False
+    assert model.jit_compile and not _predict_is_xla_compiled(model)
+
+
+@TENSORFLOW_ONLY
+def test_auto_leaves_xla_off_where_keras_would():
+    class NoXla(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.supports_jit = False
+
+        def call(self, inputs):
+            return inputs
+
+    inputs = keras.Input((8, 8, 3))
+    unsupported = BitModel(inputs, NoXla()(inputs))
+    assert not _predict_is_xla_compiled(unsupported)
+    np.testing.assert_array_equal(unsupported.predict(np.ones((2, 8, 8, 3), "float32")), 1.0)
+    # A bfloat16 model nested as a layer counts as bfloat16.
+    mixed = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3, dtype="mixed_bfloat16")
+    outer = BitModel(inputs, mixed(inputs))
+    assert not _predict_is_xla_compiled(outer)
+
+
+@TENSORFLOW_ONLY
+def test_training_sees_its_own_setting_while_another_thread_builds_predict():
+    import threading
+
+    from bit_tf import bit_model
+
+    model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3)
+    model.compile(loss="mse")
+    seen = {}
+    # What make_predict_function sets on its thread while Keras builds the predict function.
+    bit_model._BUILDING.model, bit_model._BUILDING.with_xla = model, True
+    try:
+        seen["builder"] = model.jit_compile
+        other = threading.Thread(target=lambda: seen.update(other=model.jit_compile))
+        other.start()
+        other.join(30)
+    finally:
+        bit_model._BUILDING.model = None
+    assert seen == {"builder": True, "other": False}
+    assert not model.jit_compile and _predict_is_xla_compiled(model)

@@ -172,6 +172,7 @@ def test_keras_file_round_trip_gives_identical_outputs(fixture_model, reference_
 
 
 def test_submodules_load_on_first_use_and_unknown_names_are_refused():
+    import os
     import subprocess
     import sys
 
@@ -181,11 +182,23 @@ def test_submodules_load_on_first_use_and_unknown_names_are_refused():
         "source = bit_tf.data.from_arrays(__import__('numpy').zeros((4, 8, 8, 3)), [0, 1, 0, 1]); "
         "assert source.num_classes == 2; "
         "assert bit_tf.image_folder.__name__ == 'bit_tf.image_folder'\n"
-        "try:\n    bit_tf.no_such_thing\nexcept AttributeError as error:\n    print(error)"
+        "try:\n    bit_tf.no_such_thing\nexcept AttributeError as error:\n    print(error)\n"
+        "assert not hasattr(bit_tf, 'models.x') and getattr(bit_tf, 'nope', None) is None"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "module 'bit_tf' has no attribute 'no_such_thing'" in result.stdout
+    # A submodule that cannot be imported (a JAX-only install without TensorFlow) is an
+    # AttributeError that says why, so hasattr() stays usable.
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; import bit_tf; "
+        "assert not hasattr(bit_tf, 'data'); bit_tf.data"
+    )
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment
+    )
+    assert "bit_tf.data could not be imported (import of tensorflow halted" in result.stderr
 
 
 def test_finetune_stays_callable_however_it_is_imported():
