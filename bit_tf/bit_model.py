@@ -39,13 +39,16 @@ def _xla_predicts_faster(model: keras.Model) -> bool:
     """Whether "auto" means XLA for predict where Keras' own "auto" means none: float32 models
     on TensorFlow (Keras turns XLA off on CPUs), outside `tf.distribute`, whose layers all
     support XLA (Keras' own check). On the other backends Keras' `jit_compile` decides alone."""
-    from keras.src.trainers.trainer import model_supports_jit
-
     if keras.backend.backend() != "tensorflow" or model._distribute_strategy is not None:
         return False
     layers = list(model._flatten_layers())
-    float32 = all(layer.compute_dtype == "float32" for layer in layers)
-    return float32 and model_supports_jit(model)
+    if not all(layer.compute_dtype == "float32" for layer in layers):
+        return False
+    try:  # Keras' own rule (layers' supports_jit, op determinism, Apple GPUs)
+        from keras.src.trainers.trainer import model_supports_jit
+    except ImportError:  # a Keras that moved it: the layers' own flags
+        return all(getattr(layer, "supports_jit", True) for layer in layers)
+    return model_supports_jit(model)
 
 
 # The model whose predict function is being built on this thread, and the XLA setting its
