@@ -214,3 +214,17 @@ def standardize_kernel(kernel, *, epsilon: float):
         return forward(kernel), gradient
 
     return standardize(kernel)
+
+
+def pointwise_convolution(inputs, kernel):
+    """A 1x1, stride-1, channels-last convolution as one matrix product, (batch * pixels, in)
+    @ (in, out): faster than TensorFlow's oneDNN convolution on few pixels
+    (`bit_tf.layers.favours_matrix_product`). Static height and width.
+
+    Example:
+        >>> pointwise_convolution(tf.ones([2, 4, 4, 8]), tf.ones([1, 1, 8, 3])).shape
+        TensorShape([2, 4, 4, 3])
+    """
+    rows = tf.reshape(inputs, [-1, inputs.shape[-1]])
+    outputs = tf.matmul(rows, tf.reshape(kernel, kernel.shape[2:]))
+    return tf.reshape(outputs, [-1, *inputs.shape[1:3], kernel.shape[-1]])

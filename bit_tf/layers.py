@@ -92,20 +92,6 @@ def favours_matrix_product(kernel_size, strides, input_shape) -> bool:
     return height is not None and width is not None and height * width <= MATMUL_MAX_PIXELS
 
 
-def pointwise_as_matrix_product(inputs, kernel):
-    """A 1x1, stride-1, channels-last convolution as (batch * pixels, in) @ (in, out).
-
-    Example:
-        >>> outputs = pointwise_as_matrix_product(np.ones((2, 4, 4, 8), "float32"),
-        ...                                       np.ones((1, 1, 8, 3), "float32"))
-        >>> tuple(outputs.shape)
-        (2, 4, 4, 3)
-    """
-    rows = ops.reshape(inputs, (-1, inputs.shape[-1]))
-    outputs = ops.matmul(rows, ops.reshape(kernel, kernel.shape[2:]))
-    return ops.reshape(outputs, (-1, *inputs.shape[1:3], kernel.shape[-1]))
-
-
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class StandardizedConv2D(keras.layers.Conv2D):
     """A 2-D convolution whose kernel is standardized before every use (Qiao et al., 2019).
@@ -146,8 +132,9 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         kernel = ops.cast(self.standardized_kernel(kernel), inputs.dtype)
-        if _fused() is not None and self._as_matrix_product(inputs):
-            return pointwise_as_matrix_product(inputs, kernel)
+        fused = _fused()
+        if fused is not None and self._as_matrix_product(inputs):
+            return fused.pointwise_convolution(inputs, kernel)
         return super().convolution_op(inputs, kernel)
 
     def _as_matrix_product(self, inputs) -> bool:

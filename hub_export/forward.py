@@ -92,10 +92,7 @@ class BitForward(tf.Module):
             kernel = self.weights[f"{prefix}/conv2d/kernel"]
         size = int(kernel.shape[0])
         if self.fused and favours_matrix_product((size, size), (stride, stride), inputs.shape):
-            # (batch * pixels, in) @ (in, out), in TensorFlow's ops whatever Keras' backend is.
-            rows = tf.reshape(inputs, [-1, inputs.shape[-1]])
-            outputs = tf.matmul(rows, tf.reshape(kernel, kernel.shape[2:]))
-            return tf.reshape(outputs, [-1, *inputs.shape[1:3], kernel.shape[-1]])
+            return fused.pointwise_convolution(inputs, kernel)
         if stride != 1 and size > 1:
             pad = (size - 1) // 2
             inputs = tf.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
