@@ -59,9 +59,10 @@ def test_updates_equal_keras_sgd(nesterov):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-6)
 
 
-def test_the_fused_op_is_what_runs():
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_fused_op_is_what_runs(nesterov):
     model = small_model()
-    optimizer = FusedMomentumSGD(learning_rate=0.1, momentum=0.9)
+    optimizer = FusedMomentumSGD(learning_rate=0.1, momentum=0.9, nesterov=nesterov)
     optimizer.build(model.trainable_variables)
 
     @tf.function
