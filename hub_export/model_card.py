@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+from bit_tf import hyperrule
+
 UPSTREAM_DATA = {
     "s": "ILSVRC-2012 (ImageNet-1k: 1.28M images, 1000 classes)",
     "m": "ImageNet-21k (14M images, 21843 classes)",
@@ -22,6 +24,33 @@ def _upstream_from_name(*names: str) -> str | None:
             if f"bit_{prefix}_" in lowered or f"bit/{prefix}_" in lowered:
                 return data
     return None
+
+
+def _hyperrule_paragraph() -> str:
+    """The fine-tuning recipe, with every number read from `bit_tf.hyperrule`."""
+    small, medium, large = (
+        hyperrule.get_schedule(size)
+        for size in (1, hyperrule.SMALL_DATASET, hyperrule.LARGE_DATASET)
+    )
+    small_images = hyperrule.get_resolution((64, 64))
+    large_images = hyperrule.get_resolution((224, 224))
+    largest_model = hyperrule.get_resolution((224, 224), "BiT-M-R152x4")
+    mixup = hyperrule.get_mixup(hyperrule.SMALL_DATASET)
+    percents = ", ".join(f"{round(100 * fraction)}%" for fraction in hyperrule.DECAY_FRACTIONS)
+    return (
+        f"Follow the BiT-HyperRule: SGD with momentum 0.9, learning rate {hyperrule.BASE_LR} "
+        f"(batch {hyperrule.BASE_BATCH_SIZE}), decayed by 10x at {percents} of training; "
+        f"{small[-1]} steps for fewer than {hyperrule.SMALL_DATASET:,} examples, "
+        f"{medium[-1]:,} for fewer than {hyperrule.LARGE_DATASET:,}, else {large[-1]:,}, "
+        f"including a linear warm-up of {small[0]} steps ({medium[0]} from "
+        f"{hyperrule.SMALL_DATASET:,} examples on); resize images under 96x96 pixels to "
+        f"{small_images[0]} and random-crop {small_images[1]}, otherwise resize to "
+        f"{large_images[0]} and crop {large_images[1]} ({largest_model[0]} and "
+        f"{largest_model[1]} for R152x4); MixUp (alpha {mixup}) "
+        f"from {hyperrule.SMALL_DATASET:,} examples on; a zero-initialised new head; no weight "
+        "decay. GroupNorm makes the module independent of the batch size, so `training=True` "
+        "needs no special care."
+    )
 
 
 def _depth(metadata: dict) -> int | None:
@@ -145,13 +174,7 @@ def model_card(
         "",
         "## Fine-tuning",
         "",
-        "Follow the BiT-HyperRule: SGD with momentum 0.9, learning rate 0.003 (batch 512), "
-        "decayed by 10x at 30%, 60% and 90% of training; 500 steps for fewer than 20k "
-        "examples, 10k for fewer than 500k, else 20k; a linear warm-up of 500 steps; resize "
-        "images under 96x96 pixels to 160 and random-crop 128, otherwise resize to 512 and "
-        "crop 480; MixUp (alpha 0.1) from 20k examples on; a zero-initialised new head; no "
-        "weight decay. GroupNorm makes the module independent of the batch size, so "
-        "`training=True` needs no special care.",
+        _hyperrule_paragraph(),
         "",
         "## License",
         "",

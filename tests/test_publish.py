@@ -46,6 +46,10 @@ def test_publish_writes_archive_and_card_and_refuses_to_overwrite(module_dir, tm
         assert section in card
     assert "## Fine-tuning" in card and "Apache-2.0" in card and "image-classification" in card
     assert "`[batch, 10]` float32 logits" in card
+    # The card's recipe is the package's own HyperRule (448/384 crops, 100-step warm-up).
+    resize, crop = bit_tf.hyperrule.get_resolution((224, 224))
+    assert f"resize to {resize} and crop {crop}" in card
+    assert f"warm-up of {bit_tf.hyperrule.get_schedule(1000)[0]} steps" in card
 
     modified = os.path.getmtime(archive)
     with pytest.raises(hub_export.TargetExistsError, match="refusing to overwrite"):
