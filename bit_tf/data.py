@@ -228,7 +228,7 @@ def load_digits(validation_fraction: float = 0.2, seed: int = 0) -> tuple:
     Example:
         >>> train, validation = load_digits()
         >>> train.num_examples, validation.num_examples
-        (1437, 360)
+        (1438, 359)
     """
     import sklearn.datasets
 

@@ -314,8 +314,8 @@ def _split_source(
     except Exception as error:  # TFDS raises several types for a missing or unprepared dataset
         raise RuntimeError(
             f"Could not load TFDS dataset {task.tfds_name!r} (split {split!r}) for VTAB task "
-            f"{task.name!r}: {error}. Some VTAB datasets (diabetic_retinopathy_detection, "
-            "resisc45, sun397) need a manual download into the TFDS manual folder; see "
+            f"{task.name!r}: {error}. Two VTAB datasets (diabetic_retinopathy_detection, "
+            "resisc45) need a manual download into the TFDS manual folder; see "
             "https://www.tensorflow.org/datasets/catalog/overview."
         ) from error
     num_examples = int(dataset.cardinality())
