@@ -7,7 +7,7 @@ The function names are those of the authors' released `bit_hyperrule.py`:
 - `get_resolution((height, width), model_name)`: the (resize, crop) sizes;
 - `get_mixup(dataset_size)`: the MixUp alpha.
 
-The numbers follow the seed lecture and the BiT paper where the authors' file differs from
+The numbers follow the seed lecture where the authors' file differs from
 them: decays at 30%, 60% and 90% of the run (the file: at steps 200, 300 and 400 of 500 below
 20k examples, which is not 30/60/90%), and 448/384 crops for larger images with 512/480 only for
 R152x4 (the file: 512/480 for every model).
