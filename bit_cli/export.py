@@ -17,6 +17,8 @@ import os
 
 from absl import app, flags, logging
 
+from bit_cli import common
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string(
@@ -187,7 +189,7 @@ def main(argv):
 
 def run():
     """Console-script entry point of `bit-export`."""
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

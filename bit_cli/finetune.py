@@ -19,7 +19,9 @@ import logging
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from bit_cli import common
 
 FLAGS = flags.FLAGS
 DIGITS = "digits"
@@ -256,7 +258,7 @@ def main(argv):
 
 def run():
     """The `bit-finetune` console script."""
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

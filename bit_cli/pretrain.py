@@ -29,7 +29,9 @@ import logging
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from bit_cli import common
 
 FLAGS = flags.FLAGS
 EXIT_BAD_SETTINGS = 2
@@ -162,7 +164,7 @@ def main(argv) -> int:
 
 def run() -> None:
     """Console-script entry point of `bit-pretrain`."""
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import logging
 
 from absl import app, flags
 
+from bit_cli import common
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_enum("mode", "vtab", ["vtab", "few_shot"], "Run VTAB-1k or few-shot transfer.")
@@ -124,7 +126,7 @@ def main(argv) -> None:
 
 def run() -> None:
     """Entry point of the `bit-vtab` console script."""
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":
