@@ -1,4 +1,10 @@
-"""What the bit_cli commands share: their absl start-up and `--help`.
+"""What the bit_cli commands share: absl start-up and `--help`, user errors, checkpoints.
+
+- `run`: a command's console-script entry point (`--help` lists the command's flags);
+- `user_errors`: a user's mistake (a checkpoint that does not fit, an existing target) ends the
+  command with one line on stderr, `<command>: error: <message>`, and exit status 2;
+- `build_model`: the model for `--model` and `--weights`, the architecture read from the
+  checkpoint when `--model` is not given (bit-export and bit-finetune).
 
 Example:
     >>> from bit_cli import common
@@ -7,10 +13,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from absl import app, flags
+
+log = logging.getLogger(__name__)
+
+#: Exit status for settings that cannot work (bit-pretrain's too).
+EXIT_BAD_SETTINGS = 2
+#: `build_model`'s `num_classes` for "the checkpoint's head size, else --model's default".
+HEAD_FROM_CHECKPOINT = "checkpoint"
 
 
 def declare_main_module_flags(
@@ -51,3 +67,188 @@ def run(main: Callable[[list[str]], int | None], module_name: str) -> None:
     """
     declare_main_module_flags(module_name)
     app.run(main)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The errors that are a user's mistake, not a bug: reported in one line, no traceback.
+
+    A checkpoint that is missing, damaged or does not fit the model, a download that failed,
+    and an export target that exists.
+
+    Example:
+        >>> bit_tf.CheckpointError in user_error_types()
+        True
+    """
+    from bit_tf.download import DownloadError
+    from bit_tf.weights import CheckpointError
+    from hub_export.atomic import TargetExistsError
+
+    return (CheckpointError, DownloadError, TargetExistsError)
+
+
+def fail(program: str, message: str | BaseException) -> None:
+    """Ends the command with `<program>: error: <message>` on stderr (one line), status 2.
+
+    Example:
+        >>> fail("bit-export", "--serving_dir needs --kind=classification.")
+        bit-export: error: --serving_dir needs --kind=classification.
+    """
+    text = " ".join(str(message).split())
+    print(f"{program}: error: {text}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_BAD_SETTINGS)
+
+
+@contextlib.contextmanager
+def user_errors(program: str, *more: type[BaseException]) -> Iterator[None]:
+    """Reports `user_error_types()` and `more` raised inside the block with `fail`.
+
+    Other errors propagate (with their traceback: they are bugs). Give `more` (e.g.
+    ValueError) only around code where such an error can only come from the user's settings.
+
+    Example:
+        >>> with user_errors("bit-export"):
+        ...     model = build_model("", "missing.npz")
+        bit-export: error: Checkpoint file 'missing.npz' does not exist.
+    """
+    try:
+        yield
+    except (*user_error_types(), *more) as error:
+        fail(program, error)
+
+
+def weights_stem(weights: str) -> str:
+    """The file or released name of `weights` without folder and .npz/.keras suffix.
+
+    Example:
+        >>> weights_stem("/data/BiT-M-R50x1.npz")
+        'BiT-M-R50x1'
+    """
+    stem = os.path.basename(weights.rstrip("/"))
+    for suffix in (".keras", ".npz"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem
+
+
+def model_layout(model) -> dict:
+    """The architecture of a bit_tf model, as `bit_tf.hub.describe_layout` reads checkpoints.
+
+    Example:
+        >>> model_layout(bit_tf.create_model("BiT-S-R50x1"))["units_per_block"]
+        (3, 4, 6, 3)
+    """
+    from bit_tf.hub import describe_layout
+    from bit_tf.weights import official_variables
+
+    return describe_layout(
+        {key: tuple(variable.shape) for key, variable in official_variables(model).items()}
+    )
+
+
+def architecture_name(layout: dict) -> str:
+    """A short name of an architecture from `describe_layout`: "R50x1", or its units and width.
+
+    Names like "R152x4" are what `bit_tf.hyperrule.get_resolution` looks for in a model name.
+
+    Example:
+        >>> architecture_name({"units_per_block": (3, 4, 6, 3), "width_factor": 1,
+        ...                    "unit": "bottleneck", "normalization": "group",
+        ...                    "weight_standardization": True})
+        'R50x1'
+    """
+    from bit_tf.models import BASIC_DEPTHS, UNITS_PER_BLOCK
+
+    units, width, unit = tuple(layout["units_per_block"]), layout["width_factor"], layout["unit"]
+    name = next(
+        (
+            f"R{depth}x{width}"
+            for depth, depth_units in UNITS_PER_BLOCK.items()
+            if tuple(depth_units) == units and (depth in BASIC_DEPTHS) == (unit == "basic")
+        ),
+        f"ResNetV2 of {unit} units {units}, width {width}",
+    )
+    if layout["normalization"] != "group":
+        name += f", {layout['normalization']} normalization"
+    if not layout["weight_standardization"]:
+        name += ", no weight standardization"
+    return name
+
+
+def _backbone_layout(layout: dict) -> dict:
+    return {key: value for key, value in layout.items() if key != "num_classes"}
+
+
+def build_model(
+    model_name: str | None,
+    weights: str | None,
+    num_classes: int | None | str = HEAD_FROM_CHECKPOINT,
+    dtype: str | None = None,
+):
+    """The model for a command's `--model` and `--weights`, with the weights loaded.
+
+    Without `model_name` the architecture is read from the checkpoint (an official-layout
+    `.npz` path, URL or released name), so any official checkpoint loads as it is. With both,
+    they must describe the same architecture.
+
+    Args:
+        model_name: e.g. "BiT-M-R50x1"; empty or None: the checkpoint's architecture.
+        weights: a released name, a path or URL of an official-layout `.npz`; empty or None:
+            random initialisation (needs `model_name`).
+        num_classes: the head size; None for the feature vector (pre-logits);
+            `HEAD_FROM_CHECKPOINT` for the checkpoint's head, else the upstream default of
+            `model_name`.
+        dtype: the Keras dtype policy to build the model with (e.g. "mixed_bfloat16").
+
+    Returns:
+        A bit_tf `keras.Model`; without `model_name`, named after the checkpoint's file.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, damaged, not a BiT checkpoint, or does not
+            fit `model_name` (one line naming both architectures).
+        ValueError: neither `model_name` nor `weights`, or no head size to be found.
+
+    Example:
+        >>> build_model("", "/data/BiT-M-R50x1.npz", num_classes=None).output_shape
+        (None, 2048)
+    """
+    import bit_tf
+    from bit_tf.hub import describe_layout
+    from bit_tf.weights import CheckpointError, read_checkpoint, resolve_checkpoint
+
+    if not model_name and not weights:
+        raise ValueError("Give --model, --weights, or both.")
+    path = resolve_checkpoint(weights) if weights else None
+    layout = None
+    if path is not None:
+        layout = describe_layout({key: value.shape for key, value in read_checkpoint(path).items()})
+    if num_classes == HEAD_FROM_CHECKPOINT:
+        if layout is not None and layout["num_classes"] is not None:
+            num_classes = layout["num_classes"]
+        elif model_name:
+            prefix = bit_tf.models.parse_model_name(model_name)[0]
+            num_classes = bit_tf.models.UPSTREAM[prefix]["num_classes"]
+        else:
+            raise ValueError(
+                f"Checkpoint {weights!r} has no head to take the number of classes from; "
+                "give --num_classes."
+            )
+    if model_name:
+        model = bit_tf.create_model(model_name, num_classes=num_classes, dtype=dtype)
+        expected = model_layout(model)
+        if layout is not None and _backbone_layout(layout) != _backbone_layout(expected):
+            raise CheckpointError(
+                f"--model={model_name} ({architecture_name(expected)}) does not fit the "
+                f"checkpoint {weights!r} ({architecture_name(layout)}): leave out --model to "
+                f"take the architecture from the checkpoint, or give the weights of a "
+                f"{model_name}."
+            )
+    else:
+        options = {**layout, "num_classes": num_classes}
+        model = bit_tf.resnet_v2(
+            None, name=weights_stem(weights).replace("-", "_"), dtype=dtype, **options
+        )
+    if path is not None:
+        bit_tf.load_official_weights(model, path)
+    else:
+        log.warning("No --weights: %s has randomly initialised weights.", model.name)
+    return model

@@ -85,52 +85,31 @@ flags.DEFINE_string("upstream", "", "Pre-training data named in the model card. 
 flags.DEFINE_boolean("overwrite", False, "Replace existing exports and published versions.")
 
 
-def _weights_stem(weights: str) -> str:
-    stem = os.path.basename(weights.rstrip("/"))
-    for suffix in (".keras", ".npz"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-    return stem
-
-
 def load_model(model_name: str, weights: str, kind: str, num_classes: int):
-    """Builds the model to export from the flags' values (see the flag help)."""
-    import keras
+    """Builds the model to export from the flags' values (see the flag help).
 
-    import bit_tf
-    from bit_tf.hub import describe_layout
-    from bit_tf.weights import HEAD_KERNEL, read_checkpoint, resolve_checkpoint
+    A fine-tuned `.keras` file is loaded as it is (its backbone for `kind="feature_vector"`);
+    anything else goes through `bit_cli.common.build_model`, which reads the architecture
+    from the checkpoint when `model_name` is empty.
+
+    Example:
+        >>> load_model("", "/data/BiT-M-R50x1.npz", "classification", 0).output_shape
+        (None, 21843)
+    """
+    import keras
 
     if weights.endswith(".keras"):
         model = keras.saving.load_model(weights)
         if kind == "feature_vector" and any(layer.name == "head" for layer in model.layers):
             model = keras.Model(model.input, model.get_layer("pre_logits").output, name=model.name)
         return model
-
-    arrays = read_checkpoint(resolve_checkpoint(weights)) if weights else {}
     if kind == "feature_vector":
         classes = None
     elif num_classes > 0:
         classes = num_classes
-    elif HEAD_KERNEL in arrays:
-        classes = int(arrays[HEAD_KERNEL].shape[-1])
     else:
-        classes = bit_tf.models.UPSTREAM[bit_tf.models.parse_model_name(model_name)[0]][
-            "num_classes"
-        ]
-    if model_name:
-        model = bit_tf.create_model(model_name, num_classes=classes)
-    elif arrays:
-        layout = describe_layout({key: value.shape for key, value in arrays.items()})
-        layout["num_classes"] = classes
-        model = bit_tf.resnet_v2(None, name=_weights_stem(weights).replace("-", "_"), **layout)
-    else:
-        raise app.UsageError("Give --model, --weights, or both.")
-    if weights:
-        bit_tf.load_official_weights(model, weights)
-    else:
-        logging.warning("No --weights: exporting randomly initialised weights.")
-    return model
+        classes = common.HEAD_FROM_CHECKPOINT
+    return common.build_model(model_name, weights, classes)
 
 
 def read_class_names(value: str) -> list[str] | None:
@@ -150,8 +129,10 @@ def main(argv):
 
     if not FLAGS.model and not FLAGS.weights:
         raise app.UsageError("Give --model, --weights, or both.")
-    model = load_model(FLAGS.model, FLAGS.weights, FLAGS.kind, FLAGS.num_classes)
-    stem = _weights_stem(FLAGS.weights or FLAGS.model)
+    # ValueError here: an unknown --model, a checkpoint without a head for --kind=classification.
+    with common.user_errors("bit-export", ValueError):
+        model = load_model(FLAGS.model, FLAGS.weights, FLAGS.kind, FLAGS.num_classes)
+    stem = common.weights_stem(FLAGS.weights or FLAGS.model)
     export_dir = FLAGS.export_dir or os.path.join("exports", f"{stem}_{FLAGS.kind}")
     hub_export.export_module(model, export_dir, kind=FLAGS.kind, overwrite=FLAGS.overwrite)
     logging.info("Wrote the %s module to %s", FLAGS.kind, export_dir)

@@ -40,14 +40,16 @@ DIGITS_DEFAULTS = {
 flags.DEFINE_string(
     "model",
     None,
-    "Model name, e.g. BiT-M-R50x1 (see bit_tf.list_models()). Default: the architecture named "
-    f"by --weights if it is a released name, else {DEFAULT_MODEL}.",
+    "Model name, e.g. BiT-M-R50x1 (see bit_tf.list_models()); it must fit the --weights "
+    "checkpoint. Default: the architecture read from the --weights checkpoint (a released name, "
+    f"a .npz path or a URL), else {DEFAULT_MODEL}.",
 )
 flags.DEFINE_string(
     "weights",
     None,
-    "Pretrained weights: a released name (BiT-M-R50x1), a .npz path or an http(s) URL. "
-    "Default: random initialisation.",
+    "Pretrained weights: a released name (BiT-M-R50x1), a path or http(s) URL of an "
+    "official-layout .npz (its architecture is used unless --model is given). Default: random "
+    "initialisation.",
 )
 flags.DEFINE_string(
     "dataset",
@@ -167,14 +169,17 @@ def _load_data():
     return train, validation
 
 
-def _model_name() -> str:
-    if FLAGS.model:
-        return FLAGS.model
-    from bit_tf.weights import RELEASED_CHECKPOINTS
-
-    if FLAGS.weights in RELEASED_CHECKPOINTS:
-        return FLAGS.weights.removesuffix("-ILSVRC2012")
-    return DEFAULT_MODEL
+def _backbone():
+    """(model or model name, dtype for finetune, name for the HyperRule's resolution)."""
+    if not FLAGS.weights:
+        name = FLAGS.model or DEFAULT_MODEL
+        return name, FLAGS.dtype, name
+    # The architecture comes from the checkpoint unless --model names one (which must fit it).
+    # ValueError here: an unknown --model name.
+    with common.user_errors("bit-finetune", ValueError):
+        model = common.build_model(FLAGS.model, FLAGS.weights, num_classes=None, dtype=FLAGS.dtype)
+    # The architecture's name ("R152x4"), which the HyperRule's resolution looks for.
+    return model, None, common.architecture_name(common.model_layout(model))
 
 
 def _logdir(export_dir: str) -> str | None:
@@ -204,32 +209,33 @@ def main(argv):
         value = getattr(FLAGS, name)
         return value if value is not None else defaults.get(name, fallback)
 
+    model_or_name, dtype, architecture = _backbone()
     train, validation = _load_data()
     print(f"train: {train}\nvalidation: {validation}")
+    resize, crop = resolve_resolution(train, architecture, setting("resize"), setting("crop"))
     strategy = tf.distribute.MirroredStrategy() if FLAGS.strategy == "mirrored" else None
     export_dir = FLAGS.export_dir
     os.makedirs(export_dir, exist_ok=True)
     checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(export_dir, "checkpoints")
     try:
         model, _ = finetune(
-            _model_name(),
+            model_or_name,
             train,
             validation,
-            weights=FLAGS.weights,
             batch_size=setting("batch_size", 512),
             steps=setting("steps"),
             base_lr=setting("base_lr", 0.003),
             mixup_alpha=FLAGS.mixup_alpha,
             gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
             strategy=strategy,
-            resize=setting("resize"),
-            crop=setting("crop"),
+            resize=resize,
+            crop=crop,
             warmup_steps=FLAGS.warmup_steps,
             validation_every=setting("validation_every"),
             checkpoint_dir=checkpoint_dir,
             logdir=_logdir(export_dir),
             seed=FLAGS.seed,
-            dtype=FLAGS.dtype,
+            dtype=dtype,
             jit_compile=FLAGS.jit_compile,
             verbose=2,
         )
@@ -245,7 +251,6 @@ def main(argv):
 
     from bit_tf import data
 
-    _, crop = resolve_resolution(train, _model_name(), setting("resize"), setting("crop"))
     batches = data.eval_pipeline(validation, min(setting("batch_size", 512), 256), crop)
     results = model.evaluate(batches, return_dict=True, verbose=0)
     path = os.path.join(export_dir, "model.keras")

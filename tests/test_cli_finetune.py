@@ -8,14 +8,29 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 import bit_tf.hyperrule  # noqa: F401  (registers the layers and the schedule for loading)
+from bit_tf.weights import official_arrays, read_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The README's main job, shortened for CI: 10 steps of batch 8 at 16x16 instead of 400 of 32
 # at 32x32.
 SHORT = ["--steps=10", "--batch_size=8", "--resize=16", "--crop=16", "--validation_every=4"]
+ENVIRONMENT = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def bit_finetune(*flags: str, cwd) -> subprocess.CompletedProcess:
+    """Runs `python -m bit_cli.finetune` with these flags in `cwd`."""
+    return subprocess.run(
+        [sys.executable, "-m", "bit_cli.finetune", *flags],
+        cwd=cwd,
+        env=ENVIRONMENT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -82,3 +97,39 @@ def test_help_lists_every_flag_with_its_default():
         "logdir",
     ):
         assert f"--{flag}:" in text, flag
+
+
+def test_weights_path_without_model_fine_tunes_the_checkpoints_architecture(
+    official_checkpoint, tmp_path
+):
+    # The R14x1 fixture is no named model: the architecture can only come from the file. One
+    # step at rate 0 leaves the backbone exactly as loaded.
+    completed = bit_finetune(
+        f"--weights={official_checkpoint}",
+        "--steps=1",
+        "--base_lr=0",
+        "--batch_size=8",
+        "--resize=16",
+        "--crop=16",
+        f"--export_dir={tmp_path / 'out'}",
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip().splitlines()[-1].startswith("final validation accuracy: ")
+    model = keras.saving.load_model(tmp_path / "out" / "model.keras")
+    assert model.output_shape == (None, 10)
+    loaded, expected = official_arrays(model), read_checkpoint(official_checkpoint)
+    key = "resnet/block4/unit01/c/standardized_conv2d/kernel"
+    assert np.array_equal(loaded[key], expected[key])
+
+
+def test_model_that_does_not_fit_the_weights_is_a_one_line_error(official_checkpoint, tmp_path):
+    completed = bit_finetune(
+        "--model=BiT-S-R26x1", f"--weights={official_checkpoint}", cwd=tmp_path
+    )
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr
+    error = completed.stderr.strip().splitlines()[-1]
+    assert error.startswith("bit-finetune: error: --model=BiT-S-R26x1 (R26x1) does not fit")
+    assert official_checkpoint in error and "units (1, 1, 1, 1)" in error
+    assert not (tmp_path / "bit_finetune").exists()
