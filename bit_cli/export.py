@@ -1,8 +1,9 @@
 """bit-export: write BiT models as TF-Hub modules, TF Serving SavedModels and published archives.
 
 Examples:
-    # The TF-Hub collection's bit/m-r50x1 feature vector, published to a bucket:
-    bit-export --model=BiT-M-R50x1 --weights=BiT-M-R50x1 --kind=feature_vector \\
+    # The TF-Hub collection's bit/m-r50x1 feature vector (--weights defaults to the released
+    # weights of --model), published to a bucket:
+    bit-export --model=BiT-M-R50x1 --kind=feature_vector \\
         --export_dir=exports/bit_m-r50x1 --publish_to=gs://my-bucket/hub \\
         --publish_name=bit/m-r50x1
 
@@ -29,9 +30,10 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string(
     "weights",
-    "BiT-M-R50x1",
+    None,
     "A released checkpoint name (BiT-M-R50x1, BiT-M-R50x1-ILSVRC2012, ...), a path or URL of "
-    "an official-layout .npz, or a .keras file saved after fine-tuning.",
+    "an official-layout .npz, or a .keras file saved after fine-tuning. Default: the released "
+    "weights of --model (--weights='' for random initialisation).",
 )
 flags.DEFINE_integer(
     "num_classes",
@@ -127,12 +129,13 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import hub_export
 
-    if not FLAGS.model and not FLAGS.weights:
+    weights = FLAGS.weights if FLAGS.weights is not None else FLAGS.model
+    if not FLAGS.model and not weights:
         raise app.UsageError("Give --model, --weights, or both.")
     # ValueError here: an unknown --model, a checkpoint without a head for --kind=classification.
     with common.user_errors("bit-export", ValueError):
-        model = load_model(FLAGS.model, FLAGS.weights, FLAGS.kind, FLAGS.num_classes)
-    stem = common.weights_stem(FLAGS.weights or FLAGS.model)
+        model = load_model(FLAGS.model, weights, FLAGS.kind, FLAGS.num_classes)
+    stem = common.weights_stem(weights or FLAGS.model)
     export_dir = FLAGS.export_dir or os.path.join("exports", f"{stem}_{FLAGS.kind}")
     hub_export.export_module(model, export_dir, kind=FLAGS.kind, overwrite=FLAGS.overwrite)
     logging.info("Wrote the %s module to %s", FLAGS.kind, export_dir)

@@ -1,9 +1,12 @@
 """The bit-export command: a checkpoint in, a hub module, a serving model and an archive out."""
 
+import functools
+import http.server
 import os
 import subprocess
 import sys
 import tarfile
+import threading
 
 import keras
 import numpy as np
@@ -15,6 +18,27 @@ from bit_cli import export as export_command
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENVIRONMENT = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPOSITORY}
+
+
+def bit_export(*flags: str, cwd, environment=None) -> subprocess.CompletedProcess:
+    """Runs `python -m bit_cli.export` with these flags in `cwd`."""
+    return subprocess.run(
+        [sys.executable, "-m", "bit_cli.export", *flags],
+        env=environment or ENVIRONMENT,
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def one_line_error(completed: subprocess.CompletedProcess) -> str:
+    """The `bit-export: error: ...` line of a run that failed on a user error (status 2)."""
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    error = completed.stderr.strip().splitlines()[-1]
+    assert error.startswith("bit-export: error: "), completed.stderr[-3000:]
+    return error
 
 
 @pytest.mark.slow
@@ -87,3 +111,40 @@ def test_load_model_takes_the_head_size_from_the_checkpoint(official_checkpoint)
     )
     with pytest.raises(bit_tf.CheckpointError, match="does not fit"):
         export_command.load_model("BiT-S-R50x1", official_checkpoint, "feature_vector", 0)
+
+
+class _RecordingHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves an empty folder (every file is 404) and records the paths asked for."""
+
+    requested: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        self.requested.append(self.path)
+        super().do_GET()
+
+
+def test_weights_default_to_the_released_weights_of_the_model(tmp_path):
+    # A mirror without files: the run asks it for the weights, gets a 404 and says so in one
+    # line; no network, no model built.
+    (tmp_path / "mirror").mkdir()
+    handler = functools.partial(_RecordingHandler, directory=str(tmp_path / "mirror"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    mirror = f"http://127.0.0.1:{server.server_address[1]}"
+    environment = {
+        **ENVIRONMENT,
+        "BIT_TF_WEIGHTS_URL": mirror,
+        "KERAS_HOME": str(tmp_path / "keras_home"),
+    }
+    try:
+        completed = bit_export("--model=BiT-S-R101x1", cwd=tmp_path, environment=environment)
+    finally:
+        server.shutdown()
+        server.server_close()
+    error = one_line_error(completed)
+    assert _RecordingHandler.requested == ["/BiT-S-R101x1.npz"]
+    assert f"Could not download {mirror}/BiT-S-R101x1.npz" in error
+    assert not (tmp_path / "exports").exists()
