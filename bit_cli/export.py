@@ -19,6 +19,7 @@ import os
 from absl import app, flags, logging
 
 from bit_cli import common
+from hub_export.serving import hyperrule_image_size
 
 FLAGS = flags.FLAGS
 
@@ -60,8 +61,11 @@ flags.DEFINE_integer("serving_version", 1, "Version folder for --serving_dir.")
 flags.DEFINE_integer(
     "image_size",
     0,
-    "Square crop for the serving export's in-graph resize (BiT-HyperRule: 128 for small "
-    "images, 480 otherwise). 0: the model's fixed input size, else 480.",
+    "Square crop for the serving export's in-graph resize: the crop the model was fine-tuned "
+    f"at (BiT-HyperRule, bit_tf.hyperrule.get_resolution: {hyperrule_image_size(None, False)} "
+    f"for images under 96x96 pixels, else {hyperrule_image_size()}, or "
+    f"{hyperrule_image_size('R152x4')} for R152x4). 0: the model's fixed input size, else the "
+    "HyperRule's crop for images over 96x96 pixels.",
 )
 flags.DEFINE_boolean(
     "fold_weight_standardization",
@@ -146,7 +150,10 @@ def main(argv):
             raise app.UsageError("--serving_dir needs --kind=classification.")
         image_size = FLAGS.image_size or None
         if image_size is None and model.input_shape[1] is None:
-            image_size = 480
+            # The HyperRule's crop for images over 96x96 pixels, for this architecture.
+            architecture = common.architecture_name(common.model_layout(model))
+            image_size = hyperrule_image_size(architecture)
+            print(f"serving image size: {image_size} (BiT-HyperRule; --image_size to change)")
         version_dir = hub_export.export_serving(
             model,
             FLAGS.serving_dir,

@@ -34,11 +34,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
+from bit_tf import hyperrule
 from bit_tf.weights import official_arrays
 from hub_export.atomic import atomic_path, join
 from hub_export.forward import BitForward
@@ -201,6 +203,31 @@ class ServingModule(tf.Module):
         return self._answer(images, tf.ones(tf.shape(images)[:1], tf.bool))
 
 
+def hyperrule_image_size(model_name: str | None = None, large_images: bool = True) -> int:
+    """The crop size the BiT-HyperRule fine-tunes at, as `bit_tf.hyperrule.get_resolution` says.
+
+    A classifier is best served at the size it was fine-tuned at.
+
+    Args:
+        model_name: the architecture, e.g. "BiT-M-R152x4" (the rule looks for "R152x4" in it).
+        large_images: whether the training images were at least the rule's small-image limit
+            (96x96 pixels in area).
+
+    Returns:
+        The square crop size in pixels.
+
+    Example:
+        >>> hyperrule_image_size(), hyperrule_image_size("BiT-M-R152x4")
+        (384, 480)
+        >>> hyperrule_image_size(large_images=False)
+        128
+    """
+    side = math.isqrt(hyperrule.SMALL_IMAGE_AREA)  # side x side images are not small
+    if not large_images:
+        side -= 1
+    return hyperrule.get_resolution((side, side), model_name)[1]
+
+
 def _model_image_size(model: keras.Model) -> int | None:
     shape = model.input_shape
     if shape[1] is not None and shape[1] == shape[2]:
@@ -229,8 +256,9 @@ def export_serving(
         base_dir: the model's folder for TensorFlow Serving (local or gs://).
         version: positive integer version; an existing one is kept unless `overwrite`.
         class_names: one name per class, in class-id order (adds `top_k_class_names`).
-        image_size: the square crop the model was fine-tuned at (BiT-HyperRule: 128 for
-            images under 96x96 pixels, else 480). Defaults to the model's fixed input size.
+        image_size: the square crop the model was fine-tuned at (`hyperrule_image_size`, from
+            `bit_tf.hyperrule.get_resolution`: 128 for images under 96x96 pixels, else 384,
+            or 480 for R152x4). Defaults to the model's fixed input size.
         top_k: how many classes to list per image.
         fold_weight_standardization: standardize the kernels once here and use plain
             convolutions (same outputs to 1e-5, faster; the export can no longer be trained).
@@ -250,9 +278,12 @@ def export_serving(
     if image_size is None:
         image_size = _model_image_size(model)
         if image_size is None:
+            side = math.isqrt(hyperrule.SMALL_IMAGE_AREA)
             raise ValueError(
                 f"Model {model.name!r} accepts any image size; pass image_size= (the crop it "
-                "was fine-tuned at: 128 for small images, 480 otherwise under BiT-HyperRule)."
+                f"was fine-tuned at; under the BiT-HyperRule {hyperrule_image_size(None, False)} "
+                f"for images under {side}x{side} pixels, else {hyperrule_image_size()}, or "
+                f"{hyperrule_image_size('R152x4')} for R152x4: see hyperrule_image_size)."
             )
     module = ServingModule(
         model,

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import bit_tf
 from bit_cli import export as export_command
+from hub_export.serving import hyperrule_image_size
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENVIRONMENT = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPOSITORY}
@@ -54,7 +55,6 @@ def test_bit_export_writes_module_serving_model_and_archive(official_checkpoint,
             "--kind=classification",
             f"--export_dir={tmp_path / 'module'}",
             f"--serving_dir={tmp_path / 'serving'}",
-            "--image_size=32",
             f"--class_names={tmp_path / 'labels.txt'}",
             f"--publish_to={tmp_path / 'hub'}",
             "--publish_name=bit/r14x1",
@@ -68,6 +68,9 @@ def test_bit_export_writes_module_serving_model_and_archive(official_checkpoint,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert f"published: {tmp_path / 'hub' / 'bit' / 'r14x1' / '2.tar.gz'}" in completed.stdout
+    # No --image_size and a model of any input size: the HyperRule's crop for large images.
+    image_size = bit_tf.hyperrule.get_resolution((224, 224))[1]
+    assert f"serving image size: {image_size} (BiT-HyperRule" in completed.stdout
 
     model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=10)
     bit_tf.load_official_weights(model, official_checkpoint)
@@ -80,6 +83,9 @@ def test_bit_export_writes_module_serving_model_and_archive(official_checkpoint,
     serving = tf.saved_model.load(str(tmp_path / "serving" / "1"))
     answer = serving.signatures["predict_images"](images=tf.constant(images))
     top_names = [name.decode() for name in answer["top_k_class_names"].numpy()[0]]
+    resized = tf.image.resize(images, [image_size, image_size])
+    expected_probabilities = tf.nn.softmax(model(resized)).numpy()
+    assert np.allclose(answer["probabilities"].numpy(), expected_probabilities, atol=1e-4)
     assert top_names == [class_names[i] for i in answer["top_k_class_ids"].numpy()[0]]
     with tarfile.open(tmp_path / "hub" / "bit" / "r14x1" / "2.tar.gz") as archive:
         assert "saved_model.pb" in archive.getnames()
@@ -148,3 +154,13 @@ def test_weights_default_to_the_released_weights_of_the_model(tmp_path):
     assert _RecordingHandler.requested == ["/BiT-S-R101x1.npz"]
     assert f"Could not download {mirror}/BiT-S-R101x1.npz" in error
     assert not (tmp_path / "exports").exists()
+
+
+def test_serving_image_size_is_the_hyperrules_crop():
+    rule = bit_tf.hyperrule.get_resolution
+    assert hyperrule_image_size() == rule((500, 375))[1]
+    assert hyperrule_image_size("BiT-M-R152x4") == rule((500, 375), "BiT-M-R152x4")[1]
+    assert hyperrule_image_size("BiT-M-R50x1", large_images=False) == rule((32, 32))[1]
+    # The flag's help quotes the same numbers.
+    help_text = export_command.FLAGS["image_size"].help
+    assert f"else {rule((500, 375))[1]}, or {rule((500, 375), 'R152x4')[1]} for R152x4" in help_text
