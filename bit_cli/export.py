@@ -128,26 +128,34 @@ def read_class_names(value: str) -> list[str] | None:
     return [name.strip() for name in value.split(",")]
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def _refuse_existing_targets(export_dir: str) -> None:
+    """Ends the run, before any work, if the module or serving folder to write exists."""
+    import tensorflow as tf
+
+    from hub_export.serving import serving_version_dir
+
+    targets = [(export_dir, "Module folder", "--export_dir")]
+    if FLAGS.serving_dir:
+        with common.user_errors("bit-export", ValueError):  # a --serving_version below 1
+            serving = serving_version_dir(FLAGS.serving_dir, FLAGS.serving_version)
+        targets.append((serving, "Serving version", "--serving_version or --serving_dir"))
+    for path, what, flag_names in targets:
+        if tf.io.gfile.exists(path):
+            common.fail(
+                "bit-export",
+                f"{what} {path} already exists; choose another {flag_names}, remove it, or pass "
+                "--overwrite to replace it.",
+            )
+
+
+def _export(model, export_dir: str, stem: str) -> None:
     import hub_export
 
-    weights = FLAGS.weights if FLAGS.weights is not None else FLAGS.model
-    if not FLAGS.model and not weights:
-        raise app.UsageError("Give --model, --weights, or both.")
-    # ValueError here: an unknown --model, a checkpoint without a head for --kind=classification.
-    with common.user_errors("bit-export", ValueError):
-        model = load_model(FLAGS.model, weights, FLAGS.kind, FLAGS.num_classes)
-    stem = common.weights_stem(weights or FLAGS.model)
-    export_dir = FLAGS.export_dir or os.path.join("exports", f"{stem}_{FLAGS.kind}")
     hub_export.export_module(model, export_dir, kind=FLAGS.kind, overwrite=FLAGS.overwrite)
     logging.info("Wrote the %s module to %s", FLAGS.kind, export_dir)
     print(f"module: {export_dir}")
 
     if FLAGS.serving_dir:
-        if FLAGS.kind != "classification":
-            raise app.UsageError("--serving_dir needs --kind=classification.")
         image_size = FLAGS.image_size or None
         if image_size is None and model.input_shape[1] is None:
             # The HyperRule's crop for images over 96x96 pixels, for this architecture.
@@ -176,6 +184,26 @@ def main(argv):
             upstream=FLAGS.upstream or None,
         )
         print(f"published: {archive}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    weights = FLAGS.weights if FLAGS.weights is not None else FLAGS.model
+    if not FLAGS.model and not weights:
+        raise app.UsageError("Give --model, --weights, or both.")
+    if FLAGS.serving_dir and FLAGS.kind != "classification":
+        raise app.UsageError("--serving_dir needs --kind=classification.")
+    stem = common.weights_stem(weights or FLAGS.model)
+    export_dir = FLAGS.export_dir or os.path.join("exports", f"{stem}_{FLAGS.kind}")
+    if not FLAGS.overwrite:
+        _refuse_existing_targets(export_dir)
+    # ValueError here: an unknown --model, a checkpoint without a head for --kind=classification.
+    with common.user_errors("bit-export", ValueError):
+        model = load_model(FLAGS.model, weights, FLAGS.kind, FLAGS.num_classes)
+    # An existing published version, or a target another writer created meanwhile: one line.
+    with common.user_errors("bit-export"):
+        _export(model, export_dir, stem)
 
 
 def run():

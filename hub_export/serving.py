@@ -235,6 +235,21 @@ def _model_image_size(model: keras.Model) -> int | None:
     return None
 
 
+def serving_version_dir(base_dir: str, version: int) -> str:
+    """The folder `export_serving` writes `version` to: `<base_dir>/<version>`.
+
+    Raises:
+        ValueError: `version` is not a positive integer (TensorFlow Serving's versions are).
+
+    Example:
+        >>> serving_version_dir("serving/flowers", 2)
+        'serving/flowers/2'
+    """
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"version must be a positive integer (TF Serving), got {version!r}.")
+    return join(base_dir, str(version))
+
+
 def export_serving(
     model: keras.Model,
     base_dir: str,
@@ -273,8 +288,7 @@ def export_serving(
         ...                class_names=["daisy", "dandelion", "rose", "sunflower", "tulip"])
         'serving/flowers/2'
     """
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"version must be a positive integer (TF Serving), got {version!r}.")
+    target = serving_version_dir(base_dir, version)
     if image_size is None:
         image_size = _model_image_size(model)
         if image_size is None:
@@ -297,7 +311,6 @@ def export_serving(
         "serving_default": module.serve_bytes.get_concrete_function(),
         "predict_images": module.predict_images.get_concrete_function(),
     }
-    target = join(base_dir, str(version))
     with atomic_path(target, overwrite=overwrite, what="Serving version") as temporary:
         tf.saved_model.save(module, temporary, signatures=signatures)
     return target

@@ -164,3 +164,22 @@ def test_serving_image_size_is_the_hyperrules_crop():
     # The flag's help quotes the same numbers.
     help_text = export_command.FLAGS["image_size"].help
     assert f"else {rule((500, 375))[1]}, or {rule((500, 375), 'R152x4')[1]} for R152x4" in help_text
+
+
+def test_an_existing_serving_version_is_a_one_line_error_before_any_work(
+    official_checkpoint, tmp_path
+):
+    # The README's serving section: export_serving(..., version=1) in Python, then the same
+    # folder from the command line, whose --serving_version is 1 too.
+    (tmp_path / "serving" / "1").mkdir(parents=True)
+    completed = bit_export(
+        f"--weights={official_checkpoint}",
+        "--kind=classification",
+        f"--export_dir={tmp_path / 'module'}",
+        f"--serving_dir={tmp_path / 'serving'}",
+        cwd=tmp_path,
+    )
+    error = one_line_error(completed)
+    assert f"Serving version {tmp_path / 'serving' / '1'} already exists" in error
+    assert "--serving_version" in error and "--overwrite" in error
+    assert not (tmp_path / "module").exists()
