@@ -18,8 +18,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NoReturn
 
 from absl import app, flags
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (CheckpointError, DownloadError, TargetExistsError)
 
 
-def fail(program: str, message: str | BaseException) -> None:
+def fail(program: str, message: str | BaseException) -> NoReturn:
     """Ends the command with `<program>: error: <message>` on stderr (one line), status 2.
 
     Example:
@@ -130,7 +134,7 @@ def weights_stem(weights: str) -> str:
     return stem
 
 
-def model_layout(model) -> dict:
+def model_layout(model: keras.Model) -> dict:
     """The architecture of a bit_tf model, as `bit_tf.hub.describe_layout` reads checkpoints.
 
     Example:
@@ -183,7 +187,7 @@ def build_model(
     weights: str | None,
     num_classes: int | None | str = HEAD_FROM_CHECKPOINT,
     dtype: str | None = None,
-):
+) -> keras.Model:
     """The model for a command's `--model` and `--weights`, with the weights loaded.
 
     Without `model_name` the architecture is read from the checkpoint (an official-layout

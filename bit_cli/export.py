@@ -15,11 +15,15 @@ Examples:
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from absl import app, flags, logging
 
 from bit_cli import common
 from hub_export.serving import hyperrule_image_size
+
+if TYPE_CHECKING:
+    import keras
 
 FLAGS = flags.FLAGS
 
@@ -91,7 +95,7 @@ flags.DEFINE_string("upstream", "", "Pre-training data named in the model card. 
 flags.DEFINE_boolean("overwrite", False, "Replace existing exports and published versions.")
 
 
-def load_model(model_name: str, weights: str, kind: str, num_classes: int):
+def load_model(model_name: str, weights: str, kind: str, num_classes: int) -> keras.Model:
     """Builds the model to export from the flags' values (see the flag help).
 
     A fine-tuned `.keras` file is loaded as it is (its backbone for `kind="feature_vector"`);
