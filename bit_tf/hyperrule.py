@@ -140,7 +140,8 @@ def get_resolution(original_resolution: Sequence[int], model_name: str | None = 
         raise ValueError(f"original_resolution must be positive, got {original_resolution!r}.")
     if height * width < SMALL_IMAGE_AREA:
         return (160, 128)
-    if model_name is not None and "R152x4" in model_name:
+    # Any spelling: "BiT-M-R152x4", or the Keras model name "bit_m_r152x4".
+    if model_name is not None and "r152x4" in model_name.lower():
         return (512, 480)
     return (448, 384)
 

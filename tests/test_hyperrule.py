@@ -52,6 +52,8 @@ def test_lr_warms_up_then_drops_tenfold_then_stops(dataset_size):
         ((224, 224), "BiT-M-R152x4", (512, 480)),
         ((32, 32), "BiT-M-R152x4", (160, 128)),
         ((224, 224), "BiT-M-R50x1", (448, 384)),
+        ((224, 224), "bit_m_r152x4", (512, 480)),  # a Keras model's name, as finetune sees it
+        ((224, 224), "bit_s_r152x2", (448, 384)),
     ],
 )
 def test_resolution(size, model_name, expected):
