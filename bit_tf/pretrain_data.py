@@ -15,6 +15,19 @@ the epoch and its position. The input position is therefore a function of the gl
 `UpstreamInput.dataset_fn(start_step=...)` resumes the stream exactly where a run stopped,
 under every strategy (tf.distribute's own iterators cannot be checkpointed).
 
+Image folders skip images that do not decode (corrupt, truncated, zero-byte, or another format
+under an image extension) where they are decoded, without decoding anything up front (TFRecords
+and TFDS do so with `UpstreamInput(..., skip_bad_images=True)`): each one is reported on stderr,
+as "WARNING bit_tf.pretrain_data: skipped <file> (<n> bytes, epoch <e>): <why>", with TF's own
+decoder message in TF's log, and the stream goes on with the next image. An epoch of an input
+pipeline in which no image decodes raises `tf.errors.InvalidArgumentError` ("No image of ...
+decoded in epoch ...") instead of reading on for ever. Only the decoding (with the crop window,
+which JPEG decoding is fused with) is guarded: reading, parsing and label errors and errors of
+the rest of the augmentation still raise. A skipped image keeps its position, so the other
+images keep their augmentation seeds and clean data gives the very same stream; a run resumed
+after skipped images restarts at record `start_step` x batch (skipped ones counted), which is
+behind the uninterrupted stream by the number of images skipped before.
+
 Sources (`open_source`):
 
 - a TFDS name, e.g. "imagenet2012" or "imagenet2012:5.1.0" (`data_dir` is the TFDS folder);
@@ -34,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -44,6 +58,10 @@ CROP_AREA_RANGE = (0.05, 1.0)
 CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_SHUFFLE_BUFFER = 10_000
+#: Records decoded by one tf.data task (see `UpstreamInput.dataset_fn`): the per-replica batch
+#: when it is at most MAX_DECODE_CHUNK (so clean data needs no extra copy), else DECODE_CHUNK.
+MAX_DECODE_CHUNK = 64
+DECODE_CHUNK = 32
 _FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/class/label": tf.io.VarLenFeature(tf.int64),
@@ -169,12 +187,25 @@ def inception_crop(
     """Decodes JPEG/PNG bytes, takes a random Inception-style crop, resizes and flips it.
 
     Deterministic given `seed` (a stateless seed, shape [2]). Returns float32 in [0, 1],
-    shape (image_size, image_size, 3).
+    shape (image_size, image_size, 3). Bytes that do not decode raise
+    `tf.errors.InvalidArgumentError` (`UpstreamInput` skips such images).
 
     Example:
         >>> image = inception_crop(tf.io.read_file("cat.jpg"), tf.constant([1, 2]), 224)
     """
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    crop_seed, flip_seed = _crop_and_flip_seeds(seed)
+    return _resize_and_flip(_decode_and_crop(image_bytes, crop_seed), flip_seed, image_size)
+
+
+def _crop_and_flip_seeds(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+
+
+def _decode_and_crop(image_bytes: tf.Tensor, crop_seed: tf.Tensor) -> tf.Tensor:
+    """The decoding half of `inception_crop`: uint8 pixels of the random crop window.
+
+    JPEGs decode only the window (`decode_and_crop_jpeg`), so the window is drawn here too.
+    """
 
     def window(shape):
         begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -199,7 +230,11 @@ def inception_crop(
         begin, size = window(tf.shape(image))
         return tf.slice(image, begin, size)
 
-    image = tf.cond(tf.io.is_jpeg(image_bytes), crop_jpeg, crop_other)
+    return tf.cond(tf.io.is_jpeg(image_bytes), crop_jpeg, crop_other)
+
+
+def _resize_and_flip(image: tf.Tensor, flip_seed: tf.Tensor, image_size: int) -> tf.Tensor:
+    """The rest of `inception_crop`: uint8 crop -> float32 [0, 1], resized, maybe flipped."""
     image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (image_size, image_size))
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     return tf.clip_by_value(image, 0.0, 1.0)
@@ -217,6 +252,10 @@ class UpstreamInput:
         seed: the seed of shuffling and augmentation.
         shuffle_buffer: examples in the shuffle buffer of each worker.
         label_offset: added to stored labels, e.g. -1 for TFRecords whose ids start at 1.
+        skip_bad_images: skip and report images that do not decode instead of failing (see
+            the module docstring). Default: on for image folders; off for TFRecords and TFDS,
+            whose writers normally check the images (skipping costs a few percent more input
+            CPU, and keeps their stream as it was).
 
     Example:
         >>> upstream = UpstreamInput(open_source("imagenet2012"), 1000, 4096)
@@ -235,6 +274,7 @@ class UpstreamInput:
         seed: int = 0,
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
         label_offset: int = 0,
+        skip_bad_images: bool | None = None,
     ):
         if num_classes < 1:
             raise DataError(f"num_classes must be positive, got {num_classes!r}.")
@@ -253,11 +293,16 @@ class UpstreamInput:
         self.seed = int(seed)
         self.shuffle_buffer = int(shuffle_buffer)
         self.label_offset = int(label_offset)
+        if skip_bad_images is None:
+            skip_bad_images = source.kind == "folder"
+        self.skip_bad_images = bool(skip_bad_images)
 
     # -- one worker's shard, one epoch, as (image bytes, label ids) ----------------------------
 
     def _shard_records(self, num_shards: int, index: int) -> Callable[[tf.Tensor], tf.data.Dataset]:
-        """Returns epoch -> this worker's (bytes, labels) records of that epoch, shuffled.
+        """Returns epoch -> this worker's (bytes, labels, name) records of that epoch, shuffled.
+
+        `name` says where a record comes from in warnings: the image's path for folders.
 
         Orders are stateless functions of (seed, epoch): the file list (or, for folders, the
         image list) is permuted with `stateless_shuffle`, and records go through a shuffle
@@ -282,7 +327,7 @@ class UpstreamInput:
                 pairs = tf.data.Dataset.from_tensor_slices(
                     (tf.gather(files_tensor, order), tf.gather(labels_tensor, order))
                 )
-                return pairs.map(lambda path, label: (tf.io.read_file(path), label))
+                return pairs.map(lambda path, label: (tf.io.read_file(path), label, path))
 
             return folder_epoch
 
@@ -292,6 +337,13 @@ class UpstreamInput:
         by_file = len(all_files) >= num_shards
         files = tf.constant(all_files[index::num_shards] if by_file else all_files)
         cycle_length = max(1, min(16, len(all_files)))
+        record_name = tf.constant(
+            f"a record of {source.name!r}" + (f" ({source.split})" if source.kind == "tfds" else "")
+        )
+
+        def parse_named(serialized):
+            image_bytes, labels = parse(serialized)
+            return image_bytes, labels, record_name
 
         def tfrecord_epoch(epoch):
             order = _permutation(int(files.shape[0]), seed, epoch)
@@ -305,7 +357,7 @@ class UpstreamInput:
                 records = records.shard(num_shards, index)
             if self.shuffle_buffer > 1:
                 records = records.shuffle(self.shuffle_buffer, seed=buffer_seed)
-            return records.map(parse)
+            return records.map(parse_named)
 
         return tfrecord_epoch
 
@@ -379,29 +431,185 @@ class UpstreamInput:
 
             def one_epoch(epoch):
                 records = epoch_records(epoch).enumerate()
-                return records.map(lambda position, pair: (epoch, position, pair))
+                return records.map(lambda position, record: (epoch, position, *record))
 
             stream = tf.data.Dataset.range(start_epoch, 2**62).flat_map(one_epoch)
             stream = stream.skip(offset)
-            stream = stream.map(
-                lambda epoch, position, pair: self._example(index, epoch, position, *pair),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            )
-            stream = stream.batch(per_replica, drop_remainder=True)
+            if self.skip_bad_images:
+                stream = self._skipping_bad_images(stream, index, num_shards, per_replica)
+                stream = stream.scan(
+                    (tf.constant(start_epoch, tf.int64), tf.constant(0, tf.int64), offset == 0),
+                    self._skip_reporter(index, num_shards),
+                )
+                stream = stream.rebatch(per_replica, drop_remainder=True)
+            else:
+                stream = stream.map(
+                    lambda epoch, position, image_bytes, labels, _: self._example(
+                        index, epoch, position, image_bytes, labels
+                    ),
+                    num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True,
+                )
+                stream = stream.batch(per_replica, drop_remainder=True)
             return stream.prefetch(tf.data.AUTOTUNE)
 
         return dataset_fn
 
-    def _example(self, worker, epoch, position, image_bytes, labels):
+    def _seeds(self, worker, epoch, position):
+        """The (crop, flip) stateless seeds of the record at `position` of `epoch`."""
         seed = tf.stack(
             [
                 tf.cast(self.seed, tf.int64) * 1_000_003 + tf.cast(worker, tf.int64),
                 tf.cast(epoch, tf.int64) * 2**32 + tf.cast(position, tf.int64),
             ]
         )
-        image = inception_crop(image_bytes, seed, self.image_size)
-        return image, self.encode_labels(labels)
+        return _crop_and_flip_seeds(seed)
+
+    def _example(self, worker, epoch, position, image_bytes, labels):
+        crop_seed, flip_seed = self._seeds(worker, epoch, position)
+        image = _decode_and_crop(image_bytes, crop_seed)
+        return _resize_and_flip(image, flip_seed, self.image_size), self.encode_labels(labels)
+
+    def _skipping_bad_images(self, records, worker, num_shards, per_replica):
+        """(epoch, position, bytes, labels, name) records -> augmented chunks, without the
+        images that do not decode (see `_augment_chunk`), in order and in parallel."""
+
+        def seeded(epoch, position, image_bytes, labels, name):
+            crop_seed, flip_seed = self._seeds(worker, epoch, position)
+            return epoch, crop_seed, flip_seed, image_bytes, labels, tf.size(labels), name
+
+        # A chunk of a whole per-replica batch needs no copy to become one (when it all decodes).
+        chunk_size = per_replica if per_replica <= MAX_DECODE_CHUNK else DECODE_CHUNK
+        chunks = records.map(seeded).padded_batch(chunk_size)
+        return chunks.map(
+            lambda *chunk: self._augment_chunk(chunk_size, *chunk),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+
+    def _augment_chunk(
+        self, chunk_size, epochs, crop_seeds, flip_seeds, encoded, labels, label_counts, names
+    ):
+        """Augments a chunk of records; those whose image does not decode are left out.
+
+        Returns (decoded: bool per record, images and encoded labels of the decoded records,
+        and the records' epochs, names and byte sizes for `_skip_reporter`).
+
+        The decoding runs in a dataset of the chunk's own, where `ignore_errors` follows the
+        map that does nothing but decode (and crop) the images, and its input, the chunk in
+        memory, cannot fail: errors of reading and parsing (before the chunk), of the rest of
+        the augmentation and of labels (after `ignore_errors`) are never swallowed.
+        """
+        count = tf.shape(epochs)[0]
+        rows = tf.data.Dataset.from_tensor_slices((tf.range(count), encoded, crop_seeds))
+        decoded_rows = rows.map(
+            lambda row, image_bytes, crop_seed: (row, _decode_and_crop(image_bytes, crop_seed))
+        )
+        decoded_rows = decoded_rows.ignore_errors(log_warning=True)
+
+        def augment(row, image):
+            image = _resize_and_flip(image, flip_seeds[row], self.image_size)
+            return row, image, self.encode_labels(labels[row][: label_counts[row]])
+
+        label_shape = [0, self.num_classes] if self.multi_label else [0]
+        nothing = tf.data.Dataset.from_tensors(
+            (
+                tf.zeros([0], tf.int32),
+                tf.zeros([0, self.image_size, self.image_size, 3], tf.float32),
+                tf.zeros(label_shape, tf.float32 if self.multi_label else tf.int32),
+            )
+        )
+        augmented = decoded_rows.map(augment).batch(chunk_size).concatenate(nothing)
+        kept, images, encoded_labels = augmented.take(1).get_single_element()
+        decoded = tf.reduce_any(tf.equal(tf.range(count)[:, None], kept[None, :]), 1)
+        return decoded, images, encoded_labels, epochs, names, tf.strings.length(encoded)
+
+    def _skip_reporter(self, worker: int, num_shards: int):
+        """The `scan` function over augmented chunks: reports the records that did not decode
+        on stderr, and refuses an epoch of this pipeline in which no image decoded (instead of
+        reading on for ever). State: the epoch, images decoded in it so far, and whether the
+        stream saw that epoch from its start (not so for the first epoch of a resumed run).
+        Outputs the chunk's (images, labels)."""
+        source_name = self.source.name
+
+        def report(state, chunk):
+            decoded, images, labels, epochs, names, sizes = chunk
+            current_epoch, decoded_so_far, whole = state
+            # A chunk holds consecutive records: epochs epochs[0] .. epochs[-1], in order.
+            continues = tf.equal(epochs[0], current_epoch)
+            span = tf.cast(epochs[-1] - epochs[0] + 1, tf.int32)
+            per_epoch = tf.math.unsorted_segment_sum(
+                tf.cast(decoded, tf.int64), tf.cast(epochs - epochs[0], tf.int32), span
+            )
+            per_epoch += tf.where(tf.logical_and(continues, tf.range(span) == 0), decoded_so_far, 0)
+            whole_epochs = tf.concat(
+                [[tf.logical_or(whole, tf.logical_not(continues))], tf.ones([span - 1], tf.bool)],
+                0,
+            )
+            # Epochs that ended: the state's, when this chunk starts a new one, and all but the
+            # last of the chunk's.
+            state_epoch_empty = tf.logical_not(continues) & whole & tf.equal(decoded_so_far, 0)
+            ended_empty = (tf.range(span) < span - 1) & whole_epochs & tf.equal(per_epoch, 0)
+            empty_epoch = tf.where(
+                state_epoch_empty,
+                current_epoch,
+                epochs[0] + tf.argmax(tf.cast(ended_empty, tf.int32), output_type=tf.int64),
+            )
+
+            def refuse():
+                message = tf.strings.join(
+                    [
+                        f"No image of {source_name} decoded in epoch ",
+                        tf.strings.as_string(empty_epoch),
+                        f" of input pipeline {worker} of {num_shards}: every one is corrupt, "
+                        "truncated, empty or not an image (each was reported as skipped). Fix "
+                        "or remove them.",
+                    ]
+                )
+                with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+                    return tf.constant(False)
+
+            def warn():
+                skipped = tf.logical_not(decoded)
+                skipped_sizes = tf.boolean_mask(sizes, skipped)
+                reasons = tf.where(
+                    tf.equal(skipped_sizes, 0),
+                    "the file is empty.",
+                    "not a decodable JPEG, PNG, GIF or BMP image (corrupt, truncated or "
+                    "another format).",
+                )
+                lines = tf.strings.join(
+                    [
+                        "WARNING bit_tf.pretrain_data: skipped ",
+                        tf.boolean_mask(names, skipped),
+                        " (",
+                        tf.strings.as_string(skipped_sizes),
+                        " bytes, epoch ",
+                        tf.strings.as_string(tf.boolean_mask(epochs, skipped)),
+                        "): ",
+                        reasons,
+                    ]
+                )
+                line = tf.strings.reduce_join(lines, separator="\n")
+                with tf.control_dependencies([tf.print(line, output_stream=sys.stderr)]):
+                    return tf.constant(False)
+
+            reported = tf.cond(tf.reduce_all(decoded), lambda: tf.constant(True), warn)
+            with tf.control_dependencies([reported]):  # the skipped files first, then the error
+                checked = tf.cond(
+                    state_epoch_empty | tf.reduce_any(ended_empty),
+                    refuse,
+                    lambda: tf.constant(True),
+                )
+            with tf.control_dependencies([checked, reported]):
+                state = (
+                    tf.identity(epochs[-1]),
+                    per_epoch[-1],
+                    tf.identity(whole_epochs[-1]),
+                )
+                return state, (tf.identity(images), tf.identity(labels))
+
+        return report
 
     def encode_labels(self, labels: tf.Tensor) -> tf.Tensor:
         """Stored label ids -> an int32 class id, or a float32 multi-hot vector.
