@@ -38,7 +38,7 @@ class FusedMomentumSGD(keras.optimizers.SGD):
     """
 
     def update_step(self, gradient, variable, learning_rate):
-        if keras.backend.backend() != "tensorflow" or self.momentum == 0 or self.nesterov:
+        if keras.backend.backend() != "tensorflow" or self.momentum == 0:
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
 
