@@ -10,7 +10,9 @@ in the same run, and the versions.
     python benchmarks/cpu.py --output=benchmarks/latest.md
     python benchmarks/cpu.py --dtype=mixed_bfloat16 # bfloat16 compute (timm under autocast)
 
-Contenders: `bit_tf.predict` (model.predict), `bit_tf.serving` (the serving SavedModel of
+Contenders: `bit_tf.predict` (model.predict), `bit_tf.predict_folded` (model.predict of the
+inference copy from `bit_tf.inference.fold_weight_standardization`), `bit_tf.serving` (the
+serving SavedModel of
 hub_export: JPEG bytes in, top-k out), `bit_tf.finetune` (the `model.fit` path of
 bit_tf.finetune, one optimizer step), `timm.eager` inference and training step (when torch and
 timm are installed). Not a test: timings on shared machines are noisy, so read the ratios.
@@ -49,7 +51,10 @@ define_flags(
     batch_size=16,
     steps_per_repeat=3,
     warmup=2,
-    contenders="bit_tf.predict,bit_tf.serving,bit_tf.finetune,timm.inference,timm.train",
+    contenders=(
+        "bit_tf.predict,bit_tf.predict_folded,bit_tf.serving,bit_tf.finetune,"
+        "timm.inference,timm.train"
+    ),
 )
 flags.DEFINE_integer("threads", 2, "Intra-op threads for every framework.")
 flags.DEFINE_enum(
@@ -83,6 +88,17 @@ class BitPredict(Worker):
             self.model.predict(self.images, batch_size=FLAGS.batch_size, verbose=0)
             times.append(time.perf_counter() - start)
         return times
+
+
+class BitPredictFolded(BitPredict):
+    """`model.predict` of the inference copy with weight standardization folded (users call
+    `bit_tf.inference.fold_weight_standardization(model)` once, then predict with it)."""
+
+    def prepare(self):
+        super().prepare()
+        from bit_tf.inference import fold_weight_standardization
+
+        self.model = fold_weight_standardization(self.model)
 
 
 class BitServing(Worker):
@@ -264,6 +280,7 @@ class TimmTrain(TimmWorker):
 
 WORKERS = {
     "bit_tf.predict": BitPredict,
+    "bit_tf.predict_folded": BitPredictFolded,
     "bit_tf.serving": BitServing,
     "bit_tf.finetune": BitFinetune,
     "timm.inference": TimmWorker,

@@ -39,14 +39,15 @@ QUICK_CPU_RUN = [
     "--image_size=32",
     "--batch_size=2",
     "--num_classes=10",
-    "--contenders=bit_tf.predict,bit_tf.serving,bit_tf.finetune",
+    "--contenders=bit_tf.predict,bit_tf.predict_folded,bit_tf.serving,bit_tf.finetune",
 ]
 
 
 def test_cpu_benchmark_prints_its_table(tmp_path):
     report = run_script(QUICK_CPU_RUN, tmp_path)
     assert "| contender | images/s (median)" in report
-    for contender in ("bit_tf.predict", "bit_tf.serving", "bit_tf.finetune"):
+    contenders = ("bit_tf.predict", "bit_tf.predict_folded", "bit_tf.serving", "bit_tf.finetune")
+    for contender in contenders:
         row = next(line for line in report.splitlines() if line.startswith(f"| {contender} "))
         assert "failed" not in row, row
         assert float(row.split("|")[2]) > 0

@@ -1,4 +1,4 @@
-"""The model core on the JAX backend: the layer and model tests rerun in a JAX process."""
+"""The model core on the JAX backend: the layer, model and folding tests rerun in a JAX process."""
 
 import os
 import subprocess
@@ -25,6 +25,7 @@ def test_layers_and_parity_pass_on_jax():
         "0",
         "tests/test_layers.py",
         "tests/test_models.py",
+        "tests/test_inference.py",
         "-k",
         "not published_backbone_sizes and not finetune_stays_callable",
     ]
