@@ -37,7 +37,13 @@ import tensorflow as tf
 
 from bit_tf.models import create_model, parse_model_name
 from bit_tf.optimizers import FusedMomentumSGD
-from bit_tf.pretrain_data import DEFAULT_IMAGE_SIZE, UpstreamInput, open_source
+from bit_tf.pretrain_data import (
+    DEFAULT_IMAGE_SIZE,
+    NOTHING_DECODED,
+    DataError,
+    UpstreamInput,
+    open_source,
+)
 from bit_tf.pretrain_schedule import DEFAULT_GLOBAL_BATCH_SIZE, WARMUP_STEPS, upstream_schedule
 from bit_tf.weights import save_official_weights
 
@@ -547,7 +553,15 @@ def _train_loop(config, train_step, iterator, schedule, manager, step, is_chief,
     with _StopSignals() as signals:
         while step < total_steps:
             stop = tf.constant(0 if signals.received is None else 1, tf.int32)
-            outputs = train_step(iterator, stop)
+            try:
+                outputs = train_step(iterator, stop)
+            except tf.errors.InvalidArgumentError as error:
+                if NOTHING_DECODED not in str(error.message):
+                    raise
+                # The message of the pipeline's assertion, without TensorFlow's frame around it.
+                line = next(line for line in error.message.splitlines() if NOTHING_DECODED in line)
+                text = line[line.index(NOTHING_DECODED) :].split("]")[0].strip()
+                raise DataError(text) from error
             step += 1
             for key in ("loss", "hits", "examples"):
                 window[key] += float(outputs[key])

@@ -21,7 +21,8 @@ and TFDS do so with `UpstreamInput(..., skip_bad_images=True)`): each one is rep
 as "WARNING bit_tf.pretrain_data: skipped <file> (<n> bytes, epoch <e>): <why>", with TF's own
 decoder message in TF's log, and the stream goes on with the next image. An epoch of an input
 pipeline in which no image decodes raises `tf.errors.InvalidArgumentError` ("No image of ...
-decoded in epoch ...") instead of reading on for ever. Only the decoding (with the crop window,
+decoded in epoch ...") instead of reading on for ever; `bit_tf.pretrain` reports it as a
+`DataError` with that message. Only the decoding (with the crop window,
 which JPEG decoding is fused with) is guarded: reading, parsing and label errors and errors of
 the rest of the augmentation still raise. A skipped image keeps its position, so the other
 images keep their augmentation seeds and clean data gives the very same stream; a run resumed
@@ -61,6 +62,9 @@ DEFAULT_SHUFFLE_BUFFER = 10_000
 #: Records decoded by one tf.data task (see `UpstreamInput.dataset_fn`): the per-replica batch
 #: when it is at most MAX_DECODE_CHUNK (so clean data needs no extra copy), else DECODE_CHUNK.
 MAX_DECODE_CHUNK = 64
+#: How the input pipeline's error for an epoch in which no image decodes begins (the training
+#: loop turns it into a `DataError`).
+NOTHING_DECODED = "No image of"
 DECODE_CHUNK = 32
 _FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -559,7 +563,7 @@ class UpstreamInput:
             def refuse():
                 message = tf.strings.join(
                     [
-                        f"No image of {source_name} decoded in epoch ",
+                        f"{NOTHING_DECODED} {source_name} decoded in epoch ",
                         tf.strings.as_string(empty_epoch),
                         f" of input pipeline {worker} of {num_shards}: every one is corrupt, "
                         "truncated, empty or not an image (each was reported as skipped). Fix "

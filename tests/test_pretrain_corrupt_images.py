@@ -173,10 +173,8 @@ def test_multi_label_tfrecords_skip_a_damaged_image_when_asked(tmp_path):
     np.testing.assert_array_equal(labels, np.array(expected * 2, np.float32))
 
 
-def test_bit_pretrain_trains_on_a_folder_with_damaged_files(tmp_path):
-    folder = _folder(
-        tmp_path / "data", np.random.default_rng(3), _bad_files(np.random.default_rng(4))
-    )
+def _bit_pretrain(folder, checkpoint_dir, *flags):
+    """Runs the bit-pretrain command for 3 steps of a tiny model on `folder`."""
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     environment["PYTHONPATH"] = REPOSITORY + os.pathsep + environment.get("PYTHONPATH", "")
     command = [
@@ -184,8 +182,6 @@ def test_bit_pretrain_trains_on_a_folder_with_damaged_files(tmp_path):
         "-m",
         "bit_cli.pretrain",
         "--model=BiT-S-R18x1",
-        "--cpu_devices=2",
-        "--strategy=mirrored",
         "--units_per_block=1,1,1,1",
         f"--dataset={folder}",
         "--global_batch_size=4",
@@ -193,13 +189,32 @@ def test_bit_pretrain_trains_on_a_folder_with_damaged_files(tmp_path):
         "--warmup_steps=1",
         "--image_size=16",
         "--log_every=1",
-        f"--checkpoint_dir={tmp_path / 'ckpt'}",
+        f"--checkpoint_dir={checkpoint_dir}",
         "--hub_export_dir=",
+        *flags,
     ]
-    result = subprocess.run(
+    return subprocess.run(
         command, env=environment, cwd=REPOSITORY, capture_output=True, text=True, timeout=240
     )
+
+
+def test_bit_pretrain_trains_on_a_folder_with_damaged_files(tmp_path):
+    folder = _folder(
+        tmp_path / "data", np.random.default_rng(3), _bad_files(np.random.default_rng(4))
+    )
+    result = _bit_pretrain(folder, tmp_path / "ckpt", "--cpu_devices=2", "--strategy=mirrored")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done at step 3" in result.stdout
     assert f"skipped {os.path.join(folder, 'c', 'fake.jpg')} (11 bytes, epoch 0)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bit_pretrain_on_a_folder_where_nothing_decodes_stops_with_one_line(tmp_path):
+    for name in ("cats", "dogs"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "a.jpg").write_bytes(b"")
+    result = _bit_pretrain(tmp_path / "data", tmp_path / "ckpt")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "bit-pretrain: error: No image of" in result.stderr
+    assert "decoded in epoch 0" in result.stderr
     assert "Traceback" not in result.stderr
