@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Exit status for settings that cannot work (bit-pretrain's too).
+#: Exit status for settings that cannot work, in every command.
 EXIT_BAD_SETTINGS = 2
 #: `build_model`'s `num_classes` for "the checkpoint's head size, else --model's default".
 HEAD_FROM_CHECKPOINT = "checkpoint"

@@ -34,7 +34,6 @@ from absl import flags
 from bit_cli import common
 
 FLAGS = flags.FLAGS
-EXIT_BAD_SETTINGS = 2
 
 flags.DEFINE_string("model", "BiT-S-R50x1", "Model name, BiT-{S,M,L}-R{depth}x{width}.")
 flags.DEFINE_string(
@@ -150,8 +149,7 @@ def main(argv) -> int:
         print(f"bit-pretrain: {stop}", file=sys.stderr)
         return 128 + int(stop.signal_number)
     except (StrategyError, DataError, ValueError) as error:
-        print(f"bit-pretrain: error: {error}", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
+        common.fail("bit-pretrain", error)
     if result.is_chief:
         export_dir = FLAGS.hub_export_dir
         if export_dir is None:

@@ -81,19 +81,15 @@ def fold_weight_standardization(model: keras.Model) -> keras.Model:
     config = _without_standardization(keras.saving.serialize_keras_object(model))
     folded = keras.saving.deserialize_keras_object(config)
     source = {variable.path: variable for variable in model.weights}
+    unmatched = {variable.path for variable in folded.weights} ^ set(source)
+    if unmatched or len(folded.weights) != len(source):
+        raise ValueError(
+            f"Folding {model.name!r}: the rebuilt model's variables differ from the original's "
+            f"({sorted(unmatched)[:3]}); is it a bit_tf model?"
+        )
     for variable in folded.weights:
-        if variable.path not in source:
-            raise ValueError(
-                f"Folding {model.name!r}: the rebuilt model has a variable {variable.path!r} "
-                "that the original has not; is it a bit_tf model?"
-            )
         value = standardized.get(variable.path)
         if value is None:  # a copy: on JAX, arrays shared between models can be donated
             value = keras.ops.convert_to_numpy(source[variable.path].value)
         variable.assign(value)
-    if len(folded.weights) != len(source):
-        raise ValueError(
-            f"Folding {model.name!r}: the rebuilt model has {len(folded.weights)} variables, "
-            f"the original {len(source)}; is it a bit_tf model?"
-        )
     return folded

@@ -62,10 +62,10 @@ DEFAULT_SHUFFLE_BUFFER = 10_000
 #: Records decoded by one tf.data task (see `UpstreamInput.dataset_fn`): the per-replica batch
 #: when it is at most MAX_DECODE_CHUNK (so clean data needs no extra copy), else DECODE_CHUNK.
 MAX_DECODE_CHUNK = 64
+DECODE_CHUNK = 32
 #: How the input pipeline's error for an epoch in which no image decodes begins (the training
 #: loop turns it into a `DataError`).
 NOTHING_DECODED = "No image of"
-DECODE_CHUNK = 32
 _FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/class/label": tf.io.VarLenFeature(tf.int64),
