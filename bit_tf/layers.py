@@ -68,28 +68,55 @@ STANDARDIZATION_EPSILON = 1e-10
 GROUP_NORM_GROUPS = 32
 GROUP_NORM_EPSILON = 1e-5
 NORMALIZATIONS = ("group", "batch", "noisy_batch", "none")
-# 1x1 convolutions on at most this many pixels (8x8) run as matrix products on TensorFlow.
-MATMUL_MAX_PIXELS = 64
+# Convolutions with at most this many output pixels, by kernel size, run as matrix products on
+# TensorFlow: 1x1 ones up to 8x8, 3x3 ones (on their patches) up to 4x4.
+MATMUL_MAX_PIXELS = {1: 64, 3: 16}
 
 
-def favours_matrix_product(kernel_size, strides, input_shape) -> bool:
+def favours_matrix_product(kernel_size, strides, input_shape, padding: str = "valid") -> bool:
     """Whether a channels-last convolution is faster as a matrix product on TensorFlow's CPU
-    kernels: 1x1, stride 1, on at most `MATMUL_MAX_PIXELS` pixels (static height and width).
+    kernels: a 1x1 or 3x3 kernel with at most `MATMUL_MAX_PIXELS` output pixels for its size
+    (static height and width), equal strides, and "same" padding only with stride 1.
 
-    There TensorFlow's oneDNN convolutions are slower than its matrix product, forward and
-    backward (R50x1's 4x4x2048 layers: 6.0 against 4.2 ms), while at 32x32 the convolution wins
-    (benchmarks/RESULTS.md).
+    There TensorFlow's oneDNN convolutions are slower than its matrix product. R50x1 at
+    128x128, forward and filter gradient: the 4x4x512 3x3 layers 14.7 against 11.2 ms, the 3x3
+    layer with stride 2 to 4x4 17.8 against 11.5, the 1x1 with stride 2 to 4x4 13.9 against 9.3;
+    but a 3x3 layer with stride 2 to 8x8 10.8 against 11.5, and 1x1 layers at 32x32 favour the
+    convolution too (benchmarks/RESULTS.md).
 
     Example:
         >>> favours_matrix_product((1, 1), (1, 1), (16, 4, 4, 2048))
         True
-        >>> favours_matrix_product((1, 1), (1, 1), (16, 32, 32, 256))
+        >>> favours_matrix_product((3, 3), (1, 1), (16, 4, 4, 512), padding="same")
+        True
+        >>> favours_matrix_product((3, 3), (2, 2), (16, 18, 18, 256))
         False
     """
-    if tuple(kernel_size) != (1, 1) or tuple(strides) != (1, 1):
+    size, strides = tuple(kernel_size), tuple(strides)
+    if size[0] != size[-1] or size[0] not in MATMUL_MAX_PIXELS or strides[0] != strides[-1]:
+        return False
+    if padding.lower() == "same" and strides[0] != 1 and size[0] > 1:
         return False
     height, width = input_shape[1:3]
-    return height is not None and width is not None and height * width <= MATMUL_MAX_PIXELS
+    if height is None or width is None:
+        return False
+    pixels = 1
+    for extent in (height, width):
+        pixels *= output_size(extent, size[0], strides[0], padding)
+    return pixels <= MATMUL_MAX_PIXELS[size[0]]
+
+
+def output_size(size: int, kernel_size: int, stride: int, padding: str) -> int:
+    """The output height (or width) of a convolution: "same" padding keeps ceil(size/stride),
+    "valid" takes only the windows inside the input.
+
+    Example:
+        >>> output_size(10, 3, 2, "valid")
+        4
+    """
+    if padding.lower() == "same":
+        return -(-size // stride)
+    return (size - kernel_size) // stride + 1
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -134,7 +161,9 @@ class StandardizedConv2D(keras.layers.Conv2D):
         kernel = ops.cast(self.standardized_kernel(kernel), inputs.dtype)
         fused = _fused()
         if fused is not None and self._as_matrix_product(inputs):
-            return fused.pointwise_convolution(inputs, kernel)
+            if self.kernel_size == (1, 1) and self.strides == (1, 1):
+                return fused.pointwise_convolution(inputs, kernel)
+            return fused.patch_convolution(inputs, kernel, self.strides[0], self.padding)
         return super().convolution_op(inputs, kernel)
 
     def _as_matrix_product(self, inputs) -> bool:
@@ -143,7 +172,7 @@ class StandardizedConv2D(keras.layers.Conv2D):
         return (
             plain
             and self.data_format == "channels_last"
-            and favours_matrix_product(self.kernel_size, self.strides, inputs.shape)
+            and favours_matrix_product(self.kernel_size, self.strides, inputs.shape, self.padding)
         )
 
     def get_config(self) -> dict:

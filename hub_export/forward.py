@@ -91,14 +91,16 @@ class BitForward(tf.Module):
         else:
             kernel = self.weights[f"{prefix}/conv2d/kernel"]
         size = int(kernel.shape[0])
-        if self.fused and favours_matrix_product((size, size), (stride, stride), inputs.shape):
-            return fused.pointwise_convolution(inputs, kernel)
         if stride != 1 and size > 1:
             pad = (size - 1) // 2
             inputs = tf.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
             padding = "VALID"
         else:
             padding = "SAME" if size > 1 else "VALID"
+        if self.fused and favours_matrix_product((size,) * 2, (stride,) * 2, inputs.shape, padding):
+            if size == 1 and stride == 1:
+                return fused.pointwise_convolution(inputs, kernel)
+            return fused.patch_convolution(inputs, kernel, stride, padding)
         return tf.nn.conv2d(inputs, kernel, strides=stride, padding=padding)
 
     def _norm_relu(self, prefix, inputs):

@@ -50,17 +50,53 @@ def test_standardized_conv_matches_the_seed_formula():
     assert conv.bias is None
 
 
-@pytest.mark.parametrize("pixels", [(4, 4), (3, 5), (8, 8), (16, 16)])
-def test_pointwise_convolutions_on_few_pixels_give_the_convolution_and_its_gradients(pixels):
-    """On TensorFlow, 1x1 convolutions on <= 8x8 pixels run as matrix products (layers.py)."""
+@pytest.mark.parametrize(
+    "size, stride, padding, pixels",
+    [
+        (1, 1, "valid", (4, 4)),
+        (1, 1, "valid", (3, 5)),
+        (1, 1, "valid", (8, 8)),
+        (1, 1, "valid", (16, 16)),
+        (3, 1, "same", (2, 2)),
+        (3, 1, "same", (4, 4)),
+        (3, 1, "same", (3, 5)),
+        (3, 1, "same", (8, 8)),
+        (3, 2, "valid", (10, 10)),
+        (3, 2, "valid", (9, 11)),
+        (3, 2, "valid", (18, 18)),
+        (1, 2, "valid", (8, 8)),
+        (1, 2, "valid", (7, 9)),
+        (1, 2, "valid", (32, 32)),
+    ],
+)
+def test_convolutions_on_few_output_pixels_give_the_convolution_and_its_gradients(
+    size, stride, padding, pixels
+):
+    """On TensorFlow, 1x1 convolutions with <= 8x8 output pixels and 3x3 ones with <= 4x4 run
+    as matrix products (layers.py), strided or not."""
     rng = np.random.default_rng(1)
     images = rng.normal(size=(3, *pixels, 48)).astype("float32")
-    kernel = rng.normal(loc=0.1, size=(1, 1, 48, 40)).astype("float32")
-    conv = StandardizedConv2D(40, 1)
+    kernel = rng.normal(loc=0.1, size=(size, size, 48, 40)).astype("float32")
+    conv = StandardizedConv2D(40, size, strides=stride, padding=padding)
     conv.build(images.shape)
     conv.kernel.assign(kernel)
     standardized = (kernel - kernel.mean(axis=(0, 1, 2))) / kernel.std(axis=(0, 1, 2))
-    expected = np.einsum("nhwi,io->nhwo", images, standardized[0, 0])
+    margin = size // 2 if padding == "same" else 0
+    padded = np.pad(images, [(0, 0), (margin, margin), (margin, margin), (0, 0)])
+    out_height, out_width = ((extent - size) // stride + 1 for extent in padded.shape[1:3])
+    expected = sum(
+        np.einsum(
+            "nhwi,io->nhwo",
+            padded[
+                :,
+                row : row + stride * (out_height - 1) + 1 : stride,
+                column : column + stride * (out_width - 1) + 1 : stride,
+            ],
+            standardized[row, column],
+        )
+        for row in range(size)
+        for column in range(size)
+    )
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(conv(images)), expected, rtol=1e-4, atol=1e-4
     )
@@ -68,10 +104,10 @@ def test_pointwise_convolutions_on_few_pixels_give_the_convolution_and_its_gradi
         return
     import tensorflow as tf
 
-    as_product = pixels[0] * pixels[1] <= 64
+    as_product = out_height * out_width <= {1: 64, 3: 16}[size]
     assert conv._as_matrix_product(images) is as_product
     inputs = tf.constant(images)
-    upstream = tf.constant(rng.normal(size=(3, *pixels, 40)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(3, out_height, out_width, 40)).astype("float32"))
     gradients = []
     for fused in (True, False):  # off: Keras' own ops, the convolution among them
         previous = use_fused_kernels(fused)
