@@ -66,6 +66,7 @@ def test_standardized_conv_matches_the_seed_formula():
         (3, 2, "valid", (18, 18)),
         (1, 2, "valid", (8, 8)),
         (1, 2, "valid", (7, 9)),
+        (1, 2, "same", (7, 8)),
         (1, 2, "valid", (32, 32)),
     ],
 )
