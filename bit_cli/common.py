@@ -217,14 +217,20 @@ def build_model(
     """
     import bit_tf
     from bit_tf.hub import describe_layout
-    from bit_tf.weights import CheckpointError, read_checkpoint, resolve_checkpoint
+    from bit_tf.weights import (
+        CheckpointError,
+        assign_official_arrays,
+        read_checkpoint,
+        resolve_checkpoint,
+    )
 
     if not model_name and not weights:
         raise ValueError("Give --model, --weights, or both.")
     path = resolve_checkpoint(weights) if weights else None
-    layout = None
+    arrays = layout = None
     if path is not None:
-        layout = describe_layout({key: value.shape for key, value in read_checkpoint(path).items()})
+        arrays = read_checkpoint(path)  # read once: for the layout, then for the weights
+        layout = describe_layout({key: value.shape for key, value in arrays.items()})
     if num_classes == HEAD_FROM_CHECKPOINT:
         if layout is not None and layout["num_classes"] is not None:
             num_classes = layout["num_classes"]
@@ -252,7 +258,7 @@ def build_model(
             None, name=weights_stem(weights).replace("-", "_"), dtype=dtype, **options
         )
     if path is not None:
-        bit_tf.load_official_weights(model, path)
+        assign_official_arrays(model, arrays, path)
     else:
         log.warning("No --weights: %s has randomly initialised weights.", model.name)
     return model

@@ -294,6 +294,8 @@ def patch_convolution(inputs, kernel, stride: int = 1, padding: str = "valid"):
 
         def gradient(upstream):
             upstream_rows = tf.reshape(upstream, [-1, output_channels])
+            # The patches again rather than kept from the forward pass: k*k times the input's
+            # memory until the backward pass, for one cheap copy.
             d_kernel = tf.matmul(patches(inputs), upstream_rows, transpose_a=True)
             d_inputs = tf.raw_ops.Conv2DBackpropInput(
                 input_sizes=tf.shape(inputs),

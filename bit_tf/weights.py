@@ -218,7 +218,17 @@ def load_official_weights(model: keras.Model, path_or_url: str) -> keras.Model:
         >>> bit_tf.load_official_weights(model, "BiT-M-R50x1.npz")  # head stays zero
     """
     path = resolve_checkpoint(path_or_url)
-    arrays = read_checkpoint(path)
+    return assign_official_arrays(model, read_checkpoint(path), path)
+
+
+def assign_official_arrays(model: keras.Model, arrays: dict, path: str) -> keras.Model:
+    """`load_official_weights` for a checkpoint already read (`read_checkpoint(path)`): the
+    same checks and messages, without reading the file again.
+
+    Example:
+        >>> arrays = read_checkpoint("BiT-M-R50x1.npz")
+        >>> assign_official_arrays(model, arrays, "BiT-M-R50x1.npz")
+    """
     expected = official_variables(model)
     backbone = {key: var for key, var in expected.items() if key not in HEAD_KEYS}
 
