@@ -11,6 +11,10 @@ into the reductions, while the convolutions stay on TensorFlow's oneDNN kernels.
 computed in float32 with two passes (mean, then the mean squared deviation), like the reference
 code; results match the unfused layers to float32 round-off.
 
+While a gradient tape records on the CPU (training), GroupNorm and weight standardization run
+as native C++ kernels instead where they can be built (`bit_tf.native`): the same formulas,
+with all passes over one example or block of channels made while it is in cache.
+
 The other Keras backends do not need this: JAX compiles the whole step with XLA anyway.
 
 Example:
@@ -30,7 +34,14 @@ import logging
 import keras
 import tensorflow as tf
 
+from bit_tf import native
 from bit_tf.layers import output_size
+
+try:  # TensorFlow internals; without them the native kernels stay off
+    from tensorflow.python.eager import record as _tape_record
+    from tensorflow.python.ops import control_flow_util as _control_flow_util
+except ImportError:  # pragma: no cover - depends on the TensorFlow version
+    _tape_record = _control_flow_util = None
 
 
 class _QuietRetracing(logging.Filter):
@@ -56,6 +67,33 @@ def available(dtype="float32") -> bool:
         True
     """
     return keras.backend.backend() == "tensorflow" and tf.as_dtype(dtype).is_floating
+
+
+@functools.cache
+def _sees_gpu() -> bool:
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def native_operations(dtype="float32"):
+    """The native kernels' ops (`bit_tf.native`) where they apply to what is traced now, else None.
+
+    They apply to float32 while a gradient tape records (training) outside XLA compilation, on
+    a TensorFlow without GPUs (they are CPU kernels). Inference traces and SavedModel exports
+    record no gradients, so they keep the XLA kernels, which are standard TensorFlow ops.
+
+    Example:
+        >>> native_operations() is None  # no tape records here
+        True
+    """
+    if tf.as_dtype(dtype) != tf.float32 or not native.enabled() or _tape_record is None:
+        return None
+    if not _tape_record.could_possibly_record():
+        return None
+    if _control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return None
+    if _sees_gpu():
+        return None
+    return native.library()
 
 
 def _group_statistics(x3, groups: int, epsilon: float):
@@ -149,19 +187,35 @@ def group_norm(x, gamma, beta, *, groups: int, epsilon: float, relu: bool = Fals
         ...            epsilon=1e-5).shape
         TensorShape([1, 4, 4, 32])
     """
-    forward, backward = _group_norm_functions(
-        int(groups), float(epsilon), bool(relu), int(x.shape[-1])
-    )
+    groups, epsilon, relu = int(groups), float(epsilon), bool(relu)
     # Tensors, not variables: a tf.function traces anew for every variable it is given.
     gamma = tf.cast(tf.convert_to_tensor(gamma), tf.float32)
     beta = tf.cast(tf.convert_to_tensor(beta), tf.float32)
+    operations = native_operations(x.dtype)
+    if operations is not None:
+
+        def forward(x, gamma, beta):
+            return operations.bit_group_norm(
+                x, gamma, beta, groups=groups, epsilon=epsilon, relu=relu
+            )
+
+        def backward(upstream, x, y, gamma, beta, mean, inverse):
+            return operations.bit_group_norm_grad(
+                upstream, x, gamma, beta, mean, inverse, groups=groups, relu=relu
+            )
+
+    else:
+        forward, compiled_backward = _group_norm_functions(groups, epsilon, relu, int(x.shape[-1]))
+
+        def backward(upstream, x, y, gamma, beta, mean, inverse):
+            return compiled_backward(upstream, x, y, gamma, mean, inverse)
 
     @tf.custom_gradient
     def normalize(x, gamma, beta):
         y, mean, inverse = forward(x, gamma, beta)
 
         def gradient(upstream):
-            return backward(upstream, x, y, gamma, mean, inverse)
+            return backward(upstream, x, y, gamma, beta, mean, inverse)
 
         return y, gradient
 
@@ -208,7 +262,15 @@ def standardize_kernel(kernel, *, epsilon: float):
         TensorShape([3, 3, 16, 8])
     """
     kernel = tf.cast(tf.convert_to_tensor(kernel), tf.float32)
-    forward, backward = _standardize_functions(tuple(kernel.shape.as_list()), float(epsilon))
+    operations = native_operations(tf.float32)
+    if operations is not None:
+
+        def forward(kernel):
+            return operations.bit_standardize_kernel(kernel, epsilon=float(epsilon))
+
+        backward = operations.bit_standardize_kernel_grad
+    else:
+        forward, backward = _standardize_functions(tuple(kernel.shape.as_list()), float(epsilon))
 
     @tf.custom_gradient
     def standardize(kernel):

@@ -21,6 +21,13 @@ if "--tf_xla_persistent_cache_directory" not in os.environ.get("TF_XLA_FLAGS", "
         )
     )
 
+# The same for bit_tf's native kernels (bit_tf.native): built once per test session, into a
+# folder of its own rather than the user's cache.
+if "BIT_TF_CACHE_DIR" not in os.environ:
+    _NATIVE_CACHE = tempfile.mkdtemp(prefix="bit-tf-tests-native-cache-")
+    atexit.register(shutil.rmtree, _NATIVE_CACHE, ignore_errors=True)
+    os.environ["BIT_TF_CACHE_DIR"] = _NATIVE_CACHE
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

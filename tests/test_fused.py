@@ -12,7 +12,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bit_tf  # noqa: E402
-from bit_tf import fused  # noqa: E402
+from bit_tf import fused, native  # noqa: E402
 from bit_tf.layers import GroupNormalization, StandardizedConv2D  # noqa: E402
 
 
@@ -26,6 +26,16 @@ def _reference_group_norm(x, gamma, beta, groups, epsilon, relu):
     return tf.nn.relu(y) if relu else y
 
 
+@pytest.fixture(params=["native", "xla"])
+def kernels(request):
+    """Runs a test with the native C++ kernels (bit_tf.native) and with the XLA ones."""
+    if request.param == "native":
+        assert native.library() is not None, "the native kernels did not build (see the log)"
+    previous = native.use_native_kernels(request.param == "native")
+    yield request.param
+    native.use_native_kernels(previous)
+
+
 def _values_and_gradients(function, *inputs, upstream):
     with tf.GradientTape() as tape:
         tape.watch(inputs)
@@ -34,8 +44,8 @@ def _values_and_gradients(function, *inputs, upstream):
 
 
 @pytest.mark.parametrize("relu", [False, True])
-@pytest.mark.parametrize("shape", [(2, 5, 3, 64), (3, 8, 8, 32), (1, 2, 2, 128)])
-def test_group_norm_matches_the_formula_and_its_gradient(shape, relu):
+@pytest.mark.parametrize("shape", [(2, 5, 3, 64), (3, 8, 8, 32), (1, 2, 2, 128), (2, 9, 7, 96)])
+def test_group_norm_matches_the_formula_and_its_gradient(shape, relu, kernels):
     rng = np.random.default_rng(sum(shape))
     x = tf.constant(rng.normal(2.0, 3.0, size=shape).astype("float32"))
     gamma = tf.constant(rng.uniform(0.5, 1.5, size=shape[-1]).astype("float32"))
@@ -62,10 +72,11 @@ def test_group_norm_matches_the_formula_and_its_gradient(shape, relu):
         )
 
 
-def test_weight_standardization_matches_the_formula_and_its_gradient():
+@pytest.mark.parametrize("shape", [(3, 3, 16, 8), (3, 3, 40, 40), (1, 1, 8, 3), (7, 7, 3, 64)])
+def test_weight_standardization_matches_the_formula_and_its_gradient(shape, kernels):
     rng = np.random.default_rng(3)
-    kernel = tf.constant(rng.normal(0.3, 2.0, size=(3, 3, 16, 8)).astype("float32"))
-    upstream = tf.constant(rng.normal(size=(3, 3, 16, 8)).astype("float32"))
+    kernel = tf.constant(rng.normal(0.3, 2.0, size=shape).astype("float32"))
+    upstream = tf.constant(rng.normal(size=shape).astype("float32"))
 
     def reference(kernel):
         mean, variance = tf.nn.moments(kernel, axes=[0, 1, 2], keepdims=True)
@@ -103,7 +114,7 @@ def test_layers_use_the_fused_kernels_and_keep_the_keras_results():
     )
 
 
-def test_a_training_step_matches_the_unfused_model():
+def test_a_training_step_matches_the_unfused_model(kernels):
     """One SGD step of a small BiT with fused kernels equals the same step with Keras' ops."""
     rng = np.random.default_rng(5)
     images = rng.uniform(size=(4, 32, 32, 3)).astype("float32")

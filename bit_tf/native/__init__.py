@@ -1,0 +1,238 @@
+"""Native CPU kernels for GroupNorm(+ReLU) and weight standardization in TensorFlow training.
+
+`bit_tf.fused` compiles these layers with XLA, which makes one full pass over a tensor per
+reduction and costs about 0.1 ms per call. The C++ kernels in `normalization_ops.cc` make all
+their passes over one example (GroupNorm) or one block of output channels (weight
+standardization) while it is in the core's cache. BiT-R50x1 at 128x128, 16 images: a
+training step 665 -> 615 ms on a 2-core Xeon; GroupNorm(+ReLU) at 16x32x32x256 forward 3.8 ->
+1.2 ms and backward 5.6 -> 1.8 ms.
+
+They are built on first use with the system's C++ compiler (`$CXX`, else `c++`) against the
+installed TensorFlow's headers (about 6 s) and cached under `$BIT_TF_CACHE_DIR` (default
+`~/.cache/bit_tf`), keyed by the source, TensorFlow's version and flags, the compiler and the
+CPU. Where no compiler is found or the build fails, `library()` returns None and `bit_tf.fused`
+keeps its XLA kernels; a warning says why, once. `BIT_TF_NATIVE_KERNELS=0` in the environment,
+or `use_native_kernels(False)`, turns them off.
+
+`bit_tf.fused` uses them only while a gradient tape records (training), outside XLA
+compilation, on float32 inputs, and where TensorFlow sees no GPU: traced inference and
+exported SavedModels keep standard ops, so they load where this library is not built.
+
+Example:
+    >>> from bit_tf import native
+    >>> operations = native.library()  # None where they cannot be built
+    >>> previous = native.use_native_kernels(False)  # XLA kernels only, from the next trace
+    >>> native.use_native_kernels(previous)
+    False
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+log = logging.getLogger(__name__)
+
+SOURCE = pathlib.Path(__file__).with_name("normalization_ops.cc")
+LIBRARY_NAME = "bit_tf_normalization_ops.so"
+
+# Tried in order. The first set tunes for this CPU; GCC cannot compile Eigen's AVX512-FP16
+# code that TensorFlow's headers include, hence -mno-avx512fp16 (x86 only). The second is
+# plain, for other architectures and compilers.
+COMPILE_OPTION_SETS = (
+    ("-O3", "-march=native", "-mno-avx512fp16", "-ffp-contract=off"),
+    ("-O3", "-ffp-contract=off"),
+)
+
+_SETTINGS = {"enabled": os.environ.get("BIT_TF_NATIVE_KERNELS", "1") != "0"}
+_LOCK = threading.Lock()
+
+
+class NativeBuildError(RuntimeError):
+    """The native kernels could not be compiled; the message holds the compiler's output."""
+
+
+def use_native_kernels(enabled: bool) -> bool:
+    """Turns the native kernels on or off for later traces; returns the old setting.
+
+    Example:
+        >>> previous = use_native_kernels(False)
+        >>> use_native_kernels(previous)
+        False
+    """
+    previous = _SETTINGS["enabled"]
+    _SETTINGS["enabled"] = bool(enabled)
+    return previous
+
+
+def enabled() -> bool:
+    """Whether the native kernels are turned on (they may still be unavailable: `library()`).
+
+    Example:
+        >>> enabled() in (True, False)
+        True
+    """
+    return _SETTINGS["enabled"]
+
+
+def cache_directory() -> pathlib.Path:
+    """Where built libraries are kept: `$BIT_TF_CACHE_DIR`, else `~/.cache/bit_tf`.
+
+    Example:
+        >>> cache_directory().name in ("bit_tf", os.environ.get("BIT_TF_CACHE_DIR", "bit_tf"))
+        True
+    """
+    configured = os.environ.get("BIT_TF_CACHE_DIR")
+    if configured:
+        return pathlib.Path(configured).expanduser()
+    return pathlib.Path("~/.cache/bit_tf").expanduser()
+
+
+def compiler() -> str | None:
+    """The C++ compiler to build with: `$CXX`, else `c++` or `g++` on the PATH (None if none).
+
+    Example:
+        >>> compiler() is None or isinstance(compiler(), str)
+        True
+    """
+    configured = os.environ.get("CXX")
+    if configured:
+        return configured
+    return shutil.which("c++") or shutil.which("g++")
+
+
+def _tensorflow_flags() -> tuple[list[str], list[str]]:
+    import tensorflow as tf
+
+    return list(tf.sysconfig.get_compile_flags()), list(tf.sysconfig.get_link_flags())
+
+
+def _cpu_description() -> str:
+    """The CPU's model and feature flags (x86 Linux), or the platform's name elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            lines = [line for line in handle if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def build_key(compiler_command: str) -> str:
+    """A digest of everything the built library depends on.
+
+    Example:
+        >>> len(build_key("c++"))
+        16
+    """
+    import tensorflow as tf
+
+    compile_flags, link_flags = _tensorflow_flags()
+    digest = hashlib.sha256()
+    for part in (
+        SOURCE.read_bytes(),
+        tf.__version__.encode(),
+        " ".join(compile_flags + link_flags).encode(),
+        repr(COMPILE_OPTION_SETS).encode(),
+        compiler_command.encode(),
+        _cpu_description().encode(),
+    ):
+        digest.update(part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def build(directory: str | os.PathLike, compiler_command: str | None = None) -> pathlib.Path:
+    """Compiles `normalization_ops.cc` into `directory`, returns the library's path.
+
+    The library is written under a temporary name and renamed into place, so a concurrent
+    process (a distributed worker) never loads a half-written file.
+
+    Raises:
+        NativeBuildError: no compiler, or every set of options failed (with its output).
+
+    Example:
+        >>> path = build("/tmp/bit_tf_native")  # doctest: +SKIP
+        >>> path.name
+        'bit_tf_normalization_ops.so'
+    """
+    compiler_command = compiler_command or compiler()
+    if not compiler_command:
+        raise NativeBuildError("no C++ compiler found: set CXX, or install g++ or clang")
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / LIBRARY_NAME
+    compile_flags, link_flags = _tensorflow_flags()
+    failures = []
+    for options in COMPILE_OPTION_SETS:
+        handle, partial = tempfile.mkstemp(dir=directory, prefix=".building-", suffix=".so")
+        os.close(handle)
+        command = [
+            *compiler_command.split(),
+            *options,
+            "-w",
+            "-shared",
+            "-fPIC",
+            str(SOURCE),
+            "-o",
+            partial,
+            *compile_flags,
+            *link_flags,
+        ]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            result = None
+            failures.append(f"{' '.join(options)}: {error}")
+        if result is not None and result.returncode == 0:
+            os.replace(partial, target)
+            return target
+        os.unlink(partial)
+        if result is not None:
+            output = result.stderr[-800:]
+            failures.append(f"{' '.join(options)}: exit {result.returncode}: {output}")
+    raise NativeBuildError(
+        f"compiling {SOURCE.name} with {compiler_command!r} failed:\n" + "\n".join(failures)
+    )
+
+
+def library():
+    """The loaded op library (`bit_group_norm`, `bit_group_norm_grad`, `bit_standardize_kernel`,
+    `bit_standardize_kernel_grad`), built if needed; None where turned off or not buildable.
+
+    Example:
+        >>> operations = library()
+        >>> operations is None or hasattr(operations, "bit_group_norm")
+        True
+    """
+    if not enabled():
+        return None
+    with _LOCK:
+        return _load()
+
+
+@functools.cache
+def _load():
+    import tensorflow as tf
+
+    compiler_command = compiler()
+    if not compiler_command:
+        log.warning("bit_tf: no C++ compiler found, so the native kernels are off (XLA's instead)")
+        return None
+    directory = cache_directory() / "native" / build_key(compiler_command)
+    path = directory / LIBRARY_NAME
+    try:
+        if not path.exists():
+            log.info("bit_tf: building the native kernels in %s", directory)
+            build(directory, compiler_command)
+        return tf.load_op_library(str(path))
+    except (NativeBuildError, OSError, tf.errors.NotFoundError) as error:
+        log.warning("bit_tf: the native kernels are off (XLA's instead): %s", error)
+        return None
