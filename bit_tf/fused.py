@@ -28,8 +28,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import threading
 
 import keras
 import tensorflow as tf
@@ -74,26 +76,60 @@ def _sees_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
+_INFERENCE = threading.local()
+
+
+@contextlib.contextmanager
+def native_inference():
+    """Lets the native kernels serve what is traced inside without a gradient tape too.
+
+    `BitModel.predict` traces its step in here. Graphs traced inside hold the native ops, which
+    load only where `bit_tf.native` is built, so exports must not be traced in here.
+
+    Example:
+        >>> with native_inference():
+        ...     operations = native_operations()  # the ops where they build, else None
+    """
+    previous = getattr(_INFERENCE, "enabled", False)
+    _INFERENCE.enabled = True
+    try:
+        yield
+    finally:
+        _INFERENCE.enabled = previous
+
+
 def native_operations(dtype="float32"):
     """The native kernels' ops (`bit_tf.native`) where they apply to what is traced now, else None.
 
-    They apply to float32 while a gradient tape records (training) outside XLA compilation, on
-    a TensorFlow without GPUs (they are CPU kernels). Inference traces and SavedModel exports
-    record no gradients, so they keep the XLA kernels, which are standard TensorFlow ops.
+    They apply to float32 while a gradient tape records (training), or inside
+    `native_inference()`, outside XLA compilation, on a TensorFlow without GPUs (they are CPU
+    kernels). Other inference traces and SavedModel exports keep the XLA kernels, which are
+    standard TensorFlow ops.
 
     Example:
         >>> native_operations() is None  # no tape records here
         True
     """
-    if tf.as_dtype(dtype) != tf.float32 or not native.enabled() or _tape_record is None:
+    if not native_kernels_available(dtype):
         return None
-    if not _tape_record.could_possibly_record():
+    if not (_tape_record.could_possibly_record() or getattr(_INFERENCE, "enabled", False)):
         return None
     if _control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
         return None
-    if _sees_gpu():
-        return None
     return native.library()
+
+
+def native_kernels_available(dtype="float32") -> bool:
+    """Whether the native kernels can serve `dtype` here: float32, turned on, built (or
+    buildable) on this machine, and a TensorFlow without GPUs.
+
+    Example:
+        >>> native_kernels_available("bfloat16")
+        False
+    """
+    if tf.as_dtype(dtype) != tf.float32 or not native.enabled() or _tape_record is None:
+        return False
+    return not _sees_gpu() and native.library() is not None
 
 
 def _group_statistics(x3, groups: int, epsilon: float):

@@ -52,9 +52,9 @@ def test_datasets_take_the_keras_path_and_saving_keeps_the_class(model, tmp_path
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, BitModel)
-    # The reloaded model predicts XLA-compiled too (on TensorFlow), so both sides run the same
-    # kernels.
-    assert loaded._predicts_with_xla() == model._predicts_with_xla()
+    # The reloaded model predicts the same way (XLA-compiled or on the native kernels, on
+    # TensorFlow), so both sides run the same kernels.
+    assert loaded._predict_mode() == model._predict_mode()
     np.testing.assert_allclose(
         loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5, atol=1e-5
     )
@@ -76,26 +76,51 @@ def _predict_is_xla_compiled(model) -> bool:
     )
 
 
+def _predict_runs(model) -> str:
+    """How the predict function Keras built for `model` runs: "xla" (its step XLA-compiled),
+    "native" (bit_tf.native's GroupNorm op in its graph) or "plain"."""
+    if _predict_is_xla_compiled(model):
+        return "xla"
+    shape = [1, *(32 if size is None else size for size in model.input_shape[1:])]
+    graph = model.predict_function.get_concrete_function([keras.ops.zeros(shape)]).graph
+    definition = graph.as_graph_def()
+    types = {node.op for node in definition.node}
+    for function in definition.library.function:
+        types |= {node.op for node in function.node_def}
+    return "native" if "BitGroupNorm" in types else "plain"
+
+
 TENSORFLOW_ONLY = pytest.mark.skipif(
     keras.config.backend() != "tensorflow", reason="predict_jit_compile's 'auto' acts on TensorFlow"
 )
 
 
+def _auto_float32() -> str:
+    """What "auto" means for float32 models here: the native kernels where they build."""
+    from bit_tf import fused
+
+    return "native" if fused.native_kernels_available("float32") else "xla"
+
+
 @TENSORFLOW_ONLY
-def test_a_float32_model_predicts_with_xla_however_it_was_compiled_and_reloaded(tmp_path):
+def test_a_float32_model_predicts_compiled_however_it_was_compiled_and_reloaded(tmp_path):
+    """XLA-compiled, or on the native kernels where they build, not Keras' plain graph."""
     model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3)
-    assert model.predict_jit_compile == "auto" and _predict_is_xla_compiled(model)
-    # Keras' "auto" means no XLA on CPUs, for training: predict keeps it all the same.
+    auto = _auto_float32()
+    assert model.predict_jit_compile == "auto" and _predict_runs(model) == auto
+    # Keras' "auto" means no XLA on CPUs, for training: predict keeps its own way all the same.
     model.compile(optimizer="sgd", loss="mse")
-    assert not model.jit_compile and _predict_is_xla_compiled(model)
+    assert not model.jit_compile and _predict_runs(model) == auto
     path = str(tmp_path / "compiled.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert not loaded.jit_compile and _predict_is_xla_compiled(loaded)
+    assert not loaded.jit_compile and _predict_runs(loaded) == auto
     # Training's setting is left as it was after building the predict function.
     assert not loaded.jit_compile
+    loaded.predict_jit_compile = True
+    assert _predict_runs(loaded) == "xla"
     loaded.predict_jit_compile = False
-    assert not _predict_is_xla_compiled(loaded)
+    assert _predict_runs(loaded) == "plain"
     with pytest.raises(ValueError, match="predict_jit_compile must be .* got 'yes'"):
         loaded.predict_jit_compile = "yes"
 
@@ -158,4 +183,34 @@ def test_training_sees_its_own_setting_while_another_thread_builds_predict():
     finally:
         bit_model._BUILDING.model = None
     assert seen == {"builder": True, "other": False}
-    assert not model.jit_compile and _predict_is_xla_compiled(model)
+    assert not model.jit_compile and _predict_runs(model) == _auto_float32()
+
+
+@TENSORFLOW_ONLY
+def test_auto_predicts_on_the_native_kernels_where_they_build_else_with_xla():
+    from bit_tf import native
+
+    assert native.library() is not None, "the native kernels did not build (see the log)"
+    model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=None)
+    images = np.random.default_rng(2).uniform(size=(3, 40, 36, 3)).astype("float32")
+    assert _predict_runs(model) == "native"
+    on_native_kernels = model.predict(images, verbose=0)
+    model.predict_jit_compile = True
+    assert _predict_runs(model) == "xla"
+    compiled = model.predict(images, verbose=0)
+    scale = np.abs(compiled).max()
+    np.testing.assert_allclose(on_native_kernels / scale, compiled / scale, atol=1e-5)
+    previous = native.use_native_kernels(False)
+    try:
+        model.predict_jit_compile = "auto"
+        assert _predict_runs(model) == "xla"
+    finally:
+        native.use_native_kernels(previous)
+    # Calling the model (as exports do) traces no native op.
+    import tensorflow as tf
+
+    function = tf.function(lambda images: model(images, training=False))
+    graph = function.get_concrete_function(tf.TensorSpec([1, 32, 32, 3])).graph.as_graph_def()
+    types = {node.op for node in graph.node}
+    types |= {node.op for function in graph.library.function for node in function.node_def}
+    assert "BitGroupNorm" not in types and "BitStandardizeKernel" not in types
