@@ -165,14 +165,15 @@ class BitModel(keras.Model):
         finally:
             _BUILDING.model = None
 
-    def predict_step(self, data):
-        """Keras' predict step, traced with bit_tf's native kernels where predict runs on them."""
+    def predict_step(self, *arguments):
+        """Keras' predict step (`data`, or `state, data` on JAX), traced with bit_tf's native
+        kernels where predict runs on them."""
         if not getattr(self, "_predicts_natively", False):
-            return super().predict_step(data)
+            return super().predict_step(*arguments)
         from bit_tf import fused
 
         with fused.native_inference():
-            return super().predict_step(data)
+            return super().predict_step(*arguments)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         if (
