@@ -11,9 +11,10 @@ into the reductions, while the convolutions stay on TensorFlow's oneDNN kernels.
 computed in float32 with two passes (mean, then the mean squared deviation), like the reference
 code; results match the unfused layers to float32 round-off.
 
-While a gradient tape records on the CPU (training), GroupNorm and weight standardization run
-as native C++ kernels instead where they can be built (`bit_tf.native`): the same formulas,
-with all passes over one example or block of channels made while it is in cache.
+While a gradient tape records on the CPU (training), and in `BitModel.predict`'s step
+(`native_inference`), GroupNorm and weight standardization run as native C++ kernels instead
+where they can be built (`bit_tf.native`): the same formulas, with all passes over one example
+or block of channels made while it is in cache.
 
 The other Keras backends do not need this: JAX compiles the whole step with XLA anyway.
 

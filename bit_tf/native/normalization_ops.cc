@@ -84,6 +84,13 @@ inline void AddSquaredDeviations(const float* __restrict rows, int64_t count, in
   }
 }
 
+// The sum of group g's per-channel sums.
+inline double GroupTotal(const double* sums, int64_t g, int64_t per_group) {
+  double total = 0.0;
+  for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) total += sums[c];
+  return total;
+}
+
 // The per-channel scale and offset of one example: y = x * scale + offset.
 void ScaleAndOffset(const float* gamma, const float* beta, const float* mean,
                     const float* inverse, int64_t channels, int64_t per_group, float* scale,
@@ -202,9 +209,7 @@ class GroupNormOp : public OpKernel {
         std::fill(sums.begin(), sums.end(), 0.0);
         AddColumnSums(xn, pixels, channels, channels, partial.data(), sums.data());
         for (int64_t g = 0; g < groups; ++g) {
-          double total = 0.0;
-          for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) total += sums[c];
-          mean_n[g] = static_cast<float>(total / count);
+          mean_n[g] = static_cast<float>(GroupTotal(sums.data(), g, per_group) / count);
           std::fill(mean_by_channel.begin() + g * per_group,
                     mean_by_channel.begin() + (g + 1) * per_group, mean_n[g]);
         }
@@ -212,9 +217,8 @@ class GroupNormOp : public OpKernel {
         AddSquaredDeviations(xn, pixels, channels, channels, mean_by_channel.data(),
                              partial.data(), sums.data());
         for (int64_t g = 0; g < groups; ++g) {
-          double total = 0.0;
-          for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) total += sums[c];
-          inverse_n[g] = static_cast<float>(1.0 / std::sqrt(total / count + epsilon));
+          const double variance = GroupTotal(sums.data(), g, per_group) / count;
+          inverse_n[g] = static_cast<float>(1.0 / std::sqrt(variance + epsilon));
         }
         ScaleAndOffset(gamma_data, beta_data, mean_n, inverse_n, channels, per_group, scale.data(),
                        offset.data());
