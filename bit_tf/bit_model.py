@@ -15,9 +15,9 @@ for training, predict and evaluate alike; XLA makes a BiT training step slower t
 inference 1.1-1.4x faster (benchmarks/RESULTS.md). Not in bfloat16 or float16: XLA's CPU
 convolutions have no bfloat16 kernels of their own, oneDNN's do (1.6x faster, RESULTS.md).
 Where bit_tf's native CPU kernels build (`bit_tf.native`: a TensorFlow without GPUs and a C++
-compiler), "auto" predicts float32 models on them instead, without XLA: GroupNorm and weight
-standardization as native kernels between oneDNN's convolutions, faster still (R50x1, 16
-images at 128x128: 206 against 223 ms XLA-compiled). Under "auto",
+compiler), "auto" predicts float32 and bfloat16 models on them instead, without XLA: GroupNorm
+and weight standardization as native kernels between oneDNN's convolutions, faster still
+(R50x1, 16 images at 128x128: 222 against 237 ms XLA-compiled). Under "auto",
 `model.compile(jit_compile=True)` turns XLA on for predict too; set
 `model.predict_jit_compile` to True or False to decide for predict alone.
 
@@ -57,7 +57,10 @@ def _xla_predicts_faster(model: keras.Model) -> bool:
 
 def _native_kernels_serve(model: keras.Model) -> bool:
     """Whether bit_tf's native kernels would run the model's GroupNorms and weight
-    standardizations in predict (TensorFlow, fused kernels on, the native library built)."""
+    standardizations in predict: TensorFlow outside `tf.distribute`, the fused kernels on, the
+    native library built. Layers of other dtypes (float16) keep the XLA-compiled kernels."""
+    if keras.backend.backend() != "tensorflow" or model._distribute_strategy is not None:
+        return False
     from bit_tf.layers import _fused
 
     fused = _fused()
@@ -147,9 +150,9 @@ class BitModel(keras.Model):
             return "xla" if self._predict_jit_compile else "plain"
         if self.jit_compile:
             return "xla"
-        if _xla_predicts_faster(self):
-            return "native" if _native_kernels_serve(self) else "xla"
-        return "plain"
+        if _native_kernels_serve(self):
+            return "native"
+        return "xla" if _xla_predicts_faster(self) else "plain"
 
     def _predicts_with_xla(self) -> bool:
         return self._predict_mode() == "xla"

@@ -79,6 +79,10 @@ def _sees_gpu() -> bool:
 
 _INFERENCE = threading.local()
 
+# The dtypes of inputs the native GroupNorm takes (it computes in float32 either way); weight
+# standardization always runs on float32 kernels.
+NATIVE_DTYPES = (tf.float32, tf.bfloat16)
+
 
 @contextlib.contextmanager
 def native_inference():
@@ -102,7 +106,7 @@ def native_inference():
 def native_operations(dtype="float32"):
     """The native kernels' ops (`bit_tf.native`) where they apply to what is traced now, else None.
 
-    They apply to float32 while a gradient tape records (training), or inside
+    They apply to float32 and bfloat16 while a gradient tape records (training), or inside
     `native_inference()`, outside XLA compilation, on a TensorFlow without GPUs (they are CPU
     kernels). Other inference traces and SavedModel exports keep the XLA kernels, which are
     standard TensorFlow ops.
@@ -121,14 +125,14 @@ def native_operations(dtype="float32"):
 
 
 def native_kernels_available(dtype="float32") -> bool:
-    """Whether the native kernels can serve `dtype` here: float32, turned on, built (or
-    buildable) on this machine, and a TensorFlow without GPUs.
+    """Whether the native kernels can serve `dtype` here: float32 (or bfloat16 GroupNorm
+    inputs), turned on, built (or buildable) on this machine, and a TensorFlow without GPUs.
 
     Example:
-        >>> native_kernels_available("bfloat16")
+        >>> native_kernels_available("float16")
         False
     """
-    if tf.as_dtype(dtype) != tf.float32 or not native.enabled() or _tape_record is None:
+    if tf.as_dtype(dtype) not in NATIVE_DTYPES or not native.enabled() or _tape_record is None:
         return False
     return not _sees_gpu() and native.library() is not None
 

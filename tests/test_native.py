@@ -79,11 +79,36 @@ def test_a_training_step_uses_them_and_inference_does_not(operations):
         native.use_native_kernels(previous)
 
 
-def test_bfloat16_group_norm_keeps_the_xla_kernel(operations):
-    x = tf.ones([1, 4, 4, 32], tf.bfloat16)
+def test_bfloat16_group_norm_runs_on_them_and_float16_keeps_the_xla_kernel(operations):
     with tf.GradientTape():
-        assert fused.native_operations(x.dtype) is None
-        assert fused.native_operations(tf.float32) is operations
+        assert fused.native_operations(tf.bfloat16) is operations
+        assert fused.native_operations(tf.float16) is None
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_bfloat16_group_norm_equals_the_xla_kernel_to_bfloat16_rounding(operations, relu):
+    rng = np.random.default_rng(7)
+    shape = (3, 9, 7, 64)
+    x = tf.cast(rng.normal(1.0, 3.0, size=shape).astype("float32"), tf.bfloat16)
+    upstream = tf.cast(rng.normal(size=shape).astype("float32"), tf.bfloat16)
+    gamma = tf.constant(rng.uniform(0.5, 1.5, size=64).astype("float32"))
+    beta = tf.constant(rng.normal(size=64).astype("float32"))
+    results = {}
+    for kernels in ("native", "xla"):
+        previous = native.use_native_kernels(kernels == "native")
+        try:
+            with tf.GradientTape() as tape:
+                tape.watch([x, gamma, beta])
+                y = fused.group_norm(x, gamma, beta, groups=32, epsilon=1e-5, relu=relu)
+            results[kernels] = [y, *tape.gradient(y, [x, gamma, beta], output_gradients=upstream)]
+        finally:
+            native.use_native_kernels(previous)
+    for name, got, want in zip(("y", "x", "gamma", "beta"), *results.values(), strict=True):
+        assert got.dtype == want.dtype, name
+        got, want = tf.cast(got, tf.float32).numpy(), tf.cast(want, tf.float32).numpy()
+        scale = np.abs(want).max()
+        # Both compute in float32 and round to bfloat16 (8 bits of mantissa) at the end.
+        np.testing.assert_allclose(got / scale, want / scale, atol=2**-7, err_msg=name)
 
 
 def test_an_exported_saved_model_holds_only_standard_ops(operations, tmp_path):

@@ -52,31 +52,41 @@ void InParallel(OpKernelContext* context, int64_t total, int64_t cost_per_unit, 
 // for any image size.
 constexpr int64_t kChunk = 32;
 
+// Inputs and outputs are float32 or bfloat16; all arithmetic is in float (and double).
+inline float ToFloat(float value) { return value; }
+inline float ToFloat(::tensorflow::bfloat16 value) { return static_cast<float>(value); }
+template <typename T>
+inline T FromFloat(float value) {
+  return static_cast<T>(value);
+}
+
 // total[c] += sum over the rows [0, count) of rows[r * stride + c], for c < width.
-inline void AddColumnSums(const float* __restrict rows, int64_t count, int64_t stride,
+template <typename T>
+inline void AddColumnSums(const T* __restrict rows, int64_t count, int64_t stride,
                           int64_t width, float* __restrict partial, double* __restrict total) {
   for (int64_t start = 0; start < count; start += kChunk) {
     std::fill(partial, partial + width, 0.0f);
     const int64_t stop = std::min(count, start + kChunk);
     for (int64_t r = start; r < stop; ++r) {
-      const float* __restrict row = rows + r * stride;
-      for (int64_t c = 0; c < width; ++c) partial[c] += row[c];
+      const T* __restrict row = rows + r * stride;
+      for (int64_t c = 0; c < width; ++c) partial[c] += ToFloat(row[c]);
     }
     for (int64_t c = 0; c < width; ++c) total[c] += partial[c];
   }
 }
 
 // total[c] += sum over the rows of (rows[r * stride + c] - center[c])^2, for c < width.
-inline void AddSquaredDeviations(const float* __restrict rows, int64_t count, int64_t stride,
+template <typename T>
+inline void AddSquaredDeviations(const T* __restrict rows, int64_t count, int64_t stride,
                                  int64_t width, const float* __restrict center,
                                  float* __restrict partial, double* __restrict total) {
   for (int64_t start = 0; start < count; start += kChunk) {
     std::fill(partial, partial + width, 0.0f);
     const int64_t stop = std::min(count, start + kChunk);
     for (int64_t r = start; r < stop; ++r) {
-      const float* __restrict row = rows + r * stride;
+      const T* __restrict row = rows + r * stride;
       for (int64_t c = 0; c < width; ++c) {
-        const float deviation = row[c] - center[c];
+        const float deviation = ToFloat(row[c]) - center[c];
         partial[c] += deviation * deviation;
       }
     }
@@ -103,13 +113,16 @@ void ScaleAndOffset(const float* gamma, const float* beta, const float* mean,
 }
 
 // y = x * scale + offset (then ReLU) for one pixel's channels.
-inline void NormalizeRow(const float* __restrict x, const float* __restrict scale,
+template <typename T>
+inline void NormalizeRow(const T* __restrict x, const float* __restrict scale,
                          const float* __restrict offset, int64_t channels, bool relu,
-                         float* __restrict y) {
+                         T* __restrict y) {
   if (relu) {
-    for (int64_t c = 0; c < channels; ++c) y[c] = std::max(x[c] * scale[c] + offset[c], 0.0f);
+    for (int64_t c = 0; c < channels; ++c) {
+      y[c] = FromFloat<T>(std::max(ToFloat(x[c]) * scale[c] + offset[c], 0.0f));
+    }
   } else {
-    for (int64_t c = 0; c < channels; ++c) y[c] = x[c] * scale[c] + offset[c];
+    for (int64_t c = 0; c < channels; ++c) y[c] = FromFloat<T>(ToFloat(x[c]) * scale[c] + offset[c]);
   }
 }
 
@@ -120,39 +133,48 @@ inline float Masked(float x, float scale, float offset, float upstream) {
 }
 
 // sum_dz[c] += dz, sum_dz_x[c] += dz * x for one pixel, dz the upstream through the ReLU.
-inline void AddMaskedProducts(const float* __restrict x, const float* __restrict upstream,
+template <typename T>
+inline void AddMaskedProducts(const T* __restrict x, const T* __restrict upstream,
                               const float* __restrict scale, const float* __restrict offset,
                               int64_t channels, bool relu, float* __restrict sum_dz,
                               float* __restrict sum_dz_x) {
   if (relu) {
     for (int64_t c = 0; c < channels; ++c) {
-      const float dz = Masked(x[c], scale[c], offset[c], upstream[c]);
+      const float value = ToFloat(x[c]);
+      const float dz = Masked(value, scale[c], offset[c], ToFloat(upstream[c]));
       sum_dz[c] += dz;
-      sum_dz_x[c] += dz * x[c];
+      sum_dz_x[c] += dz * value;
     }
   } else {
     for (int64_t c = 0; c < channels; ++c) {
-      sum_dz[c] += upstream[c];
-      sum_dz_x[c] += upstream[c] * x[c];
+      const float dz = ToFloat(upstream[c]);
+      sum_dz[c] += dz;
+      sum_dz_x[c] += dz * ToFloat(x[c]);
     }
   }
 }
 
 // dx = a dz + b x + c0 for one pixel.
-inline void InputGradientRow(const float* __restrict x, const float* __restrict upstream,
+template <typename T>
+inline void InputGradientRow(const T* __restrict x, const T* __restrict upstream,
                              const float* __restrict scale, const float* __restrict offset,
                              const float* __restrict a, const float* __restrict b,
                              const float* __restrict c0, int64_t channels, bool relu,
-                             float* __restrict dx) {
+                             T* __restrict dx) {
   if (relu) {
     for (int64_t c = 0; c < channels; ++c) {
-      dx[c] = Masked(x[c], scale[c], offset[c], upstream[c]) * a[c] + x[c] * b[c] + c0[c];
+      const float value = ToFloat(x[c]);
+      const float dz = Masked(value, scale[c], offset[c], ToFloat(upstream[c]));
+      dx[c] = FromFloat<T>(dz * a[c] + value * b[c] + c0[c]);
     }
   } else {
-    for (int64_t c = 0; c < channels; ++c) dx[c] = upstream[c] * a[c] + x[c] * b[c] + c0[c];
+    for (int64_t c = 0; c < channels; ++c) {
+      dx[c] = FromFloat<T>(ToFloat(upstream[c]) * a[c] + ToFloat(x[c]) * b[c] + c0[c]);
+    }
   }
 }
 
+template <typename T>
 class GroupNormOp : public OpKernel {
  public:
   explicit GroupNormOp(OpKernelConstruction* context) : OpKernel(context) {
@@ -187,10 +209,10 @@ class GroupNormOp : public OpKernel {
     if (batch == 0 || channels == 0) return;
     const int64_t pixels = x.NumElements() / (batch * channels);
     const int64_t per_group = channels / groups_;
-    const float* x_data = x.flat<float>().data();
+    const T* x_data = x.flat<T>().data();
     const float* gamma_data = gamma.flat<float>().data();
     const float* beta_data = beta.flat<float>().data();
-    float* y_data = y->flat<float>().data();
+    T* y_data = y->flat<T>().data();
     float* mean_data = mean->flat<float>().data();
     float* inverse_data = inverse->flat<float>().data();
     const int64_t groups = groups_;
@@ -202,8 +224,8 @@ class GroupNormOp : public OpKernel {
           offset(channels);
       const double count = static_cast<double>(pixels * per_group);
       for (int64_t n = begin; n < end; ++n) {
-        const float* xn = x_data + n * pixels * channels;
-        float* yn = y_data + n * pixels * channels;
+        const T* xn = x_data + n * pixels * channels;
+        T* yn = y_data + n * pixels * channels;
         float* mean_n = mean_data + n * groups;
         float* inverse_n = inverse_data + n * groups;
         std::fill(sums.begin(), sums.end(), 0.0);
@@ -239,6 +261,7 @@ class GroupNormOp : public OpKernel {
 
 // The gradient of GroupNorm(+ReLU) from the forward pass's statistics. The ReLU's mask is
 // recomputed from x (the same float expression as the forward pass), so y is not read.
+template <typename T>
 class GroupNormGradOp : public OpKernel {
  public:
   explicit GroupNormGradOp(OpKernelConstruction* context) : OpKernel(context) {
@@ -280,13 +303,13 @@ class GroupNormGradOp : public OpKernel {
     if (batch == 0 || channels == 0) return;
     const int64_t pixels = x.NumElements() / (batch * channels);
     const int64_t per_group = channels / groups;
-    const float* dy_data = upstream.flat<float>().data();
-    const float* x_data = x.flat<float>().data();
+    const T* dy_data = upstream.flat<T>().data();
+    const T* x_data = x.flat<T>().data();
     const float* gamma_data = gamma.flat<float>().data();
     const float* beta_data = beta.flat<float>().data();
     const float* mean_data = mean.flat<float>().data();
     const float* inverse_data = inverse.flat<float>().data();
-    float* dx_data = dx->flat<float>().data();
+    T* dx_data = dx->flat<T>().data();
     const bool relu = relu_;
     // Per-example sums of dz and dz * x_hat per channel, reduced over the batch afterwards.
     std::vector<double> example_sum_dz(batch * channels), example_sum_dz_xhat(batch * channels);
@@ -296,9 +319,9 @@ class GroupNormGradOp : public OpKernel {
           partial_dz(channels), partial_dz_x(channels);
       const double count = static_cast<double>(pixels * per_group);
       for (int64_t n = begin; n < end; ++n) {
-        const float* xn = x_data + n * pixels * channels;
-        const float* dyn = dy_data + n * pixels * channels;
-        float* dxn = dx_data + n * pixels * channels;
+        const T* xn = x_data + n * pixels * channels;
+        const T* dyn = dy_data + n * pixels * channels;
+        T* dxn = dx_data + n * pixels * channels;
         const float* mean_n = mean_data + n * groups;
         const float* inverse_n = inverse_data + n * groups;
         ScaleAndOffset(gamma_data, beta_data, mean_n, inverse_n, channels, per_group, scale.data(),
@@ -522,13 +545,14 @@ class StandardizeKernelGradOp : public OpKernel {
 }  // namespace bit_tf
 
 REGISTER_OP("BitGroupNorm")
-    .Input("x: float")
+    .Input("x: T")
     .Input("gamma: float")
     .Input("beta: float")
+    .Attr("T: {float, bfloat16} = DT_FLOAT")
     .Attr("groups: int")
     .Attr("epsilon: float")
     .Attr("relu: bool")
-    .Output("y: float")
+    .Output("y: T")
     .Output("mean: float")
     .Output("inverse: float")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
@@ -538,15 +562,16 @@ REGISTER_OP("BitGroupNorm")
     });
 
 REGISTER_OP("BitGroupNormGrad")
-    .Input("upstream: float")
-    .Input("x: float")
+    .Input("upstream: T")
+    .Input("x: T")
     .Input("gamma: float")
     .Input("beta: float")
     .Input("mean: float")
     .Input("inverse: float")
+    .Attr("T: {float, bfloat16} = DT_FLOAT")
     .Attr("groups: int")
     .Attr("relu: bool")
-    .Output("dx: float")
+    .Output("dx: T")
     .Output("d_gamma: float")
     .Output("d_beta: float")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
@@ -581,10 +606,15 @@ REGISTER_OP("BitStandardizeKernelGrad")
       return ::absl::OkStatus();
     });
 
-REGISTER_KERNEL_BUILDER(Name("BitGroupNorm").Device(::tensorflow::DEVICE_CPU),
-                        bit_tf::GroupNormOp);
-REGISTER_KERNEL_BUILDER(Name("BitGroupNormGrad").Device(::tensorflow::DEVICE_CPU),
-                        bit_tf::GroupNormGradOp);
+#define BIT_TF_REGISTER_GROUP_NORM(T)                                                      \
+  REGISTER_KERNEL_BUILDER(                                                                 \
+      Name("BitGroupNorm").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),        \
+      bit_tf::GroupNormOp<T>);                                                             \
+  REGISTER_KERNEL_BUILDER(                                                                 \
+      Name("BitGroupNormGrad").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),    \
+      bit_tf::GroupNormGradOp<T>);
+BIT_TF_REGISTER_GROUP_NORM(float)
+BIT_TF_REGISTER_GROUP_NORM(::tensorflow::bfloat16)
 REGISTER_KERNEL_BUILDER(Name("BitStandardizeKernel").Device(::tensorflow::DEVICE_CPU),
                         bit_tf::StandardizeKernelOp);
 REGISTER_KERNEL_BUILDER(Name("BitStandardizeKernelGrad").Device(::tensorflow::DEVICE_CPU),
