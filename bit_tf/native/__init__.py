@@ -14,9 +14,10 @@ CPU. Where no compiler is found or the build fails, `library()` returns None and
 keeps its XLA kernels; a warning says why, once. `BIT_TF_NATIVE_KERNELS=0` in the environment,
 or `use_native_kernels(False)`, turns them off.
 
-`bit_tf.fused` uses them only while a gradient tape records (training), outside XLA
-compilation, on float32 inputs, and where TensorFlow sees no GPU: traced inference and
-exported SavedModels keep standard ops, so they load where this library is not built.
+`bit_tf.fused` uses them while a gradient tape records (training) and in `BitModel.predict`,
+outside XLA compilation, on float32 inputs (GroupNorm: bfloat16 too, computed in float32),
+where TensorFlow sees no GPU. Other traces, and so exported SavedModels and TF-Hub modules,
+keep standard ops, which load where this library is not built.
 
 Example:
     >>> from bit_tf import native
