@@ -154,9 +154,6 @@ class BitModel(keras.Model):
             return "native"
         return "xla" if _xla_predicts_faster(self) else "plain"
 
-    def _predicts_with_xla(self) -> bool:
-        return self._predict_mode() == "xla"
-
     def make_predict_function(self, force: bool = False):
         if self.predict_function is not None and not force:
             return self.predict_function

@@ -115,13 +115,14 @@ def native_operations(dtype="float32"):
         >>> native_operations() is None  # no tape records here
         True
     """
-    if not native_kernels_available(dtype):
+    operations = _native_library(dtype)
+    if operations is None:
         return None
     if not (_tape_record.could_possibly_record() or getattr(_INFERENCE, "enabled", False)):
         return None
     if _control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
         return None
-    return native.library()
+    return operations
 
 
 def native_kernels_available(dtype="float32") -> bool:
@@ -132,9 +133,14 @@ def native_kernels_available(dtype="float32") -> bool:
         >>> native_kernels_available("float16")
         False
     """
+    return _native_library(dtype) is not None
+
+
+def _native_library(dtype):
+    """`bit_tf.native.library()` where it can serve `dtype` here, else None."""
     if tf.as_dtype(dtype) not in NATIVE_DTYPES or not native.enabled() or _tape_record is None:
-        return False
-    return not _sees_gpu() and native.library() is not None
+        return None
+    return None if _sees_gpu() else native.library()
 
 
 def _group_statistics(x3, groups: int, epsilon: float):

@@ -200,12 +200,9 @@ def test_auto_predicts_on_the_native_kernels_where_they_build_else_with_xla():
     compiled = model.predict(images, verbose=0)
     scale = np.abs(compiled).max()
     np.testing.assert_allclose(on_native_kernels / scale, compiled / scale, atol=1e-5)
-    previous = native.use_native_kernels(False)
-    try:
+    with native.native_kernels(False):
         model.predict_jit_compile = "auto"
         assert _predict_runs(model) == "xla"
-    finally:
-        native.use_native_kernels(previous)
     # Calling the model (as exports do) traces no native op.
     import tensorflow as tf
 

@@ -31,9 +31,8 @@ def kernels(request):
     """Runs a test with the native C++ kernels (bit_tf.native) and with the XLA ones."""
     if request.param == "native":
         assert native.library() is not None, "the native kernels did not build (see the log)"
-    previous = native.use_native_kernels(request.param == "native")
-    yield request.param
-    native.use_native_kernels(previous)
+    with native.native_kernels(request.param == "native"):
+        yield request.param
 
 
 def _values_and_gradients(function, *inputs, upstream):

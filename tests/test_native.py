@@ -72,11 +72,9 @@ def test_a_training_step_uses_them_and_inference_does_not(operations):
     assert NATIVE_OPS <= _op_types(training_step, images)
     assert not NATIVE_OPS & _op_types(inference, images)
     assert not NATIVE_OPS & _op_types(compiled_training_step, images)
-    previous = native.use_native_kernels(False)
-    try:
+    with native.native_kernels(False):
         assert not NATIVE_OPS & _op_types(tf.function(training_step.python_function), images)
-    finally:
-        native.use_native_kernels(previous)
+    assert native.enabled()
 
 
 def test_bfloat16_group_norm_runs_on_them_and_float16_keeps_the_xla_kernel(operations):
@@ -95,14 +93,10 @@ def test_bfloat16_group_norm_equals_the_xla_kernel_to_bfloat16_rounding(operatio
     beta = tf.constant(rng.normal(size=64).astype("float32"))
     results = {}
     for kernels in ("native", "xla"):
-        previous = native.use_native_kernels(kernels == "native")
-        try:
-            with tf.GradientTape() as tape:
-                tape.watch([x, gamma, beta])
-                y = fused.group_norm(x, gamma, beta, groups=32, epsilon=1e-5, relu=relu)
-            results[kernels] = [y, *tape.gradient(y, [x, gamma, beta], output_gradients=upstream)]
-        finally:
-            native.use_native_kernels(previous)
+        with native.native_kernels(kernels == "native"), tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            y = fused.group_norm(x, gamma, beta, groups=32, epsilon=1e-5, relu=relu)
+        results[kernels] = [y, *tape.gradient(y, [x, gamma, beta], output_gradients=upstream)]
     for name, got, want in zip(("y", "x", "gamma", "beta"), *results.values(), strict=True):
         assert got.dtype == want.dtype, name
         got, want = tf.cast(got, tf.float32).numpy(), tf.cast(want, tf.float32).numpy()
@@ -124,14 +118,11 @@ def test_the_kernels_and_the_xla_kernels_give_the_same_training_step(operations)
     images = np.random.default_rng(1).uniform(size=(2, 40, 36, 3)).astype("float32")
     gradients = {}
     for kernels in ("native", "xla"):
-        previous = native.use_native_kernels(kernels == "native")
-        try:
+        with native.native_kernels(kernels == "native"):
             model = _small_model()
             with tf.GradientTape() as tape:
                 loss = tf.reduce_sum(tf.square(model(images, training=True)))
             gradients[kernels] = tape.gradient(loss, model.trainable_variables)
-        finally:
-            native.use_native_kernels(previous)
     for got, want in zip(gradients["native"], gradients["xla"], strict=True):
         scale = max(float(tf.reduce_max(tf.abs(want))), 1e-12)
         np.testing.assert_allclose(got.numpy() / scale, want.numpy() / scale, atol=2e-5)

@@ -12,7 +12,7 @@ installed TensorFlow's headers (about 6 s) and cached under `$BIT_TF_CACHE_DIR` 
 `~/.cache/bit_tf`), keyed by the source, TensorFlow's version and flags, the compiler and the
 CPU. Where no compiler is found or the build fails, `library()` returns None and `bit_tf.fused`
 keeps its XLA kernels; a warning says why, once. `BIT_TF_NATIVE_KERNELS=0` in the environment,
-or `use_native_kernels(False)`, turns them off.
+or `use_native_kernels(False)` (`native_kernels(False)` for a block), turns them off.
 
 `bit_tf.fused` uses them while a gradient tape records (training) and in `BitModel.predict`,
 outside XLA compilation, on float32 inputs (GroupNorm: bfloat16 too, computed in float32),
@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -72,6 +73,22 @@ def use_native_kernels(enabled: bool) -> bool:
     previous = _SETTINGS["enabled"]
     _SETTINGS["enabled"] = bool(enabled)
     return previous
+
+
+@contextlib.contextmanager
+def native_kernels(enabled: bool):
+    """`use_native_kernels(enabled)` for what is traced inside, then the old setting again.
+
+    Example:
+        >>> with native_kernels(False):  # e.g. to trace a training graph for export
+        ...     enabled()
+        False
+    """
+    previous = use_native_kernels(enabled)
+    try:
+        yield
+    finally:
+        use_native_kernels(previous)
 
 
 def enabled() -> bool:
