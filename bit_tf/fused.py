@@ -331,6 +331,19 @@ def standardize_kernel(kernel, *, epsilon: float):
     return standardize(kernel)
 
 
+def matrix_product_convolution(inputs, kernel, stride: int = 1, padding: str = "valid"):
+    """A convolution that `bit_tf.layers.favours_matrix_product` chose, as a matrix product:
+    `pointwise_convolution` for 1x1 kernels with stride 1, else `patch_convolution`.
+
+    Example:
+        >>> matrix_product_convolution(tf.ones([2, 4, 4, 8]), tf.ones([1, 1, 8, 3])).shape
+        TensorShape([2, 4, 4, 3])
+    """
+    if int(kernel.shape[0]) == 1 and stride == 1:
+        return pointwise_convolution(inputs, kernel)
+    return patch_convolution(inputs, kernel, stride, padding)
+
+
 def pointwise_convolution(inputs, kernel):
     """A 1x1, stride-1, channels-last convolution as one matrix product, (batch * pixels, in)
     @ (in, out): faster than TensorFlow's oneDNN convolution on few pixels

@@ -161,9 +161,7 @@ class StandardizedConv2D(keras.layers.Conv2D):
         kernel = ops.cast(self.standardized_kernel(kernel), inputs.dtype)
         fused = _fused()
         if fused is not None and self._as_matrix_product(inputs):
-            if self.kernel_size == (1, 1) and self.strides == (1, 1):
-                return fused.pointwise_convolution(inputs, kernel)
-            return fused.patch_convolution(inputs, kernel, self.strides[0], self.padding)
+            return fused.matrix_product_convolution(inputs, kernel, self.strides[0], self.padding)
         return super().convolution_op(inputs, kernel)
 
     def _as_matrix_product(self, inputs) -> bool:

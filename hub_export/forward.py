@@ -98,9 +98,7 @@ class BitForward(tf.Module):
         else:
             padding = "SAME" if size > 1 else "VALID"
         if self.fused and favours_matrix_product((size,) * 2, (stride,) * 2, inputs.shape, padding):
-            if size == 1 and stride == 1:
-                return fused.pointwise_convolution(inputs, kernel)
-            return fused.patch_convolution(inputs, kernel, stride, padding)
+            return fused.matrix_product_convolution(inputs, kernel, stride, padding)
         return tf.nn.conv2d(inputs, kernel, strides=stride, padding=padding)
 
     def _norm_relu(self, prefix, inputs):
