@@ -47,6 +47,15 @@ def _fused():
     return fused
 
 
+def _recompute():
+    """`bit_tf.recompute` on the TensorFlow backend with the fused kernels on, else None."""
+    if _fused() is None:
+        return None
+    from bit_tf import recompute
+
+    return recompute
+
+
 def _fused_group_norm():
     """The module whose `group_norm` fuses GroupNorm(+ReLU) on this backend, or None.
 
@@ -234,6 +243,35 @@ class GroupNormalization(keras.layers.GroupNormalization):
         return ops.cast(outputs, self.compute_dtype)
 
 
+def activate(norm, inputs, training=None):
+    """BiT's pre-activation: `relu(norm(inputs))`, GroupNorm and ReLU fused where they can be;
+    `norm` None gives the ReLU alone.
+
+    Example:
+        >>> activate(GroupNormalization(), np.ones((1, 4, 4, 64), "float32")).shape
+        (1, 4, 4, 64)
+    """
+    if isinstance(norm, GroupNormalization):
+        return norm.normalize_and_relu(inputs)
+    if norm is not None:
+        inputs = norm(inputs, training=training)
+    return ops.relu(inputs)
+
+
+def pad_for_stride(conv, inputs):
+    """The reference code's symmetric padding of 1 before a 3x3 (or larger) convolution with a
+    stride ("valid" then); other inputs unchanged.
+
+    Example:
+        >>> conv = StandardizedConv2D(8, 3, strides=2)
+        >>> pad_for_stride(conv, np.ones((1, 6, 6, 4), "float32")).shape
+        (1, 8, 8, 4)
+    """
+    if conv.strides[0] != 1 and conv.kernel_size[0] > 1:
+        return ops.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    return inputs
+
+
 def make_normalization(kind: str, name: str | None = None, dtype=None) -> keras.layers.Layer | None:
     """Returns the normalization layer named by `kind` (see `NORMALIZATIONS`), None for "none".
 
@@ -331,24 +369,21 @@ class _PreActUnit(keras.layers.Layer):
             self.projection.build(input_shape)
 
     @staticmethod
-    def _activate(norm, inputs, training):
-        if isinstance(norm, GroupNormalization):
-            return norm.normalize_and_relu(inputs)
-        if norm is not None:
-            inputs = norm(inputs, training=training)
-        return ops.relu(inputs)
+    def _activate_and_convolve(norm, inputs, convolutions, training) -> list:
+        """Each of `convolutions` applied to `relu(norm(inputs))`; on TensorFlow's CPU training
+        path with the pre-activation recomputed in the backward pass (`bit_tf.recompute`)."""
+        recompute = _recompute()
+        if recompute is not None and recompute.recomputes(norm, inputs, convolutions):
+            return recompute.activate_and_convolve(norm, inputs, convolutions)
+        activated = activate(norm, inputs, training)
+        return [conv(pad_for_stride(conv, activated)) for conv in convolutions]
 
     def _padded_shape(self, shape):
-        """The input shape of the 3x3 convolution that carries the stride, after `_strided` pads."""
+        """The input shape of the 3x3 convolution that carries the stride, once padded
+        (`pad_for_stride`)."""
         if self.strides == 1:
             return shape
         return (shape[0], *(None if size is None else size + 2 for size in shape[1:3]), shape[3])
-
-    def _strided(self, conv, inputs):
-        """A 3x3 convolution with the reference code's symmetric padding of 1."""
-        if conv.strides[0] != 1:
-            inputs = ops.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        return conv(inputs)
 
     def compute_output_shape(self, input_shape):
         height, width = input_shape[1], input_shape[2]
@@ -412,11 +447,11 @@ class PreActBottleneck(_PreActUnit):
         self.conv_c.build(middle_shape)
 
     def call(self, inputs, training=None):
-        preactivated = self._activate(self.norm_a, inputs, training)
-        shortcut = inputs if self.projection is None else self.projection(preactivated)
-        outputs = self.conv_a(preactivated)
-        outputs = self._strided(self.conv_b, self._activate(self.norm_b, outputs, training))
-        outputs = self.conv_c(self._activate(self.norm_c, outputs, training))
+        first = [self.conv_a] if self.projection is None else [self.conv_a, self.projection]
+        outputs, *projected = self._activate_and_convolve(self.norm_a, inputs, first, training)
+        shortcut = projected[0] if projected else inputs
+        [outputs] = self._activate_and_convolve(self.norm_b, outputs, [self.conv_b], training)
+        [outputs] = self._activate_and_convolve(self.norm_c, outputs, [self.conv_c], training)
         return outputs + shortcut
 
     def get_config(self) -> dict:
@@ -465,10 +500,10 @@ class PreActBasic(_PreActUnit):
         self.conv_b.build(output_shape)
 
     def call(self, inputs, training=None):
-        preactivated = self._activate(self.norm_a, inputs, training)
-        shortcut = inputs if self.projection is None else self.projection(preactivated)
-        outputs = self._strided(self.conv_a, preactivated)
-        outputs = self.conv_b(self._activate(self.norm_b, outputs, training))
+        first = [self.conv_a] if self.projection is None else [self.conv_a, self.projection]
+        outputs, *projected = self._activate_and_convolve(self.norm_a, inputs, first, training)
+        shortcut = projected[0] if projected else inputs
+        [outputs] = self._activate_and_convolve(self.norm_b, outputs, [self.conv_b], training)
         return outputs + shortcut
 
     def get_config(self) -> dict:
