@@ -167,7 +167,19 @@ class StandardizedConv2D(keras.layers.Conv2D):
         return (kernel - mean) * ops.rsqrt(variance + self.epsilon)
 
     def convolution_op(self, inputs, kernel):
-        kernel = ops.cast(self.standardized_kernel(kernel), inputs.dtype)
+        return self.convolve_standardized(inputs, self.standardized_kernel(kernel))
+
+    def convolve_standardized(self, inputs, standardized_kernel):
+        """The convolution with a kernel that is standardized already (`standardized_kernel`).
+
+        Example:
+            >>> conv = StandardizedConv2D(4, 1)
+            >>> conv.build((1, 2, 2, 3))
+            >>> conv.convolve_standardized(np.ones((1, 2, 2, 3), "float32"),
+            ...                            conv.standardized_kernel()).shape
+            TensorShape([1, 2, 2, 4])
+        """
+        kernel = ops.cast(standardized_kernel, inputs.dtype)
         fused = _fused()
         if fused is not None and self._as_matrix_product(inputs):
             return fused.matrix_product_convolution(inputs, kernel, self.strides[0], self.padding)

@@ -6,6 +6,8 @@ would live until the backward pass reaches them. Both are cheap to make again fr
 backward pass keeps anyway (GroupNorm's input, the kernels): one more pass of the native kernels
 (`bit_tf.native`) over each. BiT-R50x1 at 128x128, batch 16, float32, on 2 CPU cores: the
 training step's tensors peak at 390 instead of 616-646 MiB, and the step takes 4-9% longer.
+A kernel is standardized again only where its convolution has enough output pixels in the batch
+to hide the pass (`recomputes_kernel`); on smaller batches and images it is kept.
 
 `activate_and_convolve` does this where the native kernels run (training on the CPU, traced
 into a graph, e.g. by `fit`), with the same results; elsewhere (eager execution, XLA, GPUs,
@@ -41,8 +43,8 @@ _SETTING = {"enabled": True}
 
 def use_recomputation(enabled: bool) -> bool:
     """Turns recomputing the pre-activations in training on (the default) or off; returns the
-    old setting. Off, a training step keeps them: about 5% faster on the CPU for R50x1, and
-    about 260 MiB more memory at 128x128, batch 16.
+    old setting. Off, a training step keeps them: 4-9% faster on the CPU for R50x1 at 128x128,
+    batch 16, for about 250 MiB more memory.
 
     Example:
         >>> previous = use_recomputation(False)
@@ -102,10 +104,21 @@ def activate_and_convolve(norm, inputs, convolutions: Sequence) -> list:
         return tf.cast(outputs, norm.compute_dtype)
 
     def consumer(conv):
+        kernel = tf.convert_to_tensor(conv.kernel)
+        if not recomputes_kernel(conv, inputs.shape):
+            standardized = conv.standardized_kernel(kernel)  # kept for the backward pass
+
+            def convolve_kept(activated, standardized):
+                return conv.convolve_standardized(
+                    layers.pad_for_stride(conv, activated), standardized
+                )
+
+            return convolve_kept, (standardized,)
+
         def convolve(activated, kernel):
             return conv.convolution_op(layers.pad_for_stride(conv, activated), kernel)
 
-        return convolve, (tf.convert_to_tensor(conv.kernel),)
+        return convolve, (kernel,)
 
     return recomputed(activate, inputs, (gamma, beta), [consumer(conv) for conv in convolutions])
 
@@ -131,6 +144,36 @@ def recomputes(norm, inputs, convolutions: Sequence) -> bool:
         if conv.activation is not keras.activations.linear:
             return False
     return fused.native_operations(inputs.dtype) is not None
+
+
+# Standardizing a kernel again costs a pass over it whatever the batch; the convolution's own
+# work grows with the output pixels of the batch. Below this many, the kernel is kept.
+KERNEL_RECOMPUTATION_MIN_PIXELS = 256
+
+
+def recomputes_kernel(conv, input_shape) -> bool:
+    """Whether `activate_and_convolve` standardizes `conv`'s kernel again in the backward pass
+    rather than keeping it: where the batch's output pixels are at least
+    `KERNEL_RECOMPUTATION_MIN_PIXELS`, or not known when traced.
+
+    BiT-R50x1 at 128x128, batch 16, has 256 output pixels in its last block (all its kernels
+    are recomputed: 95 MiB less); the README's main job (R26x1 at 32x32, batch 32) has 128 and
+    32 in its last two, whose kernels are most of its weights, so it keeps them (its step is
+    12% slower recomputing all).
+
+    Example:
+        >>> from bit_tf.layers import StandardizedConv2D
+        >>> recomputes_kernel(StandardizedConv2D(8, 3, strides=2), (16, 10, 10, 32))
+        True
+        >>> recomputes_kernel(StandardizedConv2D(8, 1), (4, 2, 2, 32))
+        False
+    """
+    batch, height, width = input_shape[:3]
+    if batch is None or height is None or width is None:
+        return True
+    stride = conv.strides[0]  # BiT's convolutions all give ceil(size / stride) pixels a side
+    pixels = -(-int(height) // stride) * -(-int(width) // stride)
+    return int(batch) * pixels >= KERNEL_RECOMPUTATION_MIN_PIXELS
 
 
 def recomputed(

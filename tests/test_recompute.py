@@ -42,16 +42,17 @@ def _gradients(model, images, *, recomputing: bool):
     return loss.numpy(), [gradient.numpy() for gradient in gradients]
 
 
-def _group_norm_count(function, *arguments) -> int:
-    graph = function.get_concrete_function(*arguments).graph
+def _op_count(graph, op_type: str) -> int:
     nodes = [op.type for op in graph.get_operations()]
     for inner in graph._functions.values():
         nodes += [node.op for node in inner.cached_definition.node_def]
-    return nodes.count("BitGroupNorm")
+    return nodes.count(op_type)
 
 
+@pytest.mark.parametrize("kernel_pixels", [0, 10**9], ids=["kernels_recomputed", "kernels_kept"])
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
-def test_recomputed_gradients_equal_the_kept_ones(dtype):
+def test_recomputed_gradients_equal_the_kept_ones(dtype, kernel_pixels, monkeypatch):
+    monkeypatch.setattr(recompute, "KERNEL_RECOMPUTATION_MIN_PIXELS", kernel_pixels)
     # Projections, strided 3x3 convolutions (padded), matrix-product convolutions at 2x3 pixels.
     model = _small_model(dtype)
     images = tf.random.stateless_uniform([2, 36, 44, 3], seed=[1, 2])
@@ -64,14 +65,17 @@ def test_recomputed_gradients_equal_the_kept_ones(dtype):
         np.testing.assert_allclose(gradient, kept, rtol=1e-6, atol=1e-7, err_msg=variable.path)
 
 
-def test_the_backward_pass_normalizes_again_and_holds_less_memory():
+def test_the_backward_pass_normalizes_again_and_holds_less_memory(monkeypatch):
+    monkeypatch.setattr(recompute, "KERNEL_RECOMPUTATION_MIN_PIXELS", 0)
     model = _small_model()
     images = tf.random.stateless_uniform([8, 64, 64, 3], seed=[3, 4])
     peaks, counts = {}, {}
     for recomputing in (True, False):
         with recompute.recomputation(recomputing):
             step = tf.function(_training_step(model))
-            counts[recomputing] = _group_norm_count(step, images)
+            counts[recomputing] = _op_count(
+                step.get_concrete_function(images).graph, "BitGroupNorm"
+            )
             step(images)  # traced and run once before measuring
             tf.config.experimental.reset_memory_stats("CPU:0")
             before = tf.config.experimental.get_memory_info("CPU:0")["current"]
@@ -81,6 +85,31 @@ def test_the_backward_pass_normalizes_again_and_holds_less_memory():
     assert counts == {True: 25, False: 13}
     # Graph optimizations must not merge the recomputation back into the forward pass.
     assert peaks[True] < 0.8 * peaks[False], peaks
+
+
+def test_kernels_are_standardized_again_only_for_enough_output_pixels():
+    conv_1x1, strided_3x3 = (
+        layers.StandardizedConv2D(8, 1),
+        layers.StandardizedConv2D(8, 3, strides=2),
+    )
+    assert recompute.KERNEL_RECOMPUTATION_MIN_PIXELS == 256
+    assert recompute.recomputes_kernel(conv_1x1, (16, 4, 4, 64))  # R50x1 at 128: 16 x 4x4
+    assert not recompute.recomputes_kernel(conv_1x1, (32, 2, 2, 64))  # the main job's block 3
+    assert recompute.recomputes_kernel(strided_3x3, (16, 8, 8, 64))  # to 4x4
+    assert recompute.recomputes_kernel(strided_3x3, (16, 7, 7, 64))  # to 4x4 too
+    assert not recompute.recomputes_kernel(strided_3x3, (15, 8, 8, 64))  # 240 pixels
+    assert recompute.recomputes_kernel(conv_1x1, (None, 2, 2, 64))  # batch unknown: memory first
+
+
+def test_kept_kernels_are_standardized_once():
+    model = _small_model()
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[7, 8])  # 2 x 8x8 pixels at most
+    counts = {}
+    for recomputing in (True, False):
+        with recompute.recomputation(recomputing):
+            graph = tf.function(_training_step(model)).get_concrete_function(images).graph
+            counts[recomputing] = _op_count(graph, "BitStandardizeKernel")
+    assert counts[True] == counts[False] == 17  # 4 units of 3, 4 projections, the stem
 
 
 def test_it_applies_only_to_graphs_of_training_on_the_native_kernels():
