@@ -73,8 +73,9 @@ def recomputation(enabled: bool) -> Iterator[None]:
 
 def activate_and_convolve(norm, inputs, convolutions: Sequence) -> list:
     """`[conv(relu(norm(inputs))) for conv in convolutions]` (a 3x3 convolution with a stride
-    after BiT's symmetric padding of 1), recomputing `relu(norm(inputs))` and the standardized
-    kernels in the backward pass. Where `recomputes(norm, inputs, convolutions)` is True.
+    after BiT's symmetric padding of 1), recomputing `relu(norm(inputs))` in the backward pass,
+    and each standardized kernel where `recomputes_kernel` says so. For where
+    `recomputes(norm, inputs, convolutions)` is True.
 
     Args:
         norm: the unit's `GroupNormalization`, built.
