@@ -68,7 +68,8 @@ def test_recomputed_gradients_equal_the_kept_ones(dtype, kernel_pixels, monkeypa
 def test_the_backward_pass_normalizes_again_and_holds_less_memory(monkeypatch):
     monkeypatch.setattr(recompute, "KERNEL_RECOMPUTATION_MIN_PIXELS", 0)
     model = _small_model()
-    images = tf.random.stateless_uniform([8, 64, 64, 3], seed=[3, 4])
+    # Large enough images that activations, not gradients, make most of the step's peak.
+    images = tf.random.stateless_uniform([16, 128, 128, 3], seed=[3, 4])
     peaks, counts = {}, {}
     for recomputing in (True, False):
         with recompute.recomputation(recomputing):
@@ -77,14 +78,21 @@ def test_the_backward_pass_normalizes_again_and_holds_less_memory(monkeypatch):
                 step.get_concrete_function(images).graph, "BitGroupNorm"
             )
             step(images)  # traced and run once before measuring
-            tf.config.experimental.reset_memory_stats("CPU:0")
-            before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-            step(images)
-            peaks[recomputing] = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+            peaks[recomputing] = min(_allocator_peak(step, images) for _ in range(2))
     # 13 GroupNorms: 12 in the units, each traced again for the backward pass, and the last.
     assert counts == {True: 25, False: 13}
-    # Graph optimizations must not merge the recomputation back into the forward pass.
-    assert peaks[True] < 0.8 * peaks[False], peaks
+    # Graph optimizations must not merge the recomputation back into the forward pass. (The
+    # peaks move with the order the executor's threads run ops in: 0.65-0.75 of the kept
+    # tensors' peak here, with another such process running beside; merged, about 1.)
+    assert peaks[True] < 0.85 * peaks[False], peaks
+
+
+def _allocator_peak(step, images) -> int:
+    """Bytes TensorFlow's CPU allocator held at most during `step(images)`, over before it."""
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    step(images)
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
 
 
 def test_kernels_are_standardized_again_only_for_enough_output_pixels():
