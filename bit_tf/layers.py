@@ -245,8 +245,11 @@ class GroupNormalization(keras.layers.GroupNormalization):
             return ops.relu(self(inputs))
         return self._fused_call(fused, inputs, relu=True)
 
-    def _fused_call(self, fused, inputs, relu: bool):
-        gamma, beta = self.gamma, self.beta
+    def _fused_call(self, fused, inputs, relu: bool, gamma=None, beta=None):
+        """GroupNorm(+ReLU) by `fused`, with this layer's gamma and beta unless given (as
+        tensors: `bit_tf.recompute` passes them through its custom gradient)."""
+        gamma = self.gamma if gamma is None else gamma
+        beta = self.beta if beta is None else beta
         if keras.backend.backend() == "jax":  # jax.custom_vjp takes arrays, not variables
             gamma, beta = ops.convert_to_tensor(gamma), ops.convert_to_tensor(beta)
         outputs = fused.group_norm(

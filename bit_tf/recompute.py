@@ -99,10 +99,7 @@ def activate_and_convolve(norm, inputs, convolutions: Sequence) -> list:
     beta = tf.convert_to_tensor(norm.beta)
 
     def activate(inputs, gamma, beta):
-        outputs = fused.group_norm(
-            inputs, gamma, beta, groups=norm.groups, epsilon=norm.epsilon, relu=True
-        )
-        return tf.cast(outputs, norm.compute_dtype)
+        return norm._fused_call(fused, inputs, relu=True, gamma=gamma, beta=beta)
 
     def consumer(conv):
         kernel = tf.convert_to_tensor(conv.kernel)
