@@ -135,14 +135,13 @@ def weights_stem(weights: str) -> str:
 
 
 def model_layout(model: keras.Model) -> dict:
-    """The architecture of a bit_tf model, as `bit_tf.hub.describe_layout` reads checkpoints.
+    """The architecture of a bit_tf model, as `bit_tf.weights.describe_layout` reads checkpoints.
 
     Example:
         >>> model_layout(bit_tf.create_model("BiT-S-R50x1"))["units_per_block"]
         (3, 4, 6, 3)
     """
-    from bit_tf.hub import describe_layout
-    from bit_tf.weights import official_variables
+    from bit_tf.weights import describe_layout, official_variables
 
     return describe_layout(
         {key: tuple(variable.shape) for key, variable in official_variables(model).items()}
@@ -216,10 +215,10 @@ def build_model(
         (None, 2048)
     """
     import bit_tf
-    from bit_tf.hub import describe_layout
     from bit_tf.weights import (
         CheckpointError,
         assign_official_arrays,
+        describe_layout,
         read_checkpoint,
         resolve_checkpoint,
     )

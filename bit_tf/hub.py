@@ -32,94 +32,19 @@ import keras
 import numpy as np
 
 from bit_tf.models import resnet_v2
-from bit_tf.weights import HEAD_KERNEL, CheckpointError, official_variables
-
-ROOT_KERNELS = (
-    "resnet/root_block/standardized_conv2d/kernel",
-    "resnet/root_block/conv2d/kernel",
+from bit_tf.weights import (
+    HEAD_KERNEL,
+    CheckpointError,
+    describe_layout,
+    official_name,
+    official_variables,
 )
-_UNIT_KEY = re.compile(r"^resnet/block(\d+)/unit(\d+)/")
+
 _CACHE_ENV = "BIT_TF_HUB_CACHE"
 
 
 class UnsafeArchiveError(ValueError):
     """An archive holds a member that would land outside the folder it is unpacked into."""
-
-
-def official_name(variable_name: str) -> str:
-    """The official checkpoint key inside a SavedModel variable name.
-
-    Strips the ":0" suffix and anything before the first "resnet/" (a scope a module may add).
-
-    Example:
-        >>> official_name("module/resnet/head/conv2d/bias:0")
-        'resnet/head/conv2d/bias'
-    """
-    name = variable_name.split(":")[0]
-    start = name.find("resnet/")
-    return name[start:] if start >= 0 else name
-
-
-def describe_layout(shapes: dict) -> dict:
-    """Infers a BiT architecture from official key names and their shapes.
-
-    Args:
-        shapes: official key -> shape, as in a released `.npz` or a BiT hub module.
-
-    Returns:
-        A dict with `units_per_block`, `width_factor`, `num_classes` (None without a head),
-        `unit` ("bottleneck" or "basic"), `weight_standardization` and `normalization`,
-        ready for `bit_tf.models.resnet_v2`.
-
-    Raises:
-        CheckpointError: the names are not those of a BiT ResNetV2.
-
-    Example:
-        >>> describe_layout({k: v.shape for k, v in np.load("BiT-M-R50x1.npz").items()})
-        {'units_per_block': (3, 4, 6, 3), 'width_factor': 1, 'num_classes': 21843, ...}
-    """
-    root = next((key for key in ROOT_KERNELS if key in shapes), None)
-    if root is None:
-        shown = ", ".join(sorted(shapes)[:5]) or "no variables"
-        raise CheckpointError(
-            f"Not a BiT module: no root convolution ({' or '.join(ROOT_KERNELS)}) among the "
-            f"variable names ({shown}, ...). Export it with hub_export.export_module, or use "
-            "a module whose variables carry the official BiT checkpoint names."
-        )
-    root_channels = int(shapes[root][-1])
-    if root_channels % 64:
-        raise CheckpointError(f"Root convolution {root} has {root_channels} channels, not 64*k.")
-    units: dict[int, set] = {}
-    for key in shapes:
-        match = _UNIT_KEY.match(key)
-        if match:
-            units.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
-    blocks = sorted(units)
-    if not blocks or blocks != list(range(1, len(blocks) + 1)):
-        raise CheckpointError(f"BiT blocks must be numbered 1..N, found blocks {blocks}.")
-    for block in blocks:
-        if sorted(units[block]) != list(range(1, len(units[block]) + 1)):
-            raise CheckpointError(
-                f"Units of block {block} must be numbered 01..N, found {sorted(units[block])}."
-            )
-    bottleneck = any(key.startswith("resnet/block1/unit01/c/") for key in shapes)
-    if any("/batch_norm/" in key for key in shapes):
-        normalization = "batch"
-    elif any("/group_norm/" in key for key in shapes):
-        normalization = "group"
-    else:
-        normalization = "none"
-    num_classes = None
-    if HEAD_KERNEL in shapes:
-        num_classes = int(shapes[HEAD_KERNEL][-1])
-    return {
-        "units_per_block": tuple(len(units[block]) for block in blocks),
-        "width_factor": root_channels // 64,
-        "num_classes": num_classes,
-        "unit": "bottleneck" if bottleneck else "basic",
-        "weight_standardization": root.endswith("standardized_conv2d/kernel"),
-        "normalization": normalization,
-    }
 
 
 def _is_within(folder: str, path: str) -> bool:
@@ -262,12 +187,16 @@ def _load(handle: str):
 
 
 def _in_safe_mode() -> bool:
-    """Whether Keras is loading a model file in safe mode (the default); True if unknown."""
+    """Whether Keras refuses to run code from a model file now, as it decides for Python
+    lambdas (asked through the public `keras.layers.Lambda.from_config`): True while
+    `keras.saving.load_model` runs in safe mode (its default), False with `safe_mode=False`
+    or after `keras.config.enable_unsafe_deserialization()`."""
+    config = keras.layers.Lambda(lambda inputs: inputs).get_config()
     try:
-        from keras.src.saving import serialization_lib  # no public accessor in Keras 3.15
-    except ImportError:
+        keras.layers.Lambda.from_config(config)
+    except ValueError:
         return True
-    return serialization_lib.in_safe_mode() is not False
+    return False
 
 
 def _require_tensorflow_backend(what: str) -> None:

@@ -1,9 +1,8 @@
 """The building blocks of BiT: weight-standardized convolutions, GroupNorm, pre-activation units.
 
-Only `keras` and `keras.ops` are used here, so the layers run on every Keras 3 backend; on the
-TensorFlow backend, weight standardization and GroupNorm(+ReLU) run as fused, XLA-compiled
-kernels (`bit_tf.fused`) with the same results, and on JAX GroupNorm(+ReLU) runs with
-column statistics and a closed-form gradient (`bit_tf.fused_jax`).
+Each unit's `call` reads as the paper draws it; the math of GroupNorm, weight standardization
+and the convolutions is one call each into `bit_tf.kernels`, which chooses how it runs. Only
+`keras` and `keras.ops` are used here, so the layers run on every Keras 3 backend.
 
 Example:
     >>> import numpy as np
@@ -18,118 +17,51 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-_FUSED_KERNELS = {"enabled": True}
-
-
-def use_fused_kernels(enabled: bool) -> bool:
-    """Turns the fused kernels (`bit_tf.fused`, `bit_tf.fused_jax`) on or off; returns the old
-    setting.
-
-    They are on by default and give the same results; turning them off runs the plain Keras
-    ops (for debugging, or to compare).
-
-    Example:
-        >>> previous = use_fused_kernels(False)
-        >>> use_fused_kernels(previous)
-        False
-    """
-    previous = _FUSED_KERNELS["enabled"]
-    _FUSED_KERNELS["enabled"] = bool(enabled)
-    return previous
-
-
-def _fused():
-    """`bit_tf.fused` on the TensorFlow backend, else None (imported lazily: it needs TF)."""
-    if keras.backend.backend() != "tensorflow" or not _FUSED_KERNELS["enabled"]:
-        return None
-    from bit_tf import fused
-
-    return fused
-
-
-def _recompute():
-    """`bit_tf.recompute` on the TensorFlow backend with the fused kernels on, else None."""
-    if _fused() is None:
-        return None
-    from bit_tf import recompute
-
-    return recompute
-
-
-def _fused_group_norm():
-    """The module whose `group_norm` fuses GroupNorm(+ReLU) on this backend, or None.
-
-    `bit_tf.fused` on TensorFlow, `bit_tf.fused_jax` on JAX (there only the GroupNorm needs
-    it: JAX compiles the weight standardization into the step already).
-    """
-    if not _FUSED_KERNELS["enabled"]:
-        return None
-    if keras.backend.backend() == "jax":
-        from bit_tf import fused_jax
-
-        return fused_jax
-    return _fused()
-
+from bit_tf import kernels
+from bit_tf.noisy_batch_norm import NoisyBatchNormalization
 
 PACKAGE = "bit_tf"
-# BiT's constants, shared with the plain-TensorFlow forward pass of hub_export.
 STANDARDIZATION_EPSILON = 1e-10
 GROUP_NORM_GROUPS = 32
 GROUP_NORM_EPSILON = 1e-5
 NORMALIZATIONS = ("group", "batch", "noisy_batch", "none")
-# Convolutions with at most this many output pixels, by kernel size, run as matrix products on
-# TensorFlow: 1x1 ones up to 8x8, 3x3 ones (on their patches) up to 4x4.
-MATMUL_MAX_PIXELS = {1: 64, 3: 16}
-
-
-def favours_matrix_product(kernel_size, strides, input_shape, padding: str = "valid") -> bool:
-    """Whether a channels-last convolution is faster as a matrix product on TensorFlow's CPU
-    kernels: a 1x1 or 3x3 kernel with at most `MATMUL_MAX_PIXELS` output pixels for its size
-    (static height and width), equal strides, and "same" padding only with stride 1.
-
-    There TensorFlow's oneDNN convolutions are slower than its matrix product. R50x1 at
-    128x128, forward and filter gradient: the 4x4x512 3x3 layers 14.7 against 11.2 ms, the 3x3
-    layer with stride 2 to 4x4 17.8 against 11.5, the 1x1 with stride 2 to 4x4 13.9 against 9.3;
-    but a 3x3 layer with stride 2 to 8x8 10.8 against 11.5, and 1x1 layers at 32x32 favour the
-    convolution too (benchmarks/RESULTS.md).
-
-    Example:
-        >>> favours_matrix_product((1, 1), (1, 1), (16, 4, 4, 2048))
-        True
-        >>> favours_matrix_product((3, 3), (1, 1), (16, 4, 4, 512), padding="same")
-        True
-        >>> favours_matrix_product((3, 3), (2, 2), (16, 18, 18, 256))
-        False
-    """
-    size, strides = tuple(kernel_size), tuple(strides)
-    if size[0] != size[-1] or size[0] not in MATMUL_MAX_PIXELS or strides[0] != strides[-1]:
-        return False
-    if padding.lower() == "same" and strides[0] != 1 and size[0] > 1:
-        return False
-    height, width = input_shape[1:3]
-    if height is None or width is None:
-        return False
-    pixels = 1
-    for extent in (height, width):
-        pixels *= output_size(extent, size[0], strides[0], padding)
-    return pixels <= MATMUL_MAX_PIXELS[size[0]]
-
-
-def output_size(size: int, kernel_size: int, stride: int, padding: str) -> int:
-    """The output height (or width) of a convolution: "same" padding keeps ceil(size/stride),
-    "valid" takes only the windows inside the input.
-
-    Example:
-        >>> output_size(10, 3, 2, "valid")
-        4
-    """
-    if padding.lower() == "same":
-        return -(-size // stride)
-    return (size - kernel_size) // stride + 1
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class StandardizedConv2D(keras.layers.Conv2D):
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose convolution runs through `bit_tf.kernels.convolution`.
+
+    The same layer and arguments; a square, undilated, ungrouped, channels-last convolution
+    with equal strides goes to the kernels (which may make it a matrix product), any other
+    to Keras. `use_bias` defaults to False, as in BiT.
+
+    Example:
+        >>> Conv2D(8, 1)(np.ones((2, 4, 4, 3), "float32")).shape
+        (2, 4, 4, 8)
+    """
+
+    def __init__(self, filters: int, kernel_size, **kwargs):
+        kwargs.setdefault("use_bias", False)
+        super().__init__(filters, kernel_size, **kwargs)
+
+    def _through_kernels(self) -> bool:
+        size, strides = tuple(self.kernel_size), tuple(self.strides)
+        return (
+            size[0] == size[1]
+            and strides[0] == strides[1]
+            and self.dilation_rate == (1, 1)
+            and self.groups == 1
+            and self.data_format == "channels_last"
+        )
+
+    def convolution_op(self, inputs, kernel):
+        if not self._through_kernels():
+            return super().convolution_op(inputs, kernel)
+        return kernels.convolution(inputs, kernel, strides=self.strides[0], padding=self.padding)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StandardizedConv2D(Conv2D):
     """A 2-D convolution whose kernel is standardized before every use (Qiao et al., 2019).
 
     Each output channel's kernel is shifted to mean 0 and scaled to variance 1 over
@@ -151,47 +83,26 @@ class StandardizedConv2D(keras.layers.Conv2D):
     def __init__(
         self, filters: int, kernel_size, *, epsilon: float = STANDARDIZATION_EPSILON, **kwargs
     ):
-        kwargs.setdefault("use_bias", False)
         super().__init__(filters, kernel_size, **kwargs)
         self.epsilon = epsilon
 
-    def standardized_kernel(self, kernel=None):
-        """Returns the kernel the convolution actually uses (computed in float32)."""
-        kernel = self.kernel if kernel is None else kernel
-        fused = _fused()
-        if fused is not None:
-            return fused.standardize_kernel(kernel, epsilon=self.epsilon)
-        kernel = ops.cast(kernel, "float32")
-        mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
-        variance = ops.var(kernel, axis=(0, 1, 2), keepdims=True)
-        return (kernel - mean) * ops.rsqrt(variance + self.epsilon)
-
-    def convolution_op(self, inputs, kernel):
-        return self.convolve_standardized(inputs, self.standardized_kernel(kernel))
-
-    def convolve_standardized(self, inputs, standardized_kernel):
-        """The convolution with a kernel that is standardized already (`standardized_kernel`).
+    def standardized_kernel(self):
+        """The kernel the convolution actually uses, standardized (float32).
 
         Example:
             >>> conv = StandardizedConv2D(4, 1)
             >>> conv.build((1, 2, 2, 3))
-            >>> conv.convolve_standardized(np.ones((1, 2, 2, 3), "float32"),
-            ...                            conv.standardized_kernel()).shape
-            TensorShape([1, 2, 2, 4])
+            >>> tuple(conv.standardized_kernel().shape)
+            (1, 1, 3, 4)
         """
-        kernel = ops.cast(standardized_kernel, inputs.dtype)
-        fused = _fused()
-        if fused is not None and self._as_matrix_product(inputs):
-            return fused.matrix_product_convolution(inputs, kernel, self.strides[0], self.padding)
-        return super().convolution_op(inputs, kernel)
+        return kernels.standardize_kernel(self.kernel, epsilon=self.epsilon)
 
-    def _as_matrix_product(self, inputs) -> bool:
-        """Whether this convolution runs as one matrix product on TensorFlow (fused kernels on)."""
-        plain = self.dilation_rate == (1, 1) and self.groups == 1
-        return (
-            plain
-            and self.data_format == "channels_last"
-            and favours_matrix_product(self.kernel_size, self.strides, inputs.shape, self.padding)
+    def convolution_op(self, inputs, kernel):
+        if not self._through_kernels():
+            standardized = kernels.standardize_kernel(kernel, epsilon=self.epsilon)
+            return super().convolution_op(inputs, ops.cast(standardized, inputs.dtype))
+        return kernels.standardized_convolution(
+            inputs, kernel, epsilon=self.epsilon, strides=self.strides[0], padding=self.padding
         )
 
     def get_config(self) -> dict:
@@ -200,77 +111,88 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class GroupNormalization(keras.layers.GroupNormalization):
-    """Group normalization with BiT's settings: 32 groups, epsilon 1e-5.
+    """Group normalization with BiT's settings (32 groups, epsilon 1e-5), then ReLU if `relu`.
 
     `keras.layers.GroupNormalization` defaults to epsilon 1e-3, which does not reproduce the
-    official checkpoints; this subclass only changes the defaults.
+    official checkpoints. With `relu=True` the layer is BiT's pre-activation, GN -> ReLU, one
+    operation of `bit_tf.kernels`.
+
+    Args:
+        groups: channel groups (BiT: 32).
+        epsilon: added to the variance (BiT: 1e-5).
+        relu: apply ReLU to the output.
+        **kwargs: any other `keras.layers.GroupNormalization` argument.
 
     Example:
-        >>> GroupNormalization()(np.ones((1, 4, 4, 64), "float32")).shape
+        >>> GroupNormalization(relu=True)(np.ones((1, 4, 4, 64), "float32")).shape
         (1, 4, 4, 64)
     """
 
     def __init__(
-        self, groups: int = GROUP_NORM_GROUPS, epsilon: float = GROUP_NORM_EPSILON, **kwargs
+        self,
+        groups: int = GROUP_NORM_GROUPS,
+        epsilon: float = GROUP_NORM_EPSILON,
+        relu: bool = False,
+        **kwargs,
     ):
         super().__init__(groups=groups, epsilon=epsilon, **kwargs)
-
-    def _fusable(self, inputs):
-        fused = _fused_group_norm()
-        if fused is None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
-            return None
-        if not (self.scale and self.center) or inputs.shape[-1] % self.groups:
-            return None
-        if fused is _fused() and not fused.available(inputs.dtype):
-            return None
-        return fused
+        self.relu = bool(relu)
 
     def call(self, inputs):
-        fused = self._fusable(inputs)
-        if fused is None:
-            return super().call(inputs)
-        return self._fused_call(fused, inputs, relu=False)
-
-    def normalize_and_relu(self, inputs):
-        """`relu(self(inputs))`, in one fused pass on the TensorFlow backend.
-
-        Example:
-            >>> GroupNormalization().normalize_and_relu(np.ones((1, 4, 4, 64), "float32")).shape
-            (1, 4, 4, 64)
-        """
-        if not self.built:
-            self.build(inputs.shape)
-        fused = self._fusable(inputs)
-        if fused is None:
-            return ops.relu(self(inputs))
-        return self._fused_call(fused, inputs, relu=True)
-
-    def _fused_call(self, fused, inputs, relu: bool, gamma=None, beta=None):
-        """GroupNorm(+ReLU) by `fused`, with this layer's gamma and beta unless given (as
-        tensors: `bit_tf.recompute` passes them through its custom gradient)."""
-        gamma = self.gamma if gamma is None else gamma
-        beta = self.beta if beta is None else beta
-        if keras.backend.backend() == "jax":  # jax.custom_vjp takes arrays, not variables
-            gamma, beta = ops.convert_to_tensor(gamma), ops.convert_to_tensor(beta)
-        outputs = fused.group_norm(
-            inputs, gamma, beta, groups=self.groups, epsilon=self.epsilon, relu=relu
+        if len(inputs.shape) != 4 or self.axis not in (-1, 3) or not (self.scale and self.center):
+            outputs = super().call(inputs)  # Keras' own layout and options
+            return ops.relu(outputs) if self.relu else outputs
+        outputs = kernels.group_norm(
+            inputs, self.gamma, self.beta, groups=self.groups, epsilon=self.epsilon, relu=self.relu
         )
         return ops.cast(outputs, self.compute_dtype)
 
+    def get_config(self) -> dict:
+        return {**super().get_config(), "relu": self.relu}
 
-def activate(norm, inputs, training=None):
-    """BiT's pre-activation: `relu(norm(inputs))`, GroupNorm and ReLU fused where they can be;
-    `norm` None gives the ReLU alone.
+
+class _ThenReLU:
+    """Mixin: the normalization layer's output, then ReLU (BiT's pre-activation)."""
+
+    def call(self, inputs, training=None):
+        return ops.relu(super().call(inputs, training=training))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchNormalizationReLU(_ThenReLU, keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization`, then ReLU: a pre-activation for normalization ablations.
 
     Example:
-        >>> activate(GroupNormalization(), np.ones((1, 4, 4, 64), "float32")).shape
-        (1, 4, 4, 64)
+        >>> BatchNormalizationReLU()(np.ones((2, 4, 4, 8), "float32")).shape
+        (2, 4, 4, 8)
     """
-    if isinstance(norm, GroupNormalization):
-        return norm.normalize_and_relu(inputs)
-    if norm is not None:
-        inputs = norm(inputs, training=training)
-    return ops.relu(inputs)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class NoisyBatchNormalizationReLU(_ThenReLU, NoisyBatchNormalization):
+    """`bit_tf.noisy_batch_norm.NoisyBatchNormalization`, then ReLU.
+
+    Example:
+        >>> NoisyBatchNormalizationReLU()(np.ones((2, 4, 4, 8), "float32")).shape
+        (2, 4, 4, 8)
+    """
+
+
+def convolutions(model: keras.Model) -> list:
+    """Every convolution layer of a model built from these layers: its own `Conv2D`s and
+    those inside its units.
+
+    Example:
+        >>> len(convolutions(bit_tf.create_model("BiT-S-R50x1")))
+        53
+    """
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            found.append(layer)
+        elif isinstance(layer, _PreActUnit):
+            found.extend(layer.convolutions())
+    return found
 
 
 def pad_for_stride(conv, inputs):
@@ -283,29 +205,36 @@ def pad_for_stride(conv, inputs):
         (1, 8, 8, 4)
     """
     if conv.strides[0] != 1 and conv.kernel_size[0] > 1:
-        return ops.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        margin = (conv.kernel_size[0] - 1) // 2
+        return ops.pad(inputs, [[0, 0], [margin, margin], [margin, margin], [0, 0]])
     return inputs
 
 
-def make_normalization(kind: str, name: str | None = None, dtype=None) -> keras.layers.Layer | None:
-    """Returns the normalization layer named by `kind` (see `NORMALIZATIONS`), None for "none".
+def make_normalization(
+    kind: str, name: str | None = None, dtype=None, relu: bool = False
+) -> keras.layers.Layer | None:
+    """The normalization layer named by `kind` (see `NORMALIZATIONS`), followed by ReLU when
+    `relu` (the pre-activation of a unit). "none" gives None, or a ReLU layer when `relu`.
 
     `dtype` is the layer's dtype policy (None: Keras' global policy).
 
     Example:
         >>> type(make_normalization("group")).__name__
         'GroupNormalization'
+        >>> type(make_normalization("none", relu=True)).__name__
+        'ReLU'
     """
+    options = {"name": name, "dtype": dtype}
     if kind == "group":
-        return GroupNormalization(name=name, dtype=dtype)
+        return GroupNormalization(relu=relu, **options)
     if kind == "batch":
-        return keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=name, dtype=dtype)
+        layer_class = BatchNormalizationReLU if relu else keras.layers.BatchNormalization
+        return layer_class(epsilon=1e-5, momentum=0.9, **options)
     if kind == "noisy_batch":
-        from bit_tf.noisy_batch_norm import NoisyBatchNormalization
-
-        return NoisyBatchNormalization(name=name, dtype=dtype)
+        layer_class = NoisyBatchNormalizationReLU if relu else NoisyBatchNormalization
+        return layer_class(**options)
     if kind == "none":
-        return None
+        return keras.layers.ReLU(**options) if relu else None
     raise ValueError(f"Unknown normalization {kind!r}; choose one of {NORMALIZATIONS}.")
 
 
@@ -320,26 +249,26 @@ def make_convolution(
 ) -> keras.layers.Layer:
     """A bias-free convolution, weight-standardized unless asked otherwise.
 
-    `dtype` is the layer's dtype policy (None: Keras' global policy).
+    `dtype` is the layer's dtype policy (None: Keras' global policy). Kernels of size > 1 with
+    stride 1 use "same" padding, which is symmetric then. With a stride, callers pad explicitly
+    (`pad_for_stride`, as the reference code does) and the convolution is "valid".
 
-    Kernels of size > 1 with stride 1 use "same" padding, which is symmetric then. With a
-    stride, callers pad explicitly (as the reference code does) and the convolution is "valid".
+    Example:
+        >>> make_convolution(64, 3, strides=2).padding
+        'valid'
     """
     padding = "same" if (kernel_size > 1 and strides == 1) else "valid"
-    layer_class = StandardizedConv2D if weight_standardization else keras.layers.Conv2D
+    layer_class = StandardizedConv2D if weight_standardization else Conv2D
     return layer_class(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding=padding,
-        use_bias=False,
-        name=name,
-        dtype=dtype,
+        filters, kernel_size, strides=strides, padding=padding, name=name, dtype=dtype
     )
 
 
 class _PreActUnit(keras.layers.Layer):
-    """Shared plumbing of the two pre-activation units: config, norms, the projection."""
+    """What the two pre-activation units share: options, config, the projection shortcut.
+
+    `norm_a`, `norm_b` (and `norm_c`) are the pre-activations, normalization then ReLU.
+    """
 
     def __init__(
         self,
@@ -365,8 +294,8 @@ class _PreActUnit(keras.layers.Layer):
 
     # Sublayers take the unit's own dtype policy, so that a unit built or loaded under a mixed
     # policy computes in it whatever Keras' global policy is at that time.
-    def _norm(self, name: str):
-        return make_normalization(self.normalization, name=name, dtype=self.dtype_policy)
+    def _preactivation(self, name: str):
+        return make_normalization(self.normalization, name=name, dtype=self.dtype_policy, relu=True)
 
     def _conv(self, filters: int, kernel_size: int, strides: int = 1, name: str | None = None):
         return make_convolution(
@@ -383,19 +312,29 @@ class _PreActUnit(keras.layers.Layer):
             self.projection = self._conv(self.output_channels, 1, self.strides, name="proj")
             self.projection.build(input_shape)
 
+    def convolutions(self) -> list:
+        """The unit's convolution layers (the projection first, where there is one).
+
+        Example:
+            >>> [conv.name for conv in PreActBasic(8).convolutions()]
+            ['a_conv', 'b_conv']
+        """
+        found = [] if self.projection is None else [self.projection]
+        return found + [
+            getattr(self, name) for name in ("conv_a", "conv_b", "conv_c") if hasattr(self, name)
+        ]
+
+    def _shortcut(self, inputs, preactivated):
+        """The identity, or the projection of the pre-activated input where the shape changes."""
+        return inputs if self.projection is None else self.projection(preactivated)
+
     @staticmethod
-    def _activate_and_convolve(norm, inputs, convolutions, training) -> list:
-        """Each of `convolutions` applied to `relu(norm(inputs))`; on TensorFlow's CPU training
-        path with the pre-activation recomputed in the backward pass (`bit_tf.recompute`)."""
-        recompute = _recompute()
-        if recompute is not None and recompute.recomputes(norm, inputs, convolutions):
-            return recompute.activate_and_convolve(norm, inputs, convolutions)
-        activated = activate(norm, inputs, training)
-        return [conv(pad_for_stride(conv, activated)) for conv in convolutions]
+    def _build_all(pairs) -> None:
+        for layer, shape in pairs:
+            layer.build(shape)
 
     def _padded_shape(self, shape):
-        """The input shape of the 3x3 convolution that carries the stride, once padded
-        (`pad_for_stride`)."""
+        """The input shape of the convolution that carries the stride, once padded."""
         if self.strides == 1:
             return shape
         return (shape[0], *(None if size is None else size + 2 for size in shape[1:3]), shape[3])
@@ -442,32 +381,34 @@ class PreActBottleneck(_PreActUnit):
     def __init__(self, middle_channels: int, strides: int = 1, **kwargs):
         super().__init__(middle_channels * self.expansion, strides, **kwargs)
         self.middle_channels = middle_channels
-        self.norm_a = self._norm("a_norm")
+        self.norm_a = self._preactivation("a_norm")
         self.conv_a = self._conv(middle_channels, 1, name="a_conv")
-        self.norm_b = self._norm("b_norm")
+        self.norm_b = self._preactivation("b_norm")
         self.conv_b = self._conv(middle_channels, 3, strides, name="b_conv")
-        self.norm_c = self._norm("c_norm")
+        self.norm_c = self._preactivation("c_norm")
         self.conv_c = self._conv(self.output_channels, 1, name="c_conv")
 
     def build(self, input_shape):
         middle_shape = (*input_shape[:-1], self.middle_channels)
-        if self.norm_a is not None:
-            self.norm_a.build(input_shape)
         self._build_projection(input_shape)
-        self.conv_a.build(input_shape)
-        for norm in (self.norm_b, self.norm_c):
-            if norm is not None:
-                norm.build(middle_shape)
-        self.conv_b.build(self._padded_shape(middle_shape))
-        self.conv_c.build(middle_shape)
+        self._build_all(
+            [
+                (self.norm_a, input_shape),
+                (self.conv_a, input_shape),
+                (self.norm_b, middle_shape),
+                (self.conv_b, self._padded_shape(middle_shape)),
+                (self.norm_c, middle_shape),
+                (self.conv_c, middle_shape),
+            ]
+        )
 
     def call(self, inputs, training=None):
-        first = [self.conv_a] if self.projection is None else [self.conv_a, self.projection]
-        outputs, *projected = self._activate_and_convolve(self.norm_a, inputs, first, training)
-        shortcut = projected[0] if projected else inputs
-        [outputs] = self._activate_and_convolve(self.norm_b, outputs, [self.conv_b], training)
-        [outputs] = self._activate_and_convolve(self.norm_c, outputs, [self.conv_c], training)
-        return outputs + shortcut
+        preactivated = self.norm_a(inputs, training=training)
+        shortcut = self._shortcut(inputs, preactivated)
+        x = self.conv_a(preactivated)
+        x = self.conv_b(pad_for_stride(self.conv_b, self.norm_b(x, training=training)))
+        x = self.conv_c(self.norm_c(x, training=training))
+        return x + shortcut
 
     def get_config(self) -> dict:
         return {**super().get_config(), "middle_channels": self.middle_channels}
@@ -495,9 +436,9 @@ class PreActBasic(_PreActUnit):
 
     def __init__(self, channels: int, strides: int = 1, **kwargs):
         super().__init__(channels, strides, **kwargs)
-        self.norm_a = self._norm("a_norm")
+        self.norm_a = self._preactivation("a_norm")
         self.conv_a = self._conv(channels, 3, strides, name="a_conv")
-        self.norm_b = self._norm("b_norm")
+        self.norm_b = self._preactivation("b_norm")
         self.conv_b = self._conv(channels, 3, name="b_conv")
 
     @property
@@ -506,20 +447,22 @@ class PreActBasic(_PreActUnit):
 
     def build(self, input_shape):
         output_shape = (*input_shape[:-1], self.output_channels)
-        if self.norm_a is not None:
-            self.norm_a.build(input_shape)
         self._build_projection(input_shape)
-        self.conv_a.build(self._padded_shape(input_shape))
-        if self.norm_b is not None:
-            self.norm_b.build(output_shape)
-        self.conv_b.build(output_shape)
+        self._build_all(
+            [
+                (self.norm_a, input_shape),
+                (self.conv_a, self._padded_shape(input_shape)),
+                (self.norm_b, output_shape),
+                (self.conv_b, output_shape),
+            ]
+        )
 
     def call(self, inputs, training=None):
-        first = [self.conv_a] if self.projection is None else [self.conv_a, self.projection]
-        outputs, *projected = self._activate_and_convolve(self.norm_a, inputs, first, training)
-        shortcut = projected[0] if projected else inputs
-        [outputs] = self._activate_and_convolve(self.norm_b, outputs, [self.conv_b], training)
-        return outputs + shortcut
+        preactivated = self.norm_a(inputs, training=training)
+        shortcut = self._shortcut(inputs, preactivated)
+        x = self.conv_a(pad_for_stride(self.conv_a, preactivated))
+        x = self.conv_b(self.norm_b(x, training=training))
+        return x + shortcut
 
     def get_config(self) -> dict:
         return {**super().get_config(), "channels": self.output_channels}

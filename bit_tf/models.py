@@ -1,6 +1,7 @@
-"""The ResNetV2 builder and the registry of BiT model names.
+"""The ResNetV2 builder: BiT models by name (`create_model`) or by shape (`resnet_v2`).
 
 Only `keras` and `keras.ops` are used here: the models run on the TensorFlow and JAX backends.
+The names, depths and heads are data in `bit_tf.registry`.
 
 Example:
     >>> import bit_tf
@@ -11,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import keras
@@ -24,42 +24,17 @@ from bit_tf.layers import (
     make_convolution,
     make_normalization,
 )
+from bit_tf.registry import (  # noqa: F401 (the registry's names, as bit_tf.models has them)
+    BASIC_DEPTHS,
+    UNITS_PER_BLOCK,
+    UPSTREAM,
+    WIDTH_FACTORS,
+    list_models,
+    parse_model_name,
+)
+from bit_tf.weights import load_official_weights
 
-# Units per block for each depth; 18 and 34 use the basic unit, the rest the bottleneck.
-UNITS_PER_BLOCK = {
-    18: (2, 2, 2, 2),
-    26: (2, 2, 2, 2),
-    34: (3, 4, 6, 3),
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-}
-BASIC_DEPTHS = (18, 34)
-WIDTH_FACTORS = (1, 2, 3, 4)
-
-# The upstream data of each prefix sets the default head.
-UPSTREAM = {
-    "S": {"num_classes": 1000, "dataset": "ILSVRC-2012"},
-    "M": {"num_classes": 21843, "dataset": "ImageNet-21k"},
-    "L": {"num_classes": 18291, "dataset": "JFT-300M"},
-}
 _DEFAULT = object()
-_NAME_PATTERN = re.compile(r"^BiT-([SML])-R(\d+)x(\d+)$")
-
-
-def list_models() -> list[str]:
-    """All model names that `create_model` knows, e.g. "BiT-M-R50x1".
-
-    Example:
-        >>> "BiT-S-R101x3" in bit_tf.list_models()
-        True
-    """
-    return [
-        f"BiT-{prefix}-R{depth}x{width}"
-        for prefix in UPSTREAM
-        for depth in UNITS_PER_BLOCK
-        for width in WIDTH_FACTORS
-    ]
 
 
 def resolve_dtype_policy(dtype: str | keras.DTypePolicy | None) -> keras.DTypePolicy:
@@ -78,28 +53,6 @@ def resolve_dtype_policy(dtype: str | keras.DTypePolicy | None) -> keras.DTypePo
             f"Unknown dtype policy {dtype!r}: use a Keras policy name such as 'float32' or "
             "'mixed_bfloat16', or a keras.DTypePolicy."
         ) from error
-
-
-def parse_model_name(name: str) -> tuple[str, int, int]:
-    """Splits "BiT-M-R50x1" into ("M", 50, 1), with a clear error for unknown names.
-
-    Example:
-        >>> parse_model_name("BiT-S-R152x4")
-        ('S', 152, 4)
-    """
-    match = _NAME_PATTERN.match(name) if isinstance(name, str) else None
-    if not match:
-        raise ValueError(
-            f"Unknown model name {name!r}: expected 'BiT-{{S,M,L}}-R{{depth}}x{{width}}', "
-            f"for example 'BiT-M-R50x1'. bit_tf.list_models() lists them all."
-        )
-    prefix, depth, width = match.group(1), int(match.group(2)), int(match.group(3))
-    if depth not in UNITS_PER_BLOCK or width not in WIDTH_FACTORS:
-        raise ValueError(
-            f"Unknown model name {name!r}: depth must be one of {sorted(UNITS_PER_BLOCK)} and "
-            f"width one of {WIDTH_FACTORS}."
-        )
-    return prefix, depth, width
 
 
 def resnet_v2(
@@ -212,7 +165,6 @@ def resnet_v2(
             name="head",
             dtype=policy.variable_dtype,
         )(outputs)
-    # A float32 BitModel predicts XLA-compiled, also when reloaded (bit_tf/bit_model.py).
     return BitModel(images, outputs, name=name)
 
 
@@ -254,7 +206,5 @@ def create_model(
         **kwargs,
     )
     if weights is not None:
-        from bit_tf.weights import load_official_weights
-
         load_official_weights(model, weights)
     return model

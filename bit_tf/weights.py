@@ -25,21 +25,21 @@ import numpy as np
 
 from bit_tf.download import download
 from bit_tf.layers import PreActBasic, PreActBottleneck, StandardizedConv2D
-from bit_tf.models import parse_model_name
+from bit_tf.registry import RELEASED_CHECKPOINTS, parse_model_name
 
 log = logging.getLogger(__name__)
 
 # The authors' public bucket; BIT_TF_WEIGHTS_URL points name look-ups at a mirror instead.
 OFFICIAL_BASE_URL = "https://storage.googleapis.com/bit_models"
-RELEASED_ARCHITECTURES = ("R50x1", "R50x3", "R101x1", "R101x3", "R152x2", "R152x4")
-RELEASED_CHECKPOINTS = tuple(
-    [f"BiT-{prefix}-{arch}" for prefix in ("S", "M") for arch in RELEASED_ARCHITECTURES]
-    + [f"BiT-M-{arch}-ILSVRC2012" for arch in RELEASED_ARCHITECTURES]
-)
 HEAD_KERNEL = "resnet/head/conv2d/kernel"
 HEAD_BIAS = "resnet/head/conv2d/bias"
 HEAD_KEYS = (HEAD_KERNEL, HEAD_BIAS)
 _UNIT_NAME = re.compile(r"^(block\d+)_(unit\d+)$")
+ROOT_KERNELS = (
+    "resnet/root_block/standardized_conv2d/kernel",
+    "resnet/root_block/conv2d/kernel",
+)
+_UNIT_KEY = re.compile(r"^resnet/block(\d+)/unit(\d+)/")
 _SHOWN = 10
 
 
@@ -48,7 +48,7 @@ class CheckpointError(ValueError):
 
 
 def _norm_keys(prefix: str, layer) -> dict:
-    if layer is None:
+    if layer is None or not layer.weights:  # no normalization: a ReLU alone
         return {}
     if isinstance(layer, keras.layers.GroupNormalization):
         group = f"{prefix}/group_norm"
@@ -115,6 +115,82 @@ def official_variables(model: keras.Model) -> dict:
             "build it with bit_tf.create_model."
         )
     return keys
+
+
+def official_name(variable_name: str) -> str:
+    """The official checkpoint key inside a SavedModel variable name.
+
+    Strips the ":0" suffix and anything before the first "resnet/" (a scope a module may add).
+
+    Example:
+        >>> official_name("module/resnet/head/conv2d/bias:0")
+        'resnet/head/conv2d/bias'
+    """
+    name = variable_name.split(":")[0]
+    start = name.find("resnet/")
+    return name[start:] if start >= 0 else name
+
+
+def describe_layout(shapes: dict) -> dict:
+    """Infers a BiT architecture from official key names and their shapes.
+
+    Args:
+        shapes: official key -> shape, as in a released `.npz` or a BiT hub module.
+
+    Returns:
+        A dict with `units_per_block`, `width_factor`, `num_classes` (None without a head),
+        `unit` ("bottleneck" or "basic"), `weight_standardization` and `normalization`,
+        ready for `bit_tf.models.resnet_v2`.
+
+    Raises:
+        CheckpointError: the names are not those of a BiT ResNetV2.
+
+    Example:
+        >>> describe_layout({k: v.shape for k, v in np.load("BiT-M-R50x1.npz").items()})
+        {'units_per_block': (3, 4, 6, 3), 'width_factor': 1, 'num_classes': 21843, ...}
+    """
+    root = next((key for key in ROOT_KERNELS if key in shapes), None)
+    if root is None:
+        shown = ", ".join(sorted(shapes)[:5]) or "no variables"
+        raise CheckpointError(
+            f"Not a BiT module: no root convolution ({' or '.join(ROOT_KERNELS)}) among the "
+            f"variable names ({shown}, ...). Export it with hub_export.export_module, or use "
+            "a module whose variables carry the official BiT checkpoint names."
+        )
+    root_channels = int(shapes[root][-1])
+    if root_channels % 64:
+        raise CheckpointError(f"Root convolution {root} has {root_channels} channels, not 64*k.")
+    units: dict[int, set] = {}
+    for key in shapes:
+        match = _UNIT_KEY.match(key)
+        if match:
+            units.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    blocks = sorted(units)
+    if not blocks or blocks != list(range(1, len(blocks) + 1)):
+        raise CheckpointError(f"BiT blocks must be numbered 1..N, found blocks {blocks}.")
+    for block in blocks:
+        if sorted(units[block]) != list(range(1, len(units[block]) + 1)):
+            raise CheckpointError(
+                f"Units of block {block} must be numbered 01..N, found {sorted(units[block])}."
+            )
+    bottleneck = any(key.startswith("resnet/block1/unit01/c/") for key in shapes)
+    if any("/batch_norm/" in key for key in shapes):
+        normalization = "batch"
+    elif any("/group_norm/" in key for key in shapes):
+        normalization = "group"
+    else:
+        normalization = "none"
+    num_classes = None
+    if HEAD_KERNEL in shapes:
+        num_classes = int(shapes[HEAD_KERNEL][-1])
+    return {
+        "units_per_block": tuple(len(units[block]) for block in blocks),
+        "width_factor": root_channels // 64,
+        "num_classes": num_classes,
+        "unit": "bottleneck" if bottleneck else "basic",
+        "weight_standardization": root.endswith("standardized_conv2d/kernel"),
+        "normalization": normalization,
+    }
 
 
 def read_checkpoint(path: str) -> dict[str, np.ndarray]:

@@ -21,9 +21,8 @@ import json
 import keras
 import tensorflow as tf
 
-from bit_tf.weights import HEAD_KEYS, official_arrays
 from hub_export.atomic import atomic_path, join
-from hub_export.forward import BitForward
+from hub_export.tracing import OfficialForward
 
 KINDS = ("feature_vector", "classification")
 METADATA_FILE = "bit_tf_module.json"
@@ -31,7 +30,7 @@ IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 OUTPUT_KEYS = {"feature_vector": "feature_vector", "classification": "logits"}
 
 
-def _check_kind(kind: str, forward: BitForward | None = None) -> None:
+def _check_kind(kind: str, forward: OfficialForward | None = None) -> None:
     if kind not in KINDS:
         raise ValueError(f"Unknown module kind {kind!r}; choose one of {KINDS}.")
     if kind == "classification" and forward is not None and not forward.has_head:
@@ -49,6 +48,14 @@ class _Root(tf.Module):
     trainable_variables = None
 
 
+def _up_to_pre_logits(model: keras.Model) -> keras.Model:
+    """The model itself without a head, else the part of it up to its pre-logits."""
+    names = [layer.name for layer in model.layers]
+    if "head" not in names or "pre_logits" not in names:
+        return model
+    return keras.Model(model.inputs, model.get_layer("pre_logits").output, name=model.name)
+
+
 def build_module(model: keras.Model, kind: str = "feature_vector") -> tf.Module:
     """Builds the trackable object that `export_module` saves (useful to save it yourself).
 
@@ -58,18 +65,15 @@ def build_module(model: keras.Model, kind: str = "feature_vector") -> tf.Module:
         TensorShape([2, 10])
     """
     _check_kind(kind)
-    arrays = official_arrays(model)
     if kind == "feature_vector":  # like the published feature vectors: no head variables
-        arrays = {key: value for key, value in arrays.items() if key not in HEAD_KEYS}
-    forward = BitForward(arrays, trainable=True)
+        model = _up_to_pre_logits(model)
+    forward = OfficialForward(model, trainable=True)
     _check_kind(kind, forward)
 
     @tf.function
     def call(images, training=False):
         del training  # GroupNorm and weight standardization act the same in training.
-        images = tf.convert_to_tensor(images, tf.float32)
-        features = forward.features(images)
-        return forward.logits(features) if kind == "classification" else features
+        return forward(images)
 
     @tf.function(input_signature=[IMAGES_SPEC])
     def serve(images):

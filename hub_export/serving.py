@@ -41,10 +41,9 @@ import keras
 import tensorflow as tf
 
 from bit_tf import hyperrule
-from bit_tf.weights import official_arrays
+from bit_tf.inference import fold_weight_standardization as fold_weights
 from hub_export.atomic import atomic_path, join
-from hub_export.forward import BitForward
-from hub_export.forward import fold_weight_standardization as fold_weights
+from hub_export.tracing import OfficialForward
 
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_TOP_K = 5
@@ -146,10 +145,9 @@ class ServingModule(tf.Module):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         super().__init__(name=None)
-        arrays = official_arrays(model)
         if fold_weight_standardization:
-            arrays = fold_weights(arrays)
-        self.forward = BitForward(arrays, trainable=False)
+            model = fold_weights(model)
+        self.forward = OfficialForward(model, trainable=False)
         if not self.forward.has_head:
             raise ValueError(
                 "Serving exports classify, but this model has no head (num_classes=None). "
@@ -175,7 +173,7 @@ class ServingModule(tf.Module):
         self.top_k = min(int(top_k), num_classes)
 
     def _answer(self, images, valid):
-        logits = self.forward.logits(self.forward.features(images))
+        logits = self.forward(images)
         probabilities = tf.nn.softmax(logits) * tf.cast(valid, tf.float32)[:, None]
         top_probabilities, top_ids = tf.math.top_k(probabilities, k=self.top_k)
         top_ids = tf.where(valid[:, None], tf.cast(top_ids, tf.int64), tf.constant(-1, tf.int64))

@@ -26,6 +26,7 @@ def test_layers_and_parity_pass_on_jax():
         "tests/test_layers.py",
         "tests/test_models.py",
         "tests/test_inference.py",
+        "tests/test_kernels_jax.py",
         "-k",
         "not published_backbone_sizes and not finetune_stays_callable",
     ]

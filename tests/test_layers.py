@@ -15,7 +15,6 @@ from bit_tf.layers import (
     PreActBottleneck,
     StandardizedConv2D,
     make_normalization,
-    use_fused_kernels,
 )
 
 
@@ -105,20 +104,17 @@ def test_convolutions_on_few_output_pixels_give_the_convolution_and_its_gradient
         return
     import tensorflow as tf
 
+    from bit_tf import kernels
+
     as_product = out_height * out_width <= {1: 64, 3: 16}[size]
-    assert conv._as_matrix_product(images) is as_product
     inputs = tf.constant(images)
     upstream = tf.constant(rng.normal(size=(3, out_height, out_width, 40)).astype("float32"))
     gradients = []
-    for fused in (True, False):  # off: Keras' own ops, the convolution among them
-        previous = use_fused_kernels(fused)
-        try:
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                outputs = conv(inputs)
-            gradients.append(tape.gradient(outputs, [inputs, conv.kernel], upstream))
-        finally:
-            use_fused_kernels(previous)
+    for fused in (True, False):  # off: the keras.ops reference, the convolution among them
+        with kernels.configured(fused=fused), tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = conv(inputs)
+        gradients.append(tape.gradient(outputs, [inputs, conv.kernel], upstream))
     for ours, theirs in zip(*gradients, strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
     graph = tf.function(conv).get_concrete_function(inputs).graph

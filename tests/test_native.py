@@ -1,7 +1,7 @@
-"""The native C++ kernels (bit_tf.native): where they are used, their errors, and their build.
+"""The C++ kernels (bit_tf.kernels.native): where they are used, their errors, and their build.
 
-Their values and gradients against the formulas are in test_fused.py (each test runs with the
-native and with the XLA kernels).
+Their values and gradients against the reference are in test_kernels.py (each test runs with
+the C++ and with the XLA kernels).
 """
 
 import os
@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 
 if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-    pytest.skip("bit_tf.native is for the TensorFlow backend", allow_module_level=True)
+    pytest.skip("bit_tf.kernels.native is for the TensorFlow backend", allow_module_level=True)
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bit_tf  # noqa: E402
-from bit_tf import fused, native  # noqa: E402
+from bit_tf import kernels  # noqa: E402
+from bit_tf.kernels import native  # noqa: E402
+from bit_tf.kernels import tensorflow as tf_kernels  # noqa: E402
 
 NATIVE_OPS = {
     "BitGroupNorm",
@@ -72,15 +74,15 @@ def test_a_training_step_uses_them_and_inference_does_not(operations):
     assert NATIVE_OPS <= _op_types(training_step, images)
     assert not NATIVE_OPS & _op_types(inference, images)
     assert not NATIVE_OPS & _op_types(compiled_training_step, images)
-    with native.native_kernels(False):
+    with kernels.configured(native=False):
         assert not NATIVE_OPS & _op_types(tf.function(training_step.python_function), images)
-    assert native.enabled()
+    assert kernels.settings().native
 
 
 def test_bfloat16_group_norm_runs_on_them_and_float16_keeps_the_xla_kernel(operations):
     with tf.GradientTape():
-        assert fused.native_operations(tf.bfloat16) is operations
-        assert fused.native_operations(tf.float16) is None
+        assert tf_kernels.native_operations(tf.bfloat16) is operations
+        assert tf_kernels.native_operations(tf.float16) is None
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -92,11 +94,11 @@ def test_bfloat16_group_norm_equals_the_xla_kernel_to_bfloat16_rounding(operatio
     gamma = tf.constant(rng.uniform(0.5, 1.5, size=64).astype("float32"))
     beta = tf.constant(rng.normal(size=64).astype("float32"))
     results = {}
-    for kernels in ("native", "xla"):
-        with native.native_kernels(kernels == "native"), tf.GradientTape() as tape:
+    for kind in ("native", "xla"):
+        with kernels.configured(native=kind == "native"), tf.GradientTape() as tape:
             tape.watch([x, gamma, beta])
-            y = fused.group_norm(x, gamma, beta, groups=32, epsilon=1e-5, relu=relu)
-        results[kernels] = [y, *tape.gradient(y, [x, gamma, beta], output_gradients=upstream)]
+            y = tf_kernels.group_norm(x, gamma, beta, groups=32, epsilon=1e-5, relu=relu)
+        results[kind] = [y, *tape.gradient(y, [x, gamma, beta], output_gradients=upstream)]
     for name, got, want in zip(("y", "x", "gamma", "beta"), *results.values(), strict=True):
         assert got.dtype == want.dtype, name
         got, want = tf.cast(got, tf.float32).numpy(), tf.cast(want, tf.float32).numpy()
@@ -117,12 +119,12 @@ def test_an_exported_saved_model_holds_only_standard_ops(operations, tmp_path):
 def test_the_kernels_and_the_xla_kernels_give_the_same_training_step(operations):
     images = np.random.default_rng(1).uniform(size=(2, 40, 36, 3)).astype("float32")
     gradients = {}
-    for kernels in ("native", "xla"):
-        with native.native_kernels(kernels == "native"):
+    for kind in ("native", "xla"):
+        with kernels.configured(native=kind == "native"):
             model = _small_model()
             with tf.GradientTape() as tape:
                 loss = tf.reduce_sum(tf.square(model(images, training=True)))
-            gradients[kernels] = tape.gradient(loss, model.trainable_variables)
+            gradients[kind] = tape.gradient(loss, model.trainable_variables)
     for got, want in zip(gradients["native"], gradients["xla"], strict=True):
         scale = max(float(tf.reduce_max(tf.abs(want))), 1e-12)
         np.testing.assert_allclose(got.numpy() / scale, want.numpy() / scale, atol=2e-5)
@@ -178,7 +180,7 @@ def test_without_a_compiler_training_falls_back_to_the_xla_kernels(tmp_path):
     script = textwrap.dedent(
         """
         import logging, numpy as np, keras, bit_tf
-        from bit_tf import native
+        from bit_tf.kernels import native
         logging.basicConfig(level=logging.WARNING)
         assert native.library() is None
         model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3)

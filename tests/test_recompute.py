@@ -13,7 +13,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bit_tf  # noqa: E402
-from bit_tf import layers, native, recompute  # noqa: E402
+from bit_tf import kernels  # noqa: E402
+from bit_tf.kernels import native, recompute  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,7 +38,7 @@ def _training_step(model):
 
 
 def _gradients(model, images, *, recomputing: bool):
-    with recompute.recomputation(recomputing):
+    with kernels.configured(recompute=recomputing):
         loss, gradients = tf.function(_training_step(model))(images)
     return loss.numpy(), [gradient.numpy() for gradient in gradients]
 
@@ -72,15 +73,17 @@ def test_the_backward_pass_normalizes_again_and_holds_less_memory(monkeypatch):
     images = tf.random.stateless_uniform([16, 128, 128, 3], seed=[3, 4])
     peaks, counts = {}, {}
     for recomputing in (True, False):
-        with recompute.recomputation(recomputing):
+        with kernels.configured(recompute=recomputing):
             step = tf.function(_training_step(model))
             counts[recomputing] = _op_count(
                 step.get_concrete_function(images).graph, "BitGroupNorm"
             )
             step(images)  # traced and run once before measuring
             peaks[recomputing] = min(_allocator_peak(step, images) for _ in range(2))
-    # 13 GroupNorms: 12 in the units, each traced again for the backward pass, and the last.
-    assert counts == {True: 25, False: 13}
+    # 13 GroupNorms: 12 in the units, each traced again for the backward pass of each of its
+    # 16 convolutions (the first pre-activation of a unit feeds the projection too), and the
+    # last.
+    assert counts == {True: 29, False: 13}
     # Graph optimizations must not merge the recomputation back into the forward pass. (The
     # peaks move with the order the executor's threads run ops in: 0.65-0.75 of the kept
     # tensors' peak here, with another such process running beside; merged, about 1.)
@@ -96,17 +99,12 @@ def _allocator_peak(step, images) -> int:
 
 
 def test_kernels_are_standardized_again_only_for_enough_output_pixels():
-    conv_1x1, strided_3x3 = (
-        layers.StandardizedConv2D(8, 1),
-        layers.StandardizedConv2D(8, 3, strides=2),
-    )
     assert recompute.KERNEL_RECOMPUTATION_MIN_PIXELS == 256
-    assert recompute.recomputes_kernel(conv_1x1, (16, 4, 4, 64))  # R50x1 at 128: 16 x 4x4
-    assert not recompute.recomputes_kernel(conv_1x1, (32, 2, 2, 64))  # the main job's block 3
-    assert recompute.recomputes_kernel(strided_3x3, (16, 8, 8, 64))  # to 4x4
-    assert recompute.recomputes_kernel(strided_3x3, (16, 7, 7, 64))  # to 4x4 too
-    assert not recompute.recomputes_kernel(strided_3x3, (15, 8, 8, 64))  # 240 pixels
-    assert recompute.recomputes_kernel(conv_1x1, (None, 2, 2, 64))  # batch unknown: memory first
+    assert recompute.recomputes_kernel(16, 4 * 4)  # R50x1 at 128: 16 x 4x4
+    assert not recompute.recomputes_kernel(32, 2 * 2)  # the main job's block 3
+    assert not recompute.recomputes_kernel(15, 4 * 4)  # 240 pixels
+    assert recompute.recomputes_kernel(None, 2 * 2)  # batch unknown: memory first
+    assert recompute.recomputes_kernel(16, None)
 
 
 def test_kept_kernels_are_standardized_once():
@@ -114,51 +112,44 @@ def test_kept_kernels_are_standardized_once():
     images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[7, 8])  # 2 x 8x8 pixels at most
     counts = {}
     for recomputing in (True, False):
-        with recompute.recomputation(recomputing):
+        with kernels.configured(recompute=recomputing):
             graph = tf.function(_training_step(model)).get_concrete_function(images).graph
             counts[recomputing] = _op_count(graph, "BitStandardizeKernel")
     assert counts[True] == counts[False] == 17  # 4 units of 3, 4 projections, the stem
 
 
-def test_it_applies_only_to_graphs_of_training_on_the_native_kernels():
-    norm, conv = layers.GroupNormalization(), layers.StandardizedConv2D(8, 1)
-    norm.build((1, 4, 4, 32))
-    conv.build((1, 4, 4, 32))
-    inputs = tf.ones([1, 4, 4, 32])
+def test_it_applies_only_to_training_graphs_on_the_native_kernels():
+    model = _small_model()
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[3, 3])
 
-    def decision(**function_options):
-        @tf.function(**function_options)
-        def trace(inputs):
-            with tf.GradientTape():
-                return tf.constant(recompute.recomputes(norm, inputs, [conv]))
+    def group_norms(**settings) -> int:
+        with kernels.configured(**settings):
+            graph = tf.function(_training_step(model)).get_concrete_function(images).graph
+        return _op_count(graph, "BitGroupNorm")
 
-        return bool(trace(inputs))
+    assert group_norms() == 29
+    assert group_norms(recompute=False) == 13
+    assert group_norms(native=False) == 0  # the XLA kernels: nothing recomputed
+    inference = tf.function(lambda x: model(x, training=False)).get_concrete_function(images)
+    assert _op_count(inference.graph, "BitGroupNorm") == 0
 
-    assert decision()
-    assert not decision(jit_compile=True)
-    with tf.GradientTape():
-        assert not recompute.recomputes(norm, inputs, [conv])  # eager
-    assert not tf.function(lambda x: recompute.recomputes(norm, x, [conv]))(inputs)  # no tape
-    with native.native_kernels(False):
-        assert not decision()
-    with recompute.recomputation(False):
-        assert not decision()
-    assert recompute.use_recomputation(True)
-    plain = keras.layers.Conv2D(8, 1, use_bias=False)
-    plain.build((1, 4, 4, 32))
-    batch_norm = keras.layers.BatchNormalization()
-    batch_norm.build((1, 4, 4, 32))
 
+def test_sources_are_found_directly_and_through_zero_padding_only():
     @tf.function
-    def others(inputs):
-        with tf.GradientTape():
-            return [
-                recompute.recomputes(norm, inputs, [plain]),
-                recompute.recomputes(batch_norm, inputs, [conv]),
-                recompute.recomputes(None, inputs, [conv]),
-            ]
+    def found(x):
+        activated = tf.nn.relu(x)
+        recompute.remember(activated, tf.nn.relu, (x,))
+        padded = tf.pad(activated, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        reflected = tf.pad(activated, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        ones = tf.pad(activated, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=1.0)
+        sources = [recompute.source_of(t) for t in (activated, padded, reflected, ones, x)]
+        return tf.constant([source is not None for source in sources]), tf.constant(
+            sources[1].paddings
+        )
 
-    assert not any(others(inputs))
+    which, paddings = found(tf.ones([1, 3, 3, 2]))
+    assert which.numpy().tolist() == [True, True, False, False, False]
+    assert paddings.numpy().tolist() == [[0, 0], [1, 1], [1, 1], [0, 0]]
 
 
 def test_units_without_group_norm_or_standardization_train_as_before():
@@ -172,48 +163,42 @@ def test_units_without_group_norm_or_standardization_train_as_before():
             np.testing.assert_array_equal(gradient, kept)
 
 
-def test_recomputed_takes_gradients_of_every_consumer_and_argument():
-    x = tf.random.stateless_normal([3, 4], seed=[7, 8])
-    w1 = tf.random.stateless_normal([4, 2], seed=[9, 10])
-    w2 = tf.random.stateless_normal([4, 5], seed=[11, 12])
+@pytest.mark.parametrize("recompute_kernel", [False, True])
+def test_a_recomputed_convolution_takes_the_gradients_of_every_argument(recompute_kernel):
+    x = tf.random.stateless_normal([2, 5, 5, 4], seed=[7, 8])
+    kernel = tf.random.stateless_normal([3, 3, 4, 6], seed=[9, 10])
     scale = tf.constant(1.5)
 
     def activate(x, scale):
         return tf.nn.relu(x * scale)
 
+    def standardize(kernel):
+        return kernel * 2.0 + 1.0
+
+    def convolve(activated, weight):
+        return tf.nn.conv2d(activated, weight, 2, "VALID")
+
     @tf.function
     def gradients(use_recomputed: bool):
         with tf.GradientTape() as tape:
-            tape.watch([x, w1, w2, scale])
+            tape.watch([x, kernel, scale])
+            activated = tf.pad(activate(x, scale), [[0, 0], [1, 1], [1, 1], [0, 0]])
             if use_recomputed:
-                first, second = recompute.recomputed(
-                    activate, x, (scale,), [(tf.matmul, (w1,)), (tf.matmul, (w2,))]
+                source = recompute.Source(activate, (x, scale), [[0, 0], [1, 1], [1, 1], [0, 0]])
+                y = recompute.recomputed_convolution(
+                    source,
+                    activated,
+                    kernel,
+                    standardize=standardize,
+                    convolve=convolve,
+                    recompute_kernel=recompute_kernel,
                 )
             else:
-                activated = activate(x, scale)
-                first, second = activated @ w1, activated @ w2
-            loss = tf.reduce_sum(first**2) + tf.reduce_sum(tf.sin(second))
-        return tape.gradient(loss, [x, w1, w2, scale])
+                y = convolve(activated, standardize(kernel))
+            loss = tf.reduce_sum(tf.sin(y))
+        return loss, tape.gradient(loss, [x, kernel, scale])
 
-    for got, expected in zip(gradients(True), gradients(False), strict=True):
-        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6)
-
-
-def test_a_consumer_left_unused_gets_a_zero_gradient():
-    x = tf.random.stateless_normal([3, 4], seed=[13, 14])
-    w1, w2 = tf.ones([4, 2]), tf.ones([4, 5])
-
-    @tf.function
-    def gradient():
-        with tf.GradientTape() as tape:
-            tape.watch([x, w1, w2])
-            first, _ = recompute.recomputed(
-                tf.nn.relu, x, (), [(tf.matmul, (w1,)), (tf.matmul, (w2,))]
-            )
-            loss = tf.reduce_sum(first)
-        return tape.gradient(loss, [x, w1, w2])
-
-    d_x, d_w1, d_w2 = gradient()
-    np.testing.assert_allclose(d_x.numpy(), np.where(x.numpy() > 0, 2.0, 0.0))
-    np.testing.assert_allclose(d_w1.numpy(), np.maximum(x.numpy(), 0).sum(0)[:, None] * [1, 1])
-    np.testing.assert_array_equal(d_w2.numpy(), np.zeros([4, 5]))
+    (loss, got), (want_loss, want) = gradients(True), gradients(False)
+    assert loss.numpy() == want_loss.numpy()
+    for got_gradient, want_gradient in zip(got, want, strict=True):
+        np.testing.assert_allclose(got_gradient.numpy(), want_gradient.numpy(), rtol=1e-5)

@@ -1,35 +1,25 @@
-"""Native CPU kernels for GroupNorm(+ReLU) and weight standardization in TensorFlow training.
+"""C++ kernels for GroupNorm(+ReLU) and weight standardization, for TensorFlow on CPUs.
 
-`bit_tf.fused` compiles these layers with XLA, which makes one full pass over a tensor per
-reduction and costs about 0.1 ms per call. The C++ kernels in `normalization_ops.cc` make all
-their passes over one example (GroupNorm) or one block of output channels (weight
-standardization) while it is in the core's cache. BiT-R50x1 at 128x128, 16 images: a
-training step 665 -> 615 ms on a 2-core Xeon; GroupNorm(+ReLU) at 16x32x32x256 forward 3.8 ->
-1.2 ms and backward 5.6 -> 1.8 ms.
+XLA makes one full pass over a tensor per reduction. The kernels in `normalization_ops.cc` make
+all their passes over one example (GroupNorm) or one block of output channels (weight
+standardization) while it is in the core's cache, with the same formulas as
+`bit_tf.kernels.closed_form`.
 
 They are built on first use with the system's C++ compiler (`$CXX`, else `c++`) against the
-installed TensorFlow's headers (about 6 s) and cached under `$BIT_TF_CACHE_DIR` (default
+installed TensorFlow's headers (a few seconds) and cached under `$BIT_TF_CACHE_DIR` (default
 `~/.cache/bit_tf`), keyed by the source, TensorFlow's version and flags, the compiler and the
-CPU. Where no compiler is found or the build fails, `library()` returns None and `bit_tf.fused`
-keeps its XLA kernels; a warning says why, once. `BIT_TF_NATIVE_KERNELS=0` in the environment,
-or `use_native_kernels(False)` (`native_kernels(False)` for a block), turns them off.
-
-`bit_tf.fused` uses them while a gradient tape records (training) and in `BitModel.predict`,
-outside XLA compilation, on float32 inputs (GroupNorm: bfloat16 too, computed in float32),
-where TensorFlow sees no GPU. Other traces, and so exported SavedModels and TF-Hub modules,
-keep standard ops, which load where this library is not built.
+CPU. Where no compiler is found or the build fails, `library()` returns None and the
+XLA-compiled kernels run instead; a warning says why, once. Whether they run at all is
+`bit_tf.kernels.settings().native` (`BIT_TF_NATIVE_KERNELS=0` turns them off), and where is
+decided by `bit_tf.kernels.tensorflow.native_operations`.
 
 Example:
-    >>> from bit_tf import native
+    >>> from bit_tf.kernels import native
     >>> operations = native.library()  # None where they cannot be built
-    >>> previous = native.use_native_kernels(False)  # XLA kernels only, from the next trace
-    >>> native.use_native_kernels(previous)
-    False
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -54,51 +44,11 @@ COMPILE_OPTION_SETS = (
     ("-O3", "-ffp-contract=off"),
 )
 
-_SETTINGS = {"enabled": os.environ.get("BIT_TF_NATIVE_KERNELS", "1") != "0"}
 _LOCK = threading.Lock()
 
 
 class NativeBuildError(RuntimeError):
     """The native kernels could not be compiled; the message holds the compiler's output."""
-
-
-def use_native_kernels(enabled: bool) -> bool:
-    """Turns the native kernels on or off for later traces; returns the old setting.
-
-    Example:
-        >>> previous = use_native_kernels(False)
-        >>> use_native_kernels(previous)
-        False
-    """
-    previous = _SETTINGS["enabled"]
-    _SETTINGS["enabled"] = bool(enabled)
-    return previous
-
-
-@contextlib.contextmanager
-def native_kernels(enabled: bool):
-    """`use_native_kernels(enabled)` for what is traced inside, then the old setting again.
-
-    Example:
-        >>> with native_kernels(False):  # e.g. to trace a training graph for export
-        ...     enabled()
-        False
-    """
-    previous = use_native_kernels(enabled)
-    try:
-        yield
-    finally:
-        use_native_kernels(previous)
-
-
-def enabled() -> bool:
-    """Whether the native kernels are turned on (they may still be unavailable: `library()`).
-
-    Example:
-        >>> enabled() in (True, False)
-        True
-    """
-    return _SETTINGS["enabled"]
 
 
 def cache_directory() -> pathlib.Path:
@@ -223,15 +173,13 @@ def build(directory: str | os.PathLike, compiler_command: str | None = None) -> 
 
 def library():
     """The loaded op library (`bit_group_norm`, `bit_group_norm_grad`, `bit_standardize_kernel`,
-    `bit_standardize_kernel_grad`), built if needed; None where turned off or not buildable.
+    `bit_standardize_kernel_grad`), built if needed; None where it cannot be built.
 
     Example:
         >>> operations = library()
         >>> operations is None or hasattr(operations, "bit_group_norm")
         True
     """
-    if not enabled():
-        return None
     with _LOCK:
         return _load()
 

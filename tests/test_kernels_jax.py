@@ -1,13 +1,19 @@
-"""bit_tf.fused_jax (GroupNorm(+ReLU) for the JAX backend) gives the formula's values and
-gradients; it needs only JAX, so it runs whatever the Keras backend of the test session."""
+"""bit_tf.kernels.jax (GroupNorm(+ReLU) for the JAX backend) gives the formula's values and
+gradients. Runs under KERAS_BACKEND=jax (tests/test_jax_backend.py reruns it there)."""
+
+import os
 
 import numpy as np
 import pytest
 
+if os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":
+    pytest.skip("bit_tf.kernels.jax runs on the JAX backend", allow_module_level=True)
+
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-from bit_tf import fused_jax  # noqa: E402
+from bit_tf import kernels  # noqa: E402
+from bit_tf.kernels import jax as jax_kernels  # noqa: E402
 
 
 def _reference_group_norm(x, gamma, beta, groups, epsilon, relu):
@@ -35,13 +41,13 @@ def _inputs(shape, seed):
 def test_values_and_gradients_match_the_formula(shape, relu):
     x, gamma, beta, upstream = _inputs(shape, sum(shape))
 
-    def fused_function(x, gamma, beta):
-        return fused_jax.group_norm(x, gamma, beta, groups=32, epsilon=1e-5, relu=relu)
+    def fast_function(x, gamma, beta):
+        return jax_kernels.group_norm(x, gamma, beta, groups=32, epsilon=1e-5, relu=relu)
 
     def reference_function(x, gamma, beta):
         return _reference_group_norm(x, gamma, beta, 32, 1e-5, relu)
 
-    got, got_backward = jax.vjp(jax.jit(fused_function), x, gamma, beta)
+    got, got_backward = jax.vjp(jax.jit(fast_function), x, gamma, beta)
     want, want_backward = jax.vjp(reference_function, x, gamma, beta)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for name, got_gradient, want_gradient in zip(
@@ -57,7 +63,7 @@ def test_bfloat16_inputs_give_bfloat16_outputs_from_float32_statistics():
     x, gamma, beta, _ = _inputs((2, 4, 4, 64), 7)
     # A large common offset, which statistics in bfloat16 could not resolve.
     x16 = (x + 300.0).astype(jnp.bfloat16)
-    got = fused_jax.group_norm(x16, gamma, beta, groups=32, epsilon=1e-5)
+    got = jax_kernels.group_norm(x16, gamma, beta, groups=32, epsilon=1e-5)
     want = _reference_group_norm(x16.astype(jnp.float32), gamma, beta, 32, 1e-5, False)
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(
@@ -68,4 +74,10 @@ def test_bfloat16_inputs_give_bfloat16_outputs_from_float32_statistics():
 def test_channels_not_divisible_by_groups_are_named():
     x = jnp.ones((1, 2, 2, 48))
     with pytest.raises(ValueError, match=r"groups=32.*\(1, 2, 2, 48\)"):
-        fused_jax.group_norm(x, jnp.ones(48), jnp.zeros(48), groups=32, epsilon=1e-5)
+        kernels.group_norm(x, jnp.ones(48), jnp.zeros(48), groups=32, epsilon=1e-5)
+
+
+def test_the_jax_backend_chooses_the_jax_kernels():
+    assert kernels.implementation() is jax_kernels
+    with kernels.configured(fused=False):
+        assert kernels.implementation().__name__ == "bit_tf.kernels.reference"

@@ -4,7 +4,7 @@
 // output channels for weight standardization) and makes all its passes over that piece while
 // it is in the core's cache: one read from memory for the statistics and one for the output,
 // instead of one full pass over the tensor per reduction. Statistics are two-pass (mean, then
-// the mean squared deviation) and summed in double. Built and loaded by bit_tf.native.
+// the mean squared deviation) and summed in double. Built and loaded by bit_tf.kernels.native.
 
 #include <algorithm>
 #include <cmath>

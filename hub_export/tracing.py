@@ -1,0 +1,83 @@
+"""The Keras model itself, traced over `tf.Variable`s named by the official checkpoint keys.
+
+Exports hold the graph of the Keras model's own forward pass: `OfficialForward(model)` keeps
+one `tf.Variable` per official key (`resnet/block1/unit01/a/standardized_conv2d/kernel`, ...),
+as the published BiT TF-Hub modules name them, and runs the model with those variables in
+place of its own (`keras.StatelessScope`). A loaded export so needs neither Keras nor bit_tf,
+and `bit_tf.from_hub` reads the architecture back from the names. The trace is declared
+`bit_tf.kernels.exporting(...)`, so it holds standard TensorFlow ops only.
+
+Example:
+    >>> forward = OfficialForward(model, trainable=True)
+    >>> forward.weights["resnet/group_norm/gamma"].name
+    'resnet/group_norm/gamma:0'
+    >>> logits = tf.function(forward)(images)
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from bit_tf import kernels
+from bit_tf.weights import HEAD_KERNEL, describe_layout, official_arrays, official_variables
+
+
+def _run_with(model: keras.Model, keras_variables: dict, weights: dict, trainable: bool):
+    """The function `OfficialForward` calls: the model on images, over `weights`."""
+
+    def forward(images):
+        mapping = [
+            (variable, tf.reshape(weights[key], variable.shape))  # the head: (1, 1, F, C) -> (F, C)
+            for key, variable in keras_variables.items()
+        ]
+        with keras.StatelessScope(state_mapping=mapping), kernels.exporting(trainable):
+            return model(images, training=False)
+
+    return forward
+
+
+class OfficialForward(tf.Module):
+    """A bit_tf model's forward pass over `tf.Variable`s named by the official keys.
+
+    Args:
+        model: a bit_tf model (`create_model`, `resnet_v2`, `finetune`, a folded copy); every
+            weight must have an official key.
+        trainable: whether the variables are trainable (False for serving exports).
+
+    Raises:
+        ValueError: the model has weights without an official key, naming some.
+
+    Example:
+        >>> forward = OfficialForward(bit_tf.create_model("BiT-S-R50x1"), trainable=False)
+        >>> forward.layout["num_classes"], forward.has_head
+        (1000, True)
+    """
+
+    def __init__(self, model: keras.Model, trainable: bool = True):
+        super().__init__(name=None)
+        keras_variables = official_variables(model)
+        named = {id(variable) for variable in keras_variables.values()}
+        unnamed = [variable.path for variable in model.weights if id(variable) not in named]
+        if unnamed:
+            raise ValueError(
+                f"Model {model.name!r} has weights without an official BiT key ({unnamed[:3]}); "
+                "export models built by bit_tf (create_model, resnet_v2, finetune)."
+            )
+        arrays = official_arrays(model)
+        self.layout = describe_layout({key: value.shape for key, value in arrays.items()})
+        self.has_head = HEAD_KERNEL in arrays
+        self.weights = {
+            key: tf.Variable(
+                arrays[key],
+                name=key,
+                trainable=trainable and keras_variables[key].trainable,
+            )
+            for key in sorted(arrays)
+        }
+        # A closure, so that the Keras model is not tracked (and saved) with the variables.
+        self._forward = _run_with(model, keras_variables, self.weights, trainable)
+
+    def __call__(self, images):
+        """The model's outputs for float32 images in [0, 1]."""
+        return self._forward(tf.convert_to_tensor(images, tf.float32))
