@@ -55,7 +55,8 @@ flags.DEFINE_string(
 class BitJax(Worker):
     """The Keras 3 model on JAX: jitted stateless calls, as JAX users run Keras models.
 
-    `fused` False runs Keras' own GroupNormalization instead of `bit_tf.fused_jax`.
+    `fused` False runs the plain keras.ops GroupNorm and weight standardization instead of
+    bit_tf's fused kernels (`bit_tf.kernels.configure(fused=False)`).
     """
 
     training = False
@@ -271,7 +272,7 @@ def report(results: dict, flops: float) -> tuple[str, dict]:
 
 def check_against_fixtures(folder: str) -> str:
     """The R14 fixture's logits on this machine's JAX device vs the authors' reference, with
-    and without `bit_tf.fused_jax`, and the two GroupNorms' gradients against each other.
+    bit_tf's fused kernels on and off, and the two GroupNorms' gradients against each other.
     Runs in a worker process of its own; returns a Markdown paragraph."""
     import subprocess
     import sys
