@@ -8,6 +8,7 @@ in the same run, and the versions.
     python benchmarks/cpu.py                        # BiT-R50x1, 128x128, batch 16, 5 repeats
     python benchmarks/cpu.py --quick                # one repetition, to check that it runs
     python benchmarks/cpu.py --output=benchmarks/latest.md
+    python benchmarks/cpu.py --quick --results_dir=/tmp/bench   # a quick run's data file too
     python benchmarks/cpu.py --dtype=mixed_bfloat16 # bfloat16 compute (timm under autocast)
 
 Contenders: `bit_tf.predict` (model.predict), `bit_tf.predict_folded` (model.predict of the
@@ -16,6 +17,12 @@ serving SavedModel of
 hub_export: JPEG bytes in, top-k out), `bit_tf.finetune` (the `model.fit` path of
 bit_tf.finetune, one optimizer step), `timm.eager` inference and training step (when torch and
 timm are installed). Not a test: timings on shared machines are noisy, so read the ratios.
+
+Every run but a --quick one also writes its raw figures to
+benchmarks/results/<UTC time>-cpu-<dtype>.json (--results_dir moves it; '' writes none): the
+command and flags, time, git commit, CPU, versions and compiler, the matmul peak, and per
+contender every step's seconds by repeat, the medians, images/s, GFLOP/s, memory in bytes and
+the ratio against timm. benchmarks/RESULTS.md describes the fields.
 """
 
 from __future__ import annotations
@@ -349,7 +356,67 @@ def _mebibytes(count) -> str:
     return "n/a" if count is None else f"{count / 2**20:.0f} MiB"
 
 
-def report(results: dict, flops: float, peak: float, peak_dtype: str, info: dict) -> str:
+def figures(results: dict, flops: float, peak: float, peak_dtype: str) -> dict:
+    """What the report prints and the data file holds: per contender its kind, the median,
+    fastest and slowest repeat in seconds per step and images/s, GFLOP/s, the share of the
+    matmul peak, the ratio against timm's median (inference or training) and, for training,
+    the memory figures in bytes (None where not measured) and the resident growth over timm's;
+    the forward pass's GFLOP per image, the matmul peak, and the ratios against timm by name."""
+    contenders = {}
+    for name, result in results.items():
+        if "error" in result:
+            contenders[name] = {"error": result["error"]}
+            continue
+        kind = "train" if name in TRAINING else "inference"
+        rates = [FLAGS.batch_size / seconds for seconds in result["times"]]
+        median = statistics.median(rates)
+        peer = results.get(PEER[kind], {})
+        ratio = None
+        if peer.get("times") and name != PEER[kind]:
+            ratio = median / statistics.median(FLAGS.batch_size / s for s in peer["times"])
+        achieved = median * flops * (3 if kind == "train" else 1) / 1e9
+        entry = {
+            "kind": kind,
+            "median_seconds_per_step": statistics.median(result["times"]),
+            "images_per_second": {"median": median, "min": min(rates), "max": max(rates)},
+            "gflops": achieved,
+            "percent_of_peak": 100 * achieved / peak,
+            "vs_timm": ratio,
+        }
+        if kind == "train":
+            entry["memory_bytes"] = {
+                "rss_growth": result["rss_growth"],
+                "steady_rss_growth": result["steady_rss_growth"],
+                "tensor_peak_growth": result.get("tensor_peak_growth"),
+                "growth_by_kind": result.get("growth_by_kind"),
+            }
+        contenders[name] = entry
+    timm_memory = contenders.get("timm.train", {}).get("memory_bytes", {}).get("rss_growth")
+    if timm_memory:
+        for name in TRAINING - {"timm.train"}:
+            if "memory_bytes" in contenders.get(name, {}):
+                growth = contenders[name]["memory_bytes"]["rss_growth"]
+                contenders[name]["memory_vs_timm"] = growth / timm_memory
+    return {
+        "forward_gflop_per_image": flops / 1e9,
+        "matmul_peak": {
+            "gflops": peak,
+            "dtype": peak_dtype,
+            "size": 2048,
+            "threads": FLAGS.threads,
+        },
+        "contenders": contenders,
+        "vs_timm": {
+            name: entry["vs_timm"]
+            for name, entry in contenders.items()
+            if entry.get("vs_timm") is not None
+        },
+    }
+
+
+def report(results: dict, figures: dict, info: dict) -> str:
+    flops = figures["forward_gflop_per_image"] * 1e9
+    peak, peak_dtype = figures["matmul_peak"]["gflops"], figures["matmul_peak"]["dtype"]
     lines = [
         f"# BiT CPU benchmark: {FLAGS.model}, {FLAGS.image_size}x{FLAGS.image_size}, "
         f"batch {FLAGS.batch_size}, {FLAGS.dtype}, {FLAGS.threads} threads",
@@ -363,26 +430,20 @@ def report(results: dict, flops: float, peak: float, peak_dtype: str, info: dict
         "training memory growth: all steps | after warm-up |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, result in results.items():
-        if "error" in result:
-            lines.append(f"| {name} | failed: {result['error']} | | | | | | |")
+    for name, entry in figures["contenders"].items():
+        if "error" in entry:
+            lines.append(f"| {name} | failed: {entry['error']} | | | | | | |")
             continue
-        rates = [FLAGS.batch_size / seconds for seconds in result["times"]]
-        median = statistics.median(rates)
-        kind = "train" if name in TRAINING else "inference"
-        peer = results.get(PEER[kind], {})
-        ratio = ""
-        if peer.get("times") and name != PEER[kind]:
-            peer_median = statistics.median(FLAGS.batch_size / s for s in peer["times"])
-            ratio = f"{median / peer_median:.2f}x"
-        achieved = median * flops * (3 if kind == "train" else 1) / 1e9
+        rates = entry["images_per_second"]
+        ratio = "" if entry["vs_timm"] is None else f"{entry['vs_timm']:.2f}x"
         memory = steady = ""
-        if kind == "train":
-            memory = _mebibytes(result["rss_growth"])
-            steady = _mebibytes(result["steady_rss_growth"])
+        if entry["kind"] == "train":
+            memory = _mebibytes(entry["memory_bytes"]["rss_growth"])
+            steady = _mebibytes(entry["memory_bytes"]["steady_rss_growth"])
         lines.append(
-            f"| {name} | {median:.1f} | {min(rates):.1f}-{max(rates):.1f} | {ratio} | "
-            f"{achieved:.1f} | {100 * achieved / peak:.0f}% | {memory} | {steady} |"
+            f"| {name} | {rates['median']:.1f} | {rates['min']:.1f}-{rates['max']:.1f} | "
+            f"{ratio} | {entry['gflops']:.1f} | {entry['percent_of_peak']:.0f}% | {memory} | "
+            f"{steady} |"
         )
     lines += [
         "",
@@ -437,9 +498,17 @@ def driver_main() -> None:
         flops = forward_flops(FLAGS.model, FLAGS.image_size, FLAGS.num_classes)
         peak_dtype = "bfloat16" if FLAGS.dtype == "mixed_bfloat16" else "float32"
         peak, peak_dtype = matmul_peak_gflops(FLAGS.threads, peak_dtype)
-        return report(results, flops, peak, peak_dtype, versions())
+        numbers = figures(results, flops, peak, peak_dtype)
+        return report(results, numbers, versions()), numbers
 
-    benchmark(__file__, WORKERS, ("threads", "dtype"), unavailable, cpu_report)
+    benchmark(
+        __file__,
+        WORKERS,
+        ("threads", "dtype"),
+        unavailable,
+        cpu_report,
+        label=f"cpu-{FLAGS.dtype}",
+    )
 
 
 def main(argv) -> None:

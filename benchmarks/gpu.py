@@ -6,7 +6,9 @@ update) and inference; each contender in a worker process of its own, alternated
 
     KERAS_BACKEND=jax python benchmarks/gpu.py --image_size=64 --batch_size=2 --quick
 
-A contender whose framework is missing is reported as such, not skipped silently.
+A contender whose framework is missing is reported as such, not skipped silently. Every run but
+a --quick one writes its raw figures to benchmarks/results/<UTC time>-gpu-<precision>.json
+(--results_dir moves it; '' writes none), as benchmarks/cpu.py does.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ flags.DEFINE_string(
 class BitJax(Worker):
     """The Keras 3 model on JAX: jitted stateless calls, as JAX users run Keras models.
 
-    `fused` False runs Keras' own GroupNormalization instead of `bit_tf.fused_jax`.
+    `fused` False runs the plain keras.ops GroupNorm and weight standardization instead of
+    bit_tf's fused kernels (`bit_tf.kernels.configure(fused=False)`).
     """
 
     training = False
@@ -67,7 +70,7 @@ class BitJax(Worker):
 
         import bit_tf
 
-        bit_tf.layers.use_fused_kernels(self.fused)
+        bit_tf.kernels.configure(fused=self.fused)
 
         if FLAGS.precision == "bfloat16":
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -207,10 +210,14 @@ def device_name() -> str:
     return "CPU (no GPU found)"
 
 
-def report(results: dict, flops: float) -> str:
+def report(results: dict, flops: float) -> tuple[str, dict]:
+    """The Markdown table, and the figures for the data file: per contender its kind, median
+    seconds per step, images/s (median, min, max), TFLOP/s and the ratios against timm compiled
+    and eager; and the device."""
+    device = device_name()
     lines = [
         f"# BiT GPU benchmark: {FLAGS.model}, {FLAGS.image_size}x{FLAGS.image_size}, "
-        f"batch {FLAGS.batch_size}, {FLAGS.precision}, on {device_name()}",
+        f"batch {FLAGS.batch_size}, {FLAGS.precision}, on {device}",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         + "; ".join(
@@ -228,9 +235,11 @@ def report(results: dict, flops: float) -> str:
             return None
         return statistics.median(FLAGS.batch_size / seconds for seconds in result["times"])
 
+    contenders = {}
     for name, result in results.items():
         if "error" in result:
             lines.append(f"| {name} | failed: {result['error']} | | | | |")
+            contenders[name] = {"error": result["error"]}
             continue
         rates = [FLAGS.batch_size / seconds for seconds in result["times"]]
         median = statistics.median(rates)
@@ -238,18 +247,32 @@ def report(results: dict, flops: float) -> str:
         ratios = []
         for peer in (f"timm.compile.{kind}", f"timm.eager.{kind}"):
             peer_rate = median_rate(peer)
-            ratios.append(f"{median / peer_rate:.2f}x" if peer_rate and peer != name else "")
+            ratios.append(median / peer_rate if peer_rate and peer != name else None)
         achieved = median * flops * (3 if kind == "train" else 1) / 1e12
+        cells = ["" if ratio is None else f"{ratio:.2f}x" for ratio in ratios]
         lines.append(
-            f"| {name} | {median:.0f} | {min(rates):.0f}-{max(rates):.0f} | {ratios[0]} | "
-            f"{ratios[1]} | {achieved:.1f} |"
+            f"| {name} | {median:.0f} | {min(rates):.0f}-{max(rates):.0f} | {cells[0]} | "
+            f"{cells[1]} | {achieved:.1f} |"
         )
-    return "\n".join(lines)
+        contenders[name] = {
+            "kind": kind,
+            "median_seconds_per_step": statistics.median(result["times"]),
+            "images_per_second": {"median": median, "min": min(rates), "max": max(rates)},
+            "tflops": achieved,
+            "vs_timm_compile": ratios[0],
+            "vs_timm_eager": ratios[1],
+        }
+    numbers = {
+        "device": device,
+        "forward_gflop_per_image": flops / 1e9,
+        "contenders": contenders,
+    }
+    return "\n".join(lines), numbers
 
 
 def check_against_fixtures(folder: str) -> str:
     """The R14 fixture's logits on this machine's JAX device vs the authors' reference, with
-    and without `bit_tf.fused_jax`, and the two GroupNorms' gradients against each other.
+    bit_tf's fused kernels on and off, and the two GroupNorms' gradients against each other.
     Runs in a worker process of its own; returns a Markdown paragraph."""
     import subprocess
     import sys
@@ -268,7 +291,7 @@ def error(a, b):
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 gradients = {{}}
 for fused in (True, False):
-    bit_tf.layers.use_fused_kernels(fused)
+    bit_tf.kernels.configure(fused=fused)
     model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=10)
     bit_tf.load_official_weights(model, checkpoint)
     logits = model.predict(reference["images"], verbose=0)
@@ -304,12 +327,21 @@ def driver_main() -> None:
     if FLAGS.check_fixtures:
         check = check_against_fixtures(FLAGS.check_fixtures)
         print(check, flush=True)
+
+    def gpu_report(results):
+        text, numbers = report(results, flops)
+        if check:
+            text += f"\n\n{check}"
+            numbers["correctness_check"] = check
+        return text, numbers
+
     benchmark(
         __file__,
         WORKERS,
         ("precision",),
         unavailable,
-        lambda results: report(results, flops) + (f"\n\n{check}" if check else ""),
+        gpu_report,
+        label=f"gpu-{FLAGS.precision}",
     )
 
 

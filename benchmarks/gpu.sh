@@ -3,7 +3,8 @@
 # Here, first: ../shared/gpu/fetch_wheels.sh (puts keras, namex, optree into .whl/) and
 # `mkdir -p shared && cp -r ../shared/fixtures shared/` (the correctness check's inputs). Then
 # one device `run` with carry [".whl"] and the command `bash benchmarks/gpu.sh`; the report
-# lands in $OUT/gpu.md. Extra arguments go to benchmarks/gpu.py (e.g. --quick).
+# lands in $OUT/gpu.md, the data file in $OUT/<UTC time>-gpu-<precision>.json. Extra
+# arguments go to benchmarks/gpu.py (e.g. --quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ] && ! python3 -c "import keras" 2>/dev/null; then
@@ -20,4 +21,8 @@ check=()
 for fixtures in shared/fixtures ../shared/fixtures; do
   if [ -f "$fixtures/bit_r14x1_official.npz" ]; then check=(--check_fixtures="$fixtures"); break; fi
 done
-python3 benchmarks/gpu.py --output="$out/gpu.md" "${check[@]}" "$@"
+# The run's data file goes beside the report on the device machine ($OUT comes back), else to
+# benchmarks/results.
+results=()
+if [ -n "${OUT:-}" ]; then results=(--results_dir="$OUT"); fi
+python3 benchmarks/gpu.py --output="$out/gpu.md" "${check[@]}" "${results[@]}" "$@"

@@ -1,5 +1,6 @@
 """What the benchmark scripts share: worker processes driven over JSON lines, FLOP counts,
-memory high-water marks and the versions of the contenders.
+memory high-water marks, the versions of the contenders, and the data file of each run
+(`write_results`: benchmarks/results/<UTC time>-<script>-<dtype>.json).
 
 Kept free of imports of TensorFlow, JAX and torch: each worker process imports only its own
 framework (torch and TensorFlow in one process can crash).
@@ -13,8 +14,10 @@ import os
 import platform
 import re
 import resource
+import shlex
 import subprocess
 import sys
+import time
 
 from absl import app, flags
 
@@ -230,7 +233,8 @@ def run_alternating(
     rss_growth is the resident high-water mark over the resident size before the first step,
     all steps included; steady_rss_growth the same for the steps after warm-up;
     growth_by_kind the resident growth after the last step by `resident_by_kind`, and
-    tensor_peak_growth the worker's `tensor_peak_growth()`."""
+    tensor_peak_growth the worker's `tensor_peak_growth()`. "times" holds one mean per repeat;
+    "step_times" every step's seconds, by repeat, and "warmup_times" the warm-up steps'."""
     results: dict = {name: {"error": why} for name, why in (unavailable or {}).items()}
     processes = {}
     for name in names:
@@ -238,8 +242,14 @@ def run_alternating(
             continue
         try:
             processes[name] = start_worker(script, name, arguments)
-            ask(processes[name], name, warmup)
-            results[name] = {"times": [], "rss_growth": 0, "steady_rss_growth": None}
+            warmup_times = ask(processes[name], name, warmup)["times"]
+            results[name] = {
+                "times": [],
+                "step_times": [],
+                "warmup_times": warmup_times,
+                "rss_growth": 0,
+                "steady_rss_growth": None,
+            }
         except RuntimeError as error:
             results[name] = {"error": str(error)}
     for repeat in range(repeats):
@@ -247,6 +257,7 @@ def run_alternating(
         for name in order:
             reply = ask(processes[name], name, steps_per_repeat)
             results[name]["times"].append(sum(reply["times"]) / len(reply["times"]))
+            results[name]["step_times"].append(reply["times"])
             results[name]["rss_growth"] = reply["rss_growth"]
             results[name]["steady_rss_growth"] = reply["steady_rss_growth"]
             results[name]["growth_by_kind"] = reply["growth_by_kind"]
@@ -272,22 +283,141 @@ def ask(process, name: str, steps: int) -> dict:
     return read_reply(process, name)
 
 
-def versions(packages=("tensorflow", "keras", "numpy", "torch", "timm")) -> dict:
-    """Versions of the contenders' packages and the CPU, without importing them."""
+def package_versions(packages=("tensorflow", "keras", "numpy", "torch", "timm")) -> dict:
+    """Python's version and the packages', without importing them ("not installed" if absent)."""
     found = {"python": platform.python_version()}
     for package in packages:
         try:
             found[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             found[package] = "not installed"
-    cpu = "unknown"
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    found["cpu"] = f"{cpu}, {os.cpu_count()} cores"
     return found
+
+
+def versions(packages=("tensorflow", "keras", "numpy", "torch", "timm")) -> dict:
+    """Versions of the contenders' packages and the CPU, without importing them."""
+    return {**package_versions(packages), "cpu": f"{cpu_model()}, {os.cpu_count()} cores"}
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+# The packages whose versions every data file records.
+VERSIONED = ("tensorflow", "keras", "numpy", "torch", "timm", "jax", "jaxlib")
+
+
+# CPU features that decide which kernels TensorFlow, oneDNN and torch use.
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def machine() -> dict:
+    """The CPU of this machine: model name, logical CPUs, physical cores, the logical CPUs this
+    process may run on, and which of CPU_FEATURES it has (Linux; fewer fields elsewhere)."""
+    found = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "physical_cores": None}
+    if hasattr(os, "sched_getaffinity"):
+        found["usable_cpus"] = len(os.sched_getaffinity(0))
+    if os.path.exists("/proc/cpuinfo"):
+        cores, features, physical = set(), set(), None
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key == "physical id":
+                    physical = value
+                elif key == "core id":
+                    cores.add((physical, value))
+                elif key == "flags" and not features:
+                    features = set(value.split())
+        found["physical_cores"] = len(cores) or None
+        found["features"] = [feature for feature in CPU_FEATURES if feature in features]
+    found["system"] = f"{platform.system()} {platform.release()}"
+    return found
+
+
+def compiler_version() -> str | None:
+    """The first line of `--version` of the C++ compiler bit_tf's native kernels build with
+    (`$CXX`, else `c++` or `g++`), or None without one."""
+    import shutil
+
+    configured = os.environ.get("CXX")
+    compiler = shutil.which(configured) if configured else None
+    compiler = compiler or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        return None
+    try:
+        output = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return output.splitlines()[0].strip() if output.strip() else None
+
+
+def git_commit() -> dict:
+    """The commit of this checkout and whether tracked files differ from it (None outside git)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*arguments):
+        return subprocess.run(
+            ["git", "-C", root, *arguments], capture_output=True, text=True, timeout=30
+        )
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "modified": None}
+        changed = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "modified": bool(changed.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "modified": None}
+
+
+DEFAULT_RESULTS_DIR = os.path.join("benchmarks", "results")
+
+
+def raw_timings(result: dict) -> dict:
+    """A contender's raw timings from `run_alternating`, as the data file names them (seconds),
+    or its error."""
+    if "error" in result:
+        return {"error": result["error"]}
+    return {
+        "warmup_step_seconds": result["warmup_times"],
+        "step_seconds_by_repeat": result["step_times"],
+        "seconds_per_step_by_repeat": result["times"],
+    }
+
+
+def results_folder() -> str | None:
+    """Where this run's data file goes: --results_dir if given (None if ''), else
+    benchmarks/results of this checkout, but nowhere for --quick runs."""
+    if FLAGS.results_dir is not None:
+        return FLAGS.results_dir or None
+    if FLAGS.quick:
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def write_results(folder: str, label: str, run: dict, started: float) -> str:
+    """Writes `run` as <folder>/<UTC time of `started`>-<label>.json (another name, never an
+    existing file's) and returns its path."""
+    os.makedirs(folder, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    path = os.path.join(folder, f"{stamp}-{label}.json")
+    count = 1
+    while os.path.exists(path):
+        count += 1
+        path = os.path.join(folder, f"{stamp}-{label}-{count}.json")
+    with open(path + ".partial", "w") as handle:
+        json.dump(run, handle, indent=1)
+        handle.write("\n")
+    os.replace(path + ".partial", path)
+    return path
 
 
 def define_model_flags(*, image_size: int, batch_size: int) -> None:
@@ -309,12 +439,24 @@ def define_flags(
     flags.DEFINE_bool("quick", False, "One repetition of one step: checks that everything runs.")
     flags.DEFINE_list("contenders", contenders, "Which contenders to run.")
     flags.DEFINE_string("output", None, "Also write the Markdown report to this file.")
+    flags.DEFINE_string(
+        "results_dir",
+        None,
+        "Folder for the run's data file (<UTC time>-<script>-<dtype>.json, every raw timing). "
+        f"Default: {DEFAULT_RESULTS_DIR}, or none with --quick; '' writes none.",
+    )
     flags.DEFINE_string("worker", None, "Internal: run as the worker of this contender.")
 
 
-def benchmark(script: str, workers: dict, passed_flags: tuple, unavailable: dict, report) -> None:
+def benchmark(
+    script: str, workers: dict, passed_flags: tuple, unavailable: dict, report, *, label: str
+) -> None:
     """The driver: checks the flags, runs the contenders alternately in workers of `script`
-    (given `passed_flags`), prints `report(results)` and writes it to --output."""
+    (given `passed_flags`), prints the Markdown of `report(results)`, which returns (Markdown,
+    figures), writes it to --output, and writes the run's data file (`write_results`, named
+    with `label`, e.g. "cpu-float32") into `results_folder()`: the command, flags, time, commit,
+    machine, versions, every raw timing and `figures`."""
+    started = time.time()
     if FLAGS.quick:
         FLAGS.repeats, FLAGS.steps_per_repeat, FLAGS.warmup = 1, 1, 1
     try:
@@ -343,8 +485,30 @@ def benchmark(script: str, workers: dict, passed_flags: tuple, unavailable: dict
         steps_per_repeat=FLAGS.steps_per_repeat,
         unavailable={name: why for name, why in unavailable.items() if name in FLAGS.contenders},
     )
-    text = report(results)
+    text, figures = report(results)
     print(text)
     if FLAGS.output:
         with open(FLAGS.output, "w") as handle:
             handle.write(text + "\n")
+    folder = results_folder()
+    if folder:
+        run = {
+            "schema": "bit_tf-benchmark/1",
+            "benchmark": label,
+            "command": shlex.join(["python", *sys.argv]),
+            "flags": {
+                name: getattr(FLAGS, name)
+                for name in (*names, "quick", "contenders", "output", "results_dir")
+            },
+            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "git": git_commit(),
+            "machine": machine(),
+            "versions": {**package_versions(VERSIONED), "compiler": compiler_version()},
+            **{key: value for key, value in figures.items() if key != "contenders"},
+            "contenders": {
+                name: {**raw_timings(result), **figures.get("contenders", {}).get(name, {})}
+                for name, result in results.items()
+            },
+        }
+        print(f"data file: {write_results(folder, label, run, started)}")

@@ -2,6 +2,7 @@
 images (not a timing)."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -44,7 +45,9 @@ QUICK_CPU_RUN = [
 
 
 def test_cpu_benchmark_prints_its_table(tmp_path):
-    report = run_script(QUICK_CPU_RUN, tmp_path)
+    results = tmp_path / "results"
+    report = run_script([*QUICK_CPU_RUN, f"--results_dir={results}"], tmp_path)
+    check_data_file(results, report)
     assert "| contender | images/s (median)" in report
     contenders = ("bit_tf.predict", "bit_tf.predict_folded", "bit_tf.serving", "bit_tf.finetune")
     for contender in contenders:
@@ -67,8 +70,54 @@ def test_cpu_benchmark_prints_its_table(tmp_path):
     assert "float32 matmul peak" in report and "tensorflow 2." in report
 
 
+def check_data_file(folder, report):
+    """A quick run given --results_dir wrote one data file there, with the raw timings and the
+    figures its table shows."""
+    (path,) = folder.iterdir()
+    assert re.fullmatch(r"\d{8}T\d{6}Z-cpu-float32\.json", path.name), path.name
+    run = json.loads(path.read_text())
+    assert run["schema"] == "bit_tf-benchmark/1" and run["benchmark"] == "cpu-float32"
+    assert "benchmarks/cpu.py --quick" in run["command"]
+    assert run["flags"]["model"] == "BiT-S-R18x1" and run["flags"]["batch_size"] == 2
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", run["time_utc"])
+    assert set(run["git"]) == {"commit", "modified"}
+    assert run["machine"]["cpu"] and run["machine"]["logical_cpus"] >= 1
+    for package in ("python", "tensorflow", "keras", "numpy", "torch", "timm", "compiler"):
+        assert package in run["versions"], package
+    assert run["versions"]["tensorflow"].startswith("2.")
+    assert run["matmul_peak"]["gflops"] > 0 and run["matmul_peak"]["dtype"] == "float32"
+    assert run["forward_gflop_per_image"] > 0
+    assert isinstance(run["vs_timm"], dict)
+    for name in ("bit_tf.predict", "bit_tf.predict_folded", "bit_tf.serving", "bit_tf.finetune"):
+        entry = run["contenders"][name]
+        # --quick: one warm-up step, one repeat of one step.
+        assert len(entry["warmup_step_seconds"]) == 1, entry
+        assert len(entry["step_seconds_by_repeat"]) == 1, entry
+        assert len(entry["step_seconds_by_repeat"][0]) == 1, entry
+        assert entry["median_seconds_per_step"] == entry["seconds_per_step_by_repeat"][0]
+        rate = entry["images_per_second"]["median"]
+        assert rate == pytest.approx(2 / entry["median_seconds_per_step"])
+        assert entry["gflops"] > 0 and entry["percent_of_peak"] > 0
+        assert "vs_timm" in entry
+        row = next(line for line in report.splitlines() if line.startswith(f"| {name} "))
+        assert row.split("|")[2].strip() == f"{rate:.1f}", (row, rate)
+    memory = run["contenders"]["bit_tf.finetune"]["memory_bytes"]
+    assert memory["rss_growth"] > 0 and memory["tensor_peak_growth"] > 0
+    assert set(memory["growth_by_kind"]) == {
+        "large anonymous",
+        "heap",
+        "other anonymous",
+        "file-backed",
+    }
+
+
 def test_cpu_benchmark_runs_in_bfloat16(tmp_path):
+    results = os.path.join(REPOSITORY, "benchmarks", "results")
+    before = set(os.listdir(results)) if os.path.isdir(results) else set()
     report = run_script([*QUICK_CPU_RUN, "--dtype=mixed_bfloat16"], tmp_path)
+    # A --quick run without --results_dir writes no data file.
+    after = set(os.listdir(results)) if os.path.isdir(results) else set()
+    assert not {name for name in after - before if "bfloat16" in name}, after - before
     assert "batch 2, mixed_bfloat16, 2 threads" in report
     for contender in ("bit_tf.predict", "bit_tf.finetune"):
         row = next(line for line in report.splitlines() if line.startswith(f"| {contender} "))
