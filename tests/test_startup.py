@@ -165,6 +165,28 @@ def test_a_users_log_level_is_kept():
     assert NATIVE_LOG_LINE.search(result.stderr), result.stderr[-3000:]
 
 
+def test_lines_logged_while_loading_are_held_to_the_level_and_all_else_passes():
+    code = (
+        "import os, sys\n"
+        "from bit_cli import native_log_level_while_loading\n"
+        "with native_log_level_while_loading(3):\n"
+        "    os.write(2, b'I0000 00:00:1.5    7 port.cc:153] info\\n')\n"
+        "    os.write(2, b'E0000 00:00:1.5    7 cuda_platform.cc:52] error\\n')\n"
+        "    os.write(2, b'F0000 00:00:1.5    7 cpu_feature_guard.cc:1] fatal\\n')\n"
+        "    print('a Python warning', file=sys.stderr)\n"
+        "    os.write(2, b'another program\\n')\n"
+        "print('after', file=sys.stderr)\n"
+    )
+    result = python(code, TF_CPP_MIN_LOG_LEVEL="3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        "F0000 00:00:1.5    7 cpu_feature_guard.cc:1] fatal",
+        "a Python warning",
+        "another program",
+        "after",
+    ]
+
+
 @pytest.mark.slow
 def test_a_short_run_prints_only_its_own_lines(tmp_path):
     # A run, not only --help: a CUDA build of TensorFlow without a GPU logs an error at the
