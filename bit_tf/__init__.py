@@ -13,21 +13,18 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 
-# TensorFlow enables its oneDNN kernels by default only on CPUs with AVX-512 features; on others
-# (AVX2 machines such as AMD EPYC) BiT trains about 4x faster with them. Set before TensorFlow is
-# imported; TF_ENABLE_ONEDNN_OPTS=0 turns them off, and an explicit setting always wins.
-import sys  # noqa: E402
-import warnings  # noqa: E402
+# TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX512_VNNI, AVX512_BF16,
+# AVX_VNNI or AMX (bit_tf.onednn); on others (AVX2 machines such as AMD EPYC Zen 2/3) BiT trains
+# about 4x faster with them. Set before Keras imports TensorFlow, with a warning where TensorFlow
+# came first and left them off; an explicit TF_ENABLE_ONEDNN_OPTS always wins.
+from bit_tf import onednn
 
-if sys.modules.get("tensorflow") is not None and "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
-    warnings.warn(
-        "TensorFlow was imported before bit_tf, so bit_tf could not turn on TensorFlow's oneDNN "
-        "kernels (about 4x faster BiT training on CPUs without AVX-512). Import bit_tf first, "
-        "or set TF_ENABLE_ONEDNN_OPTS=1 (or 0, to silence this) before importing TensorFlow.",
-        stacklevel=2,
-    )
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+if onednn.too_late_to_enable():
+    warnings.warn(onednn.TOO_LATE, stacklevel=2)
+os.environ.setdefault(onednn.ENVIRONMENT_VARIABLE, "1")
 
 import importlib  # noqa: E402
 import pkgutil  # noqa: E402

@@ -371,6 +371,12 @@ def _tfds_labels(name, load_options):
         yield from batch.tolist()
 
 
+def _examples_by_class(source: ImageSource) -> list[np.ndarray]:
+    """The indices of each class's examples in `source`, in class order."""
+    labels = source.labels()
+    return [np.flatnonzero(labels == label) for label in range(source.num_classes)]
+
+
 def few_shot(source: ImageSource, examples_per_class: int, seed: int = 0) -> ImageSource:
     """Exactly `examples_per_class` examples of every class, drawn deterministically from `seed`.
 
@@ -386,11 +392,9 @@ def few_shot(source: ImageSource, examples_per_class: int, seed: int = 0) -> Ima
         raise ValueError(
             f"examples_per_class must be a positive integer, got {examples_per_class!r}."
         )
-    labels = source.labels()
     generator = np.random.default_rng(seed)
     chosen = []
-    for label in range(source.num_classes):
-        candidates = np.flatnonzero(labels == label)
+    for label, candidates in enumerate(_examples_by_class(source)):
         if len(candidates) < examples_per_class:
             raise ValueError(
                 f"Class {label} ({source.class_names[label]!r}) of {source.name!r} has only "
@@ -412,12 +416,11 @@ def split(source: ImageSource, validation_fraction: float = 0.2, seed: int = 0) 
         raise ValueError(
             f"validation_fraction must be between 0 and 1, got {validation_fraction!r}."
         )
-    labels = source.labels()
     generator = np.random.default_rng(seed)
     held_out = []
-    for label in range(source.num_classes):
-        members = generator.permutation(np.flatnonzero(labels == label))
-        held_out.append(members[: int(round(validation_fraction * len(members)))])
+    for members in _examples_by_class(source):
+        shuffled = generator.permutation(members)
+        held_out.append(shuffled[: int(round(validation_fraction * len(members)))])
     held_out = np.concatenate(held_out)
     kept = np.setdiff1d(np.arange(source.num_examples), held_out)
     return (

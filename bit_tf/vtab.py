@@ -425,6 +425,19 @@ def _limited(source: data_lib.ImageSource, limit: int | None) -> data_lib.ImageS
     return source.subset(range(limit), name=f"{source.name} (first {limit})")
 
 
+def _write_results(output_dir: str, stem: str, markdown: str, record: dict) -> tuple[str, str]:
+    """Writes `markdown` to `<stem>.md` and `record` to `<stem>.json` in `output_dir` (made if
+    missing); returns their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    markdown_path = os.path.join(output_dir, f"{stem}.md")
+    with open(markdown_path, "w") as file:
+        file.write(markdown)
+    json_path = os.path.join(output_dir, f"{stem}.json")
+    with open(json_path, "w") as file:
+        json.dump(record, file, indent=2)
+    return markdown_path, json_path
+
+
 @dataclasses.dataclass
 class VtabResults:
     """Per-task accuracies of a VTAB-1k run, with the group and overall means.
@@ -466,14 +479,8 @@ class VtabResults:
 
     def write(self, output_dir: str) -> tuple[str, str]:
         """Writes `vtab_results.md` and `vtab_results.json`; returns their paths."""
-        os.makedirs(output_dir, exist_ok=True)
-        markdown = os.path.join(output_dir, "vtab_results.md")
-        with open(markdown, "w") as file:
-            file.write(self.to_markdown())
-        path = os.path.join(output_dir, "vtab_results.json")
-        with open(path, "w") as file:
-            json.dump({"tasks": self.rows, "means": self.means()}, file, indent=2)
-        return markdown, path
+        record = {"tasks": self.rows, "means": self.means()}
+        return _write_results(output_dir, "vtab_results", self.to_markdown(), record)
 
 
 def run_vtab(
@@ -595,14 +602,8 @@ class FewShotResults:
 
     def write(self, output_dir: str) -> tuple[str, str]:
         """Writes `few_shot_results.md` and `.json`; returns their paths."""
-        os.makedirs(output_dir, exist_ok=True)
-        markdown = os.path.join(output_dir, "few_shot_results.md")
-        with open(markdown, "w") as file:
-            file.write(self.to_markdown())
-        path = os.path.join(output_dir, "few_shot_results.json")
-        with open(path, "w") as file:
-            json.dump({"name": self.name, "runs": self.rows}, file, indent=2)
-        return markdown, path
+        record = {"name": self.name, "runs": self.rows}
+        return _write_results(output_dir, "few_shot_results", self.to_markdown(), record)
 
 
 def run_few_shot(
