@@ -448,13 +448,9 @@ class PreActBasic(_PreActUnit):
     def build(self, input_shape):
         output_shape = (*input_shape[:-1], self.output_channels)
         self._build_projection(input_shape)
+        self._build_all([(self.norm_a, input_shape), (self.norm_b, output_shape)])
         self._build_all(
-            [
-                (self.norm_a, input_shape),
-                (self.conv_a, self._padded_shape(input_shape)),
-                (self.norm_b, output_shape),
-                (self.conv_b, output_shape),
-            ]
+            [(self.conv_a, self._padded_shape(input_shape)), (self.conv_b, output_shape)]
         )
 
     def call(self, inputs, training=None):

@@ -3,9 +3,7 @@
 Keras' `SGD.update_step` updates each variable with four TensorFlow ops (two multiplies, a
 subtract into the momentum, an add into the variable), each a pass over memory. TensorFlow's
 `ResourceApplyKerasMomentum` does the same update, `m = momentum * m - lr * g; w += m`, in one
-pass. For BiT-R50x1 (160 variables, 23.5M weights) that made a training step at 128x128, batch
-16, about 4% faster on a 2-core CPU (681 against 708 ms, benchmarks/RESULTS.md). Nesterov
-momentum is the same op's `use_nesterov` (Keras' formula: `w += momentum * m - lr * g` after the
+pass. Nesterov momentum is the same op's `use_nesterov` (Keras' formula: `w += momentum * m - lr * g` after the
 momentum update). Other backends, zero momentum and sparse gradients take Keras' own update.
 
 Example:

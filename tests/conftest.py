@@ -7,7 +7,7 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# One XLA compilation cache for the whole session: the fused kernels (bit_tf.fused) cost
+# One XLA compilation cache for the whole session: the fused kernels (bit_tf.kernels) cost
 # seconds of XLA compilation in every fresh process, and many tests start the same kind of
 # process (CLI runs, resumed runs, workers). Set here, before TensorFlow is imported, so that
 # pytest-xdist's workers and every subprocess inherit it; a cache the caller set is kept.
@@ -21,7 +21,7 @@ if "--tf_xla_persistent_cache_directory" not in os.environ.get("TF_XLA_FLAGS", "
         )
     )
 
-# The same for bit_tf's native kernels (bit_tf.native): built once per test session, into a
+# The same for bit_tf's C++ kernels (bit_tf.kernels.native): built once per test session, into a
 # folder of its own rather than the user's cache.
 if "BIT_TF_CACHE_DIR" not in os.environ:
     _NATIVE_CACHE = tempfile.mkdtemp(prefix="bit-tf-tests-native-cache-")

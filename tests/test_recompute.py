@@ -1,4 +1,4 @@
-"""Pre-activations recomputed in the backward pass (bit_tf.recompute): same gradients, less
+"""Pre-activations recomputed in the backward pass (bit_tf.kernels.recompute): same gradients, less
 memory."""
 
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-    pytest.skip("bit_tf.recompute is for the TensorFlow backend", allow_module_level=True)
+    pytest.skip("bit_tf.kernels.recompute is for the TensorFlow backend", allow_module_level=True)
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
