@@ -35,6 +35,7 @@ import time
 import keras
 import tensorflow as tf
 
+from bit_tf.interruption import StoppedBySignal
 from bit_tf.models import create_model, parse_model_name
 from bit_tf.optimizers import FusedMomentumSGD
 from bit_tf.pretrain_data import (
@@ -60,24 +61,29 @@ class StrategyError(RuntimeError):
     """The requested distribution strategy cannot be set up on this machine."""
 
 
-class TrainingInterrupted(Exception):  # noqa: N818 (it is not an error: a clean stop)
+class TrainingInterrupted(StoppedBySignal):
     """Training stopped on SIGTERM/SIGINT after writing a checkpoint; run again to resume.
 
     Attributes:
         signal_number: the signal that stopped training (signal.SIGTERM or signal.SIGINT).
         step: the global step saved in the checkpoint.
-        checkpoint_path: the checkpoint written.
+        checkpoint_path: the checkpoint written (None on a worker that is not the chief).
+
+    Example:
+        >>> try:
+        ...     pretrain(config)
+        ... except TrainingInterrupted as stop:
+        ...     print(stop.step, stop.checkpoint_path)
     """
 
-    def __init__(self, signal_number: int, step: int, checkpoint_path: str | None):
-        self.signal_number = signal_number
-        self.step = step
-        self.checkpoint_path = checkpoint_path
-        name = signal.Signals(signal_number).name
-        super().__init__(
-            f"Training stopped by {name} at step {step}; checkpoint {checkpoint_path}. "
-            "Run the same command again to resume."
-        )
+    message = (
+        "Training stopped by {signal} at step {step}; checkpoint {checkpoint}. "
+        "Run the same command again to resume."
+    )
+
+    @property
+    def checkpoint_path(self) -> str | None:
+        return self.checkpoint
 
 
 @dataclasses.dataclass
