@@ -413,6 +413,11 @@ def _save(manager, step, is_chief):
     return path
 
 
+def _fields(config: PretrainConfig, *names: str) -> dict:
+    """The named fields of `config`, as the keyword arguments of the same names."""
+    return {name: getattr(config, name) for name in names}
+
+
 def _resolve_schedule(config: PretrainConfig, source) -> tuple:
     prefix, _, _ = parse_model_name(config.model)
     dataset_size = config.num_examples or source.num_examples()
@@ -420,9 +425,7 @@ def _resolve_schedule(config: PretrainConfig, source) -> tuple:
         prefix,
         dataset_size,
         config.global_batch_size,
-        epochs=config.epochs,
-        train_steps=config.train_steps,
-        warmup_steps=config.warmup_steps,
+        **_fields(config, "epochs", "train_steps", "warmup_steps"),
     )
     if config.base_learning_rate is not None:
         schedule.base_learning_rate = float(config.base_learning_rate)
@@ -518,11 +521,7 @@ def pretrain(
         source,
         num_classes,
         config.global_batch_size,
-        image_size=config.image_size,
-        multi_label=config.multi_label,
-        seed=config.seed,
-        shuffle_buffer=config.shuffle_buffer,
-        label_offset=config.label_offset,
+        **_fields(config, "image_size", "multi_label", "seed", "shuffle_buffer", "label_offset"),
     )
     history = []
     if step < total_steps:
