@@ -83,6 +83,7 @@ class TrainingInterrupted(StoppedBySignal):
 
     @property
     def checkpoint_path(self) -> str | None:
+        """The checkpoint written (`checkpoint`, under the name pre-training has used)."""
         return self.checkpoint
 
 
