@@ -35,6 +35,7 @@ import time
 import keras
 import tensorflow as tf
 
+from bit_tf.interruption import StoppedBySignal
 from bit_tf.models import create_model, parse_model_name
 from bit_tf.optimizers import FusedMomentumSGD
 from bit_tf.pretrain_data import (
@@ -60,24 +61,30 @@ class StrategyError(RuntimeError):
     """The requested distribution strategy cannot be set up on this machine."""
 
 
-class TrainingInterrupted(Exception):  # noqa: N818 (it is not an error: a clean stop)
+class TrainingInterrupted(StoppedBySignal):
     """Training stopped on SIGTERM/SIGINT after writing a checkpoint; run again to resume.
 
     Attributes:
         signal_number: the signal that stopped training (signal.SIGTERM or signal.SIGINT).
         step: the global step saved in the checkpoint.
-        checkpoint_path: the checkpoint written.
+        checkpoint_path: the checkpoint written (None on a worker that is not the chief).
+
+    Example:
+        >>> try:
+        ...     pretrain(config)
+        ... except TrainingInterrupted as stop:
+        ...     print(stop.step, stop.checkpoint_path)
     """
 
-    def __init__(self, signal_number: int, step: int, checkpoint_path: str | None):
-        self.signal_number = signal_number
-        self.step = step
-        self.checkpoint_path = checkpoint_path
-        name = signal.Signals(signal_number).name
-        super().__init__(
-            f"Training stopped by {name} at step {step}; checkpoint {checkpoint_path}. "
-            "Run the same command again to resume."
-        )
+    message = (
+        "Training stopped by {signal} at step {step}; checkpoint {checkpoint}. "
+        "Run the same command again to resume."
+    )
+
+    @property
+    def checkpoint_path(self) -> str | None:
+        """The checkpoint written (`checkpoint`, under the name pre-training has used)."""
+        return self.checkpoint
 
 
 @dataclasses.dataclass
@@ -407,6 +414,11 @@ def _save(manager, step, is_chief):
     return path
 
 
+def _fields(config: PretrainConfig, *names: str) -> dict:
+    """The named fields of `config`, as the keyword arguments of the same names."""
+    return {name: getattr(config, name) for name in names}
+
+
 def _resolve_schedule(config: PretrainConfig, source) -> tuple:
     prefix, _, _ = parse_model_name(config.model)
     dataset_size = config.num_examples or source.num_examples()
@@ -414,9 +426,7 @@ def _resolve_schedule(config: PretrainConfig, source) -> tuple:
         prefix,
         dataset_size,
         config.global_batch_size,
-        epochs=config.epochs,
-        train_steps=config.train_steps,
-        warmup_steps=config.warmup_steps,
+        **_fields(config, "epochs", "train_steps", "warmup_steps"),
     )
     if config.base_learning_rate is not None:
         schedule.base_learning_rate = float(config.base_learning_rate)
@@ -512,11 +522,7 @@ def pretrain(
         source,
         num_classes,
         config.global_batch_size,
-        image_size=config.image_size,
-        multi_label=config.multi_label,
-        seed=config.seed,
-        shuffle_buffer=config.shuffle_buffer,
-        label_offset=config.label_offset,
+        **_fields(config, "image_size", "multi_label", "seed", "shuffle_buffer", "label_offset"),
     )
     history = []
     if step < total_steps:

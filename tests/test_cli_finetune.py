@@ -1,5 +1,8 @@
-"""bit-finetune end to end in a subprocess: data, fit, SIGTERM, resume, evaluation, export."""
+"""bit-finetune end to end in a subprocess: data, fit, SIGTERM, resume, evaluation, export; the
+settings it passes to `finetune` are `FinetuneConfig` fields."""
 
+import ast
+import dataclasses
 import json
 import os
 import re
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 
 import bit_tf.hyperrule  # noqa: F401  (registers the layers and the schedule for loading)
+from bit_tf.finetune import FinetuneConfig
 from bit_tf.weights import official_arrays, read_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,3 +137,18 @@ def test_model_that_does_not_fit_the_weights_is_a_one_line_error(official_checkp
     assert error.startswith("bit-finetune: error: --model=BiT-S-R26x1 (R26x1) does not fit")
     assert official_checkpoint in error and "units (1, 1, 1, 1)" in error
     assert not (tmp_path / "bit_finetune").exists()
+
+
+def test_every_setting_the_cli_passes_to_finetune_is_a_config_field():
+    with open(os.path.join(REPO, "bit_cli", "finetune.py")) as file:
+        tree = ast.parse(file.read())
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "finetune"
+    ]
+    assert len(calls) == 1
+    keywords = {keyword.arg for keyword in calls[0].keywords}
+    fields = {field.name for field in dataclasses.fields(FinetuneConfig)}
+    assert keywords <= fields, keywords - fields
+    assert {"batch_size", "steps", "checkpoint_dir", "strategy", "dtype"} <= keywords

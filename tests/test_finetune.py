@@ -1,6 +1,8 @@
 """finetune: the loss goes down, accumulation and MirroredStrategy match one device, NaN stops
-training with the last checkpoint intact, SIGINT checkpoints and the rerun resumes."""
+training with the last checkpoint intact, SIGINT checkpoints and the rerun resumes; a
+FinetuneConfig and keywords give the same run, and an unknown keyword is refused."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,7 +17,7 @@ import tensorflow as tf
 
 import bit_tf
 import bit_tf.hyperrule  # noqa: F401  (registers the schedule for load_model)
-from bit_tf.finetune import TrainingDivergedError, _segments, finetune
+from bit_tf.finetune import FinetuneConfig, TrainingDivergedError, _segments, finetune
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {"resize": 16, "crop": 16, "jit_compile": False, "verbose": 0, "seed": 0}
@@ -270,3 +272,73 @@ def test_segments_cover_every_step_once():
     assert _segments(0, 24, 5) == [(0, 4, 5), (4, 1, 4)]
     assert _segments(7, 24, 5) == [(1, 1, 3), (2, 2, 5), (4, 1, 4)]
     assert _segments(24, 24, 5) == []
+
+
+def test_config_defaults_are_the_keyword_defaults_of_finetune():
+    assert dataclasses.asdict(FinetuneConfig()) == {
+        "weights": None,
+        "batch_size": 512,
+        "steps": None,
+        "base_lr": 0.003,
+        "mixup_alpha": None,
+        "gradient_accumulation_steps": 1,
+        "strategy": None,
+        "callbacks": None,
+        "resize": None,
+        "crop": None,
+        "warmup_steps": None,
+        "validation_every": None,
+        "dataset_size": None,
+        "checkpoint_dir": None,
+        "logdir": None,
+        "seed": None,
+        "dtype": None,
+        "jit_compile": "auto",
+        "verbose": "auto",
+    }
+
+
+def test_a_config_and_keywords_give_the_same_run(tmp_path):
+    keras.utils.set_random_seed(0)
+    initial = tiny_backbone().get_weights()
+    options = {"batch_size": 16, "steps": 2, "base_lr": 0.64, "warmup_steps": 1, **FAST}
+    calls = {
+        "keywords": ((), options),
+        "config": ((FinetuneConfig(**options),), {}),
+        "config and keywords": ((), {"config": FinetuneConfig(batch_size=8, steps=5), **options}),
+    }
+    progress, weights = {}, {}
+    for label, (config, keywords) in calls.items():
+        backbone = tiny_backbone()
+        backbone.set_weights(initial)
+        directory = tmp_path / label.replace(" ", "_")
+        model, _ = finetune(
+            backbone, stripes(), None, *config, checkpoint_dir=str(directory), **keywords
+        )
+        progress[label] = json.loads((directory / "progress.json").read_text())
+        weights[label] = model.get_weights()
+    assert progress["keywords"]["settings"] == {
+        "model": backbone.name,
+        "num_classes": 2,
+        "batch_size": 16,
+        "total_steps": 2,
+        "boundaries": progress["keywords"]["settings"]["boundaries"],
+        "base_lr": 0.64,
+        "gradient_accumulation_steps": 1,
+        "dtype": "float32",
+    }
+    assert progress["config"] == progress["keywords"] == progress["config and keywords"]
+    for label in ("config", "config and keywords"):
+        for ours, theirs in zip(weights[label], weights["keywords"], strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+
+
+def test_an_unknown_keyword_or_config_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'"):
+        finetune(tiny_backbone(), stripes(), batchsize=16, **FAST)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'config_dir'"):
+        bit_tf.finetune(tiny_backbone(), stripes(), config=FinetuneConfig(), config_dir="runs")
+    with pytest.raises(
+        TypeError, match="config must be a bit_tf.finetune.FinetuneConfig, got dict"
+    ):
+        finetune(tiny_backbone(), stripes(), None, {"batch_size": 16})

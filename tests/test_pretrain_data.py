@@ -1,5 +1,6 @@
 """Upstream input: ImageNet-style TFRecords (single and multi-label), image folders, per-worker
-shards, exact resumption, and the multi-label loss and metric on a real TFRecord file."""
+shards, exact resumption, and the multi-label loss and metric on a real TFRecord file; the
+augmentation and label encoding that UpstreamInput is made of."""
 
 import io
 import json
@@ -11,7 +12,9 @@ import tensorflow as tf
 from PIL import Image
 
 from bit_tf.pretrain import PretrainConfig, pretrain, top1_hits, upstream_loss
+from bit_tf.pretrain_augment import ExampleAugmentation
 from bit_tf.pretrain_data import DataError, UpstreamInput, inception_crop, open_source
+from bit_tf.pretrain_labels import LabelEncoder
 
 NUM_CLASSES = 5
 
@@ -208,3 +211,30 @@ def test_multi_label_bfloat16_pretraining_uses_sigmoid_loss_and_reports_precisio
     assert all(np.isfinite(entry["loss"]) for entry in result.history)
     summary = json.loads((tmp_path / "ckpt" / "summary.json").read_text())
     assert summary["step"] == 3 and summary["weights"].endswith("BiT-S-R18x1.npz")
+
+
+def test_example_augmentation_is_inception_crop_seeded_by_seed_worker_epoch_and_position():
+    image_bytes = tf.constant(_jpeg(np.random.default_rng(3)))
+    augment = ExampleAugmentation(seed=7, worker=2, image_size=16)
+    seed = tf.constant([7 * 1_000_003 + 2, 3 * 2**32 + 11], tf.int64)
+    np.testing.assert_array_equal(
+        augment(tf.constant(3), tf.constant(11), image_bytes).numpy(),
+        inception_crop(image_bytes, seed, 16).numpy(),
+    )
+    other = augment(tf.constant(3), tf.constant(12), image_bytes).numpy()
+    assert not np.array_equal(other, inception_crop(image_bytes, seed, 16).numpy())
+
+
+def test_label_encoder_is_what_upstream_input_encodes_labels_with(multi_label_file):
+    source = open_source(multi_label_file)
+    upstream = UpstreamInput(source, NUM_CLASSES, 4, multi_label=True, label_offset=-1)
+    encoder = LabelEncoder(NUM_CLASSES, multi_label=True, label_offset=-1)
+    np.testing.assert_array_equal(
+        upstream.encode_labels(tf.constant([1, 5])).numpy(),
+        encoder(tf.constant([1, 5])).numpy(),
+    )
+    np.testing.assert_array_equal(encoder(tf.constant([1, 5])).numpy(), [1, 0, 0, 0, 1])
+    assert LabelEncoder(NUM_CLASSES).none().shape == (0,)
+    assert encoder.none().shape == (0, NUM_CLASSES)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="A label is negative"):
+        encoder(tf.constant([0]))
