@@ -3,8 +3,9 @@
 Keras' `SGD.update_step` updates each variable with four TensorFlow ops (two multiplies, a
 subtract into the momentum, an add into the variable), each a pass over memory. TensorFlow's
 `ResourceApplyKerasMomentum` does the same update, `m = momentum * m - lr * g; w += m`, in one
-pass. Nesterov momentum is the same op's `use_nesterov` (Keras' formula: `w += momentum * m - lr * g` after the
-momentum update). Other backends, zero momentum and sparse gradients take Keras' own update.
+pass. Nesterov momentum is the same op's `use_nesterov` (Keras' formula:
+`w += momentum * m - lr * g` after the momentum update). Other backends, zero momentum and
+sparse gradients take Keras' own update.
 
 Example:
     >>> from bit_tf.optimizers import FusedMomentumSGD
