@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 import bit_tf
-from bit_tf.layers import GroupNormalization, PreActBasic, PreActBottleneck, StandardizedConv2D
+from bit_tf.layers import (
+    BatchNormalizationReLU,
+    Conv2D,
+    GroupNormalization,
+    NoisyBatchNormalizationReLU,
+    PreActBasic,
+    PreActBottleneck,
+    StandardizedConv2D,
+)
 from bit_tf.noisy_batch_norm import NoisyBatchNormalization
 from bit_tf.weights import load_official_weights
 
@@ -15,6 +23,13 @@ NORM_TYPES = {
     "group": GroupNormalization,
     "batch": keras.layers.BatchNormalization,
     "noisy_batch": NoisyBatchNormalization,
+}
+# A unit's pre-activations: the normalization, then ReLU ("none": the ReLU alone).
+PREACTIVATION_TYPES = {
+    "group": GroupNormalization,
+    "batch": BatchNormalizationReLU,
+    "noisy_batch": NoisyBatchNormalizationReLU,
+    "none": keras.layers.ReLU,
 }
 
 
@@ -48,14 +63,13 @@ def test_options_give_the_layer_types_asked_for(normalization, weight_standardiz
         weight_standardization=weight_standardization,
     )
     norms, convs = _layer_types(model)
-    expected_conv = StandardizedConv2D if weight_standardization else keras.layers.Conv2D
+    expected_conv = StandardizedConv2D if weight_standardization else Conv2D
     # Stem, 2 convs per unit, 3 projections.
     assert convs == [expected_conv] * 12
-    if normalization == "none":
-        assert norms == [type(None)] * 8  # two per basic unit, none before the head either
-    else:
-        # Two per unit plus the pre-head norm; exact class, so BatchNorm is not noisy.
-        assert norms == [NORM_TYPES[normalization]] * 9
+    # Two pre-activations per unit, then the pre-head norm (none for "none"); exact classes,
+    # so BatchNorm is not noisy.
+    head = [] if normalization == "none" else [NORM_TYPES[normalization]]
+    assert norms == [PREACTIVATION_TYPES[normalization]] * 8 + head
     outputs = model(np.zeros((2, 32, 32, 3), "float32"), training=True)
     assert outputs.shape == (2, 4)
 
