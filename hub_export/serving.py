@@ -7,7 +7,8 @@ graph needs no Python of ours. Signatures:
   files (any sizes, mixed). Outputs:
   `probabilities` float32 `[batch, classes]`, `top_k_class_ids` int64 `[batch, k]`,
   `top_k_probabilities` float32 `[batch, k]`, `top_k_class_names` string `[batch, k]` (only
-  when class names are known), and `valid` bool `[batch]`.
+  when class names are known: given to the export, or kept by the model in `class_names`,
+  as `bit_tf.finetune` keeps the names of folders and TFDS labels), and `valid` bool `[batch]`.
 - `predict_images`: input `images`, float32 `[batch, height, width, 3]` in [0, 1]; the same
   outputs (`valid` all true).
 
@@ -238,6 +239,8 @@ class ServingModule(tf.Module):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         super().__init__(name=None)
+        if class_names is None:
+            class_names = getattr(model, "class_names", None)  # a BitModel's, when it has them
         if fold_weight_standardization:
             model = fold_weights(model)
         self.forward = OfficialForward(model, trainable=False)
@@ -361,7 +364,8 @@ def export_serving(
         model: a bit_tf classifier (with a head), e.g. after `bit_tf.finetune`.
         base_dir: the model's folder for TensorFlow Serving (local or gs://).
         version: positive integer version; an existing one is kept unless `overwrite`.
-        class_names: one name per class, in class-id order (adds `top_k_class_names`).
+        class_names: one name per class, in class-id order (adds `top_k_class_names`); None:
+            the model's own `class_names` (`bit_tf.BitModel`), if it has them.
         image_size: the square crop the model was fine-tuned at (`hyperrule_image_size`, from
             `bit_tf.hyperrule.get_resolution`: 128 for images under 96x96 pixels, else 384,
             or 480 for R152x4). Defaults to the model's fixed input size.
