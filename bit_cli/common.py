@@ -4,7 +4,8 @@
 - `user_errors`: a user's mistake (a checkpoint that does not fit, an existing target) ends the
   command with one line on stderr, `<command>: error: <message>`, and exit status 2;
 - `build_model`: the model for `--model` and `--weights`, the architecture read from the
-  checkpoint when `--model` is not given (bit-export and bit-finetune).
+  checkpoint when `--model` is not given (bit-export, bit-finetune and bit-predict);
+- `read_class_names`: the value of a `--class_names` flag (a names file or a list).
 
 Example:
     >>> from bit_cli import common
@@ -71,6 +72,10 @@ def run(main: Callable[[list[str]], int | None], module_name: str) -> None:
     """
     declare_main_module_flags(module_name)
     app.run(main)
+
+
+class HeadlessCheckpointError(ValueError):
+    """`build_model` was asked for the checkpoint's head, and the checkpoint has none."""
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -177,6 +182,26 @@ def architecture_name(layout: dict) -> str:
     return name
 
 
+def read_class_names(value: str) -> list[str] | None:
+    """Class names from a `--class_names` flag: a text file with one name per line, or a
+    comma-separated list; None for an empty value.
+
+    Raises:
+        ValueError: the file cannot be read or holds no names.
+
+    Example:
+        >>> read_class_names("daisy,rose,tulip")
+        ['daisy', 'rose', 'tulip']
+    """
+    from bit_tf.class_names import read_class_names_file
+
+    if not value:
+        return None
+    if os.path.isfile(value):
+        return read_class_names_file(value)
+    return [name.strip() for name in value.split(",")]
+
+
 def _backbone_layout(layout: dict) -> dict:
     return {key: value for key, value in layout.items() if key != "num_classes"}
 
@@ -203,18 +228,23 @@ def build_model(
         dtype: the Keras dtype policy to build the model with (e.g. "mixed_bfloat16").
 
     Returns:
-        A bit_tf `keras.Model`; without `model_name`, named after the checkpoint's file.
+        A bit_tf `keras.Model`; without `model_name`, named after the checkpoint's file. A head
+        loaded from a checkpoint of a released head's size (1000 or 21843 classes) carries
+        those class names (`bit_tf.class_names.released_head_class_names`).
 
     Raises:
         CheckpointError: the checkpoint is missing, damaged, not a BiT checkpoint, or does not
             fit `model_name` (one line naming both architectures).
-        ValueError: neither `model_name` nor `weights`, or no head size to be found.
+        ValueError: neither `model_name` nor `weights`, or no head size to be found
+            (`HeadlessCheckpointError`: `HEAD_FROM_CHECKPOINT` for a checkpoint without a head
+            and no `model_name`).
 
     Example:
         >>> build_model("", "/data/BiT-M-R50x1.npz", num_classes=None).output_shape
         (None, 2048)
     """
     import bit_tf
+    from bit_tf.class_names import released_head_class_names
     from bit_tf.weights import (
         CheckpointError,
         assign_official_arrays,
@@ -237,7 +267,7 @@ def build_model(
             prefix = bit_tf.models.parse_model_name(model_name)[0]
             num_classes = bit_tf.models.UPSTREAM[prefix]["num_classes"]
         else:
-            raise ValueError(
+            raise HeadlessCheckpointError(
                 f"Checkpoint {weights!r} has no head to take the number of classes from; "
                 "give --num_classes."
             )
@@ -258,6 +288,8 @@ def build_model(
         )
     if path is not None:
         assign_official_arrays(model, arrays, path)
+        if layout["num_classes"] is not None and layout["num_classes"] == num_classes:
+            model.class_names = released_head_class_names(num_classes)
     else:
         log.warning("No --weights: %s has randomly initialised weights.", model.name)
     return model

@@ -79,7 +79,9 @@ flags.DEFINE_boolean(
 flags.DEFINE_string(
     "class_names",
     "",
-    "Class names for the serving export: comma-separated, or a text file with one per line.",
+    "Class names for the serving export: comma-separated, or a text file with one per line. "
+    "Empty: the model's own (a fine-tuned .keras keeps its folder or TFDS label names; released "
+    "ImageNet heads have theirs), else none.",
 )
 flags.DEFINE_string(
     "publish_to",
@@ -122,16 +124,6 @@ def load_model(model_name: str, weights: str, kind: str, num_classes: int) -> ke
     return common.build_model(model_name, weights, classes)
 
 
-def read_class_names(value: str) -> list[str] | None:
-    """Class names from a comma-separated list or a file with one name per line."""
-    if not value:
-        return None
-    if os.path.isfile(value):
-        with open(value, encoding="utf-8") as stream:
-            return [line.strip() for line in stream if line.strip()]
-    return [name.strip() for name in value.split(",")]
-
-
 def _refuse_existing_targets(export_dir: str) -> None:
     """Ends the run, before any work, if the module or serving folder to write exists."""
     import tensorflow as tf
@@ -152,7 +144,7 @@ def _refuse_existing_targets(export_dir: str) -> None:
             )
 
 
-def _export(model, export_dir: str, stem: str) -> None:
+def _export(model, export_dir: str, stem: str, class_names: list[str] | None) -> None:
     import hub_export
 
     hub_export.export_module(model, export_dir, kind=FLAGS.kind, overwrite=FLAGS.overwrite)
@@ -160,6 +152,8 @@ def _export(model, export_dir: str, stem: str) -> None:
     print(f"module: {export_dir}")
 
     if FLAGS.serving_dir:
+        if class_names is None and getattr(model, "class_names", None) is not None:
+            print(f"class names: the model's {len(model.class_names)} (--class_names to change)")
         image_size = FLAGS.image_size or None
         if image_size is None and model.input_shape[1] is None:
             # The HyperRule's crop for images over 96x96 pixels, for this architecture.
@@ -170,7 +164,7 @@ def _export(model, export_dir: str, stem: str) -> None:
             model,
             FLAGS.serving_dir,
             version=FLAGS.serving_version,
-            class_names=read_class_names(FLAGS.class_names),
+            class_names=class_names,
             image_size=image_size,
             fold_weight_standardization=FLAGS.fold_weight_standardization,
             overwrite=FLAGS.overwrite,
@@ -202,12 +196,14 @@ def main(argv):
     export_dir = FLAGS.export_dir or os.path.join("exports", f"{stem}_{FLAGS.kind}")
     if not FLAGS.overwrite:
         _refuse_existing_targets(export_dir)
+    with common.user_errors("bit-export", ValueError):  # an unreadable --class_names file
+        class_names = common.read_class_names(FLAGS.class_names)
     # ValueError here: an unknown --model, a checkpoint without a head for --kind=classification.
     with common.user_errors("bit-export", ValueError):
         model = load_model(FLAGS.model, weights, FLAGS.kind, FLAGS.num_classes)
     # An existing published version, or a target another writer created meanwhile: one line.
     with common.user_errors("bit-export"):
-        _export(model, export_dir, stem)
+        _export(model, export_dir, stem, class_names)
 
 
 def run():

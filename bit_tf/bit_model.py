@@ -1,4 +1,9 @@
-"""`BitModel`: the functional Keras model class of bit_tf, with a faster `predict` for arrays.
+"""`BitModel`: the functional Keras model class of bit_tf: a faster `predict` for arrays, and
+the names of its classes.
+
+A classifier fine-tuned on named classes (image folders, TFDS label names) keeps the names in
+`class_names`, which travel in its config: `keras.models.load_model` restores them, and the
+exporters (`hub_export.export_serving`) use them.
 
 `keras.Model.predict` wraps every call's input in a fresh `tf.data` pipeline and iterator on
 the TensorFlow backend, which costs more than a forward pass of a few images. For in-memory
@@ -18,11 +23,13 @@ Example:
     'BitModel'
     >>> model.predict(np.zeros((40, 64, 64, 3), "float32"), batch_size=16, verbose=0).shape
     (40, 10)
+    >>> model.class_names = [f"digit {index}" for index in range(10)]
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -51,14 +58,54 @@ class BitModel(keras.Model):
     """A functional `keras.Model` whose `predict` skips `tf.data` for in-memory arrays.
 
     Build it like any functional model; `bit_tf.create_model`, `bit_tf.resnet_v2` and
-    `bit_tf.finetune` return one. Everything but `predict` on arrays is `keras.Model`'s.
+    `bit_tf.finetune` return one. Everything but `predict` on arrays and `class_names` is
+    `keras.Model`'s.
+
+    Args:
+        *args, **kwargs: those of a functional `keras.Model` (inputs, outputs, name, ...).
+        class_names: one name per output class, in class-id order; None where unknown.
+            Saved in the model's config, so `keras.models.load_model` restores it.
 
     Example:
         >>> inputs = keras.Input((32, 32, 3))
-        >>> model = BitModel(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+        >>> model = BitModel(inputs, keras.layers.GlobalAveragePooling2D()(inputs),
+        ...                  class_names=["red", "green", "blue"])
         >>> model.predict(np.ones((5, 32, 32, 3), "float32"), verbose=0).shape
         (5, 3)
+        >>> keras.models.load_model(saved_path).class_names
+        ('red', 'green', 'blue')
     """
+
+    def __init__(self, *args, class_names: Sequence[str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.class_names = class_names
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The name of each output class, in class-id order; None where unknown."""
+        return None if self._class_names is None else tuple(self._class_names)
+
+    @class_names.setter
+    def class_names(self, names: Sequence[str] | None) -> None:
+        if names is None:
+            self._class_names = None
+            return
+        if isinstance(names, str):
+            raise TypeError(f"class_names must be a sequence of names, got the string {names!r}.")
+        names = tuple(str(name) for name in names)
+        classes = self.output_shape[-1] if isinstance(self.output_shape, tuple) else None
+        if classes is not None and len(names) != classes:
+            raise ValueError(
+                f"{len(names)} class names given for model {self.name!r}, whose output has "
+                f"{classes} classes; give exactly one name per class, in class-id order."
+            )
+        self._class_names = names
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        if self.class_names is not None:
+            config["class_names"] = list(self.class_names)
+        return config
 
     def predict_step(self, *arguments):
         """Keras' predict step (`data`, or `state, data` on JAX), traced as local inference."""

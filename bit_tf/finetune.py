@@ -162,7 +162,8 @@ def finetune(
             batch_size=, steps=, checkpoint_dir=, ...).
 
     Returns:
-        (model, history): the fine-tuned `keras.Model` and the `History` of all fit calls.
+        (model, history): the fine-tuned `keras.Model` and the `History` of all fit calls. The
+        model keeps the class names of an ImageSource train input in `model.class_names`.
 
     Raises:
         TypeError: a keyword that is not a `FinetuneConfig` field, or an input of another kind.
@@ -208,7 +209,8 @@ def finetune(
                 schedule.total_steps,
             )
         else:
-            model = _with_new_head(_backbone(model_or_name, config, policy), inputs.num_classes)
+            backbone = _backbone(model_or_name, config, policy)
+            model = _with_new_head(backbone, inputs.num_classes, _class_names(train))
             _compile(model, config, schedule.boundaries, accumulation)
     run = RunProgress(
         config.checkpoint_dir, progress, schedule.total_steps, accumulation, config.base_lr
@@ -466,7 +468,15 @@ def _model_policy(model: keras.Model) -> keras.DTypePolicy:
         return model.layers[-1].dtype_policy
 
 
-def _with_new_head(model: keras.Model, num_classes: int) -> keras.Model:
+def _class_names(train) -> tuple[str, ...] | None:
+    """The class names of an ImageSource train input (folders, TFDS labels); None otherwise."""
+    return train.class_names if isinstance(train, data_lib.ImageSource) else None
+
+
+def _with_new_head(
+    model: keras.Model, num_classes: int, class_names: Sequence[str] | None = None
+) -> keras.Model:
+    """`model` up to its pre-logits with a new zero head, as a BitModel that keeps the names."""
     try:
         features = model.get_layer("pre_logits").output
     except ValueError:
@@ -487,7 +497,7 @@ def _with_new_head(model: keras.Model, num_classes: int) -> keras.Model:
     )(features)
     # A single input stays a single tensor (not a list), so `model(images)` matches its structure.
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return BitModel(inputs, head, name=model.name)
+    return BitModel(inputs, head, name=model.name, class_names=class_names)
 
 
 def _as_source(value, name: str):

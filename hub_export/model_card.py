@@ -53,6 +53,26 @@ def _hyperrule_paragraph() -> str:
     )
 
 
+#: A model card lists up to this many class names in full.
+LISTED_CLASS_NAMES = 100
+
+
+def _classes_section(class_names: list[str] | None) -> list[str]:
+    """The card's "Classes" section (the class-id order of the outputs); none without names."""
+    if not class_names:
+        return []
+    listed = class_names[:LISTED_CLASS_NAMES]
+    lines = ["## Classes", "", f"{len(class_names)} classes, by class id:", ""]
+    lines += [f"{index}. {name}" for index, name in enumerate(listed)]
+    if len(class_names) > len(listed):
+        lines += [
+            "",
+            f"... and {len(class_names) - len(listed)} more: all of them are in "
+            "`bit_tf_module.json` beside the SavedModel (`class_names`).",
+        ]
+    return [*lines, ""]
+
+
 def _depth(metadata: dict) -> int | None:
     units = metadata.get("units_per_block")
     if not units:
@@ -74,7 +94,8 @@ def model_card(
     Args:
         name: the published name, e.g. "bit/m-r50x1".
         version: the published version.
-        metadata: from `hub_export.read_metadata` (kind and architecture); may be empty.
+        metadata: from `hub_export.read_metadata` (kind, architecture and a classifier's
+            `class_names`, which the card lists); may be empty.
         upstream: the pre-training data; guessed from BiT-S/M/L names when None.
         license_name: the license of the weights.
         description: an extra paragraph for the overview.
@@ -153,6 +174,7 @@ def model_card(
         "- `__call__(images, training=False)`; attributes `variables`, `trainable_variables`, "
         "`regularization_losses`; signature `serving_default`.",
         "",
+        *_classes_section(metadata.get("class_names") if kind == "classification" else None),
         "## Usage",
         "",
         "Keras 3:",

@@ -107,7 +107,9 @@ def export_module(
         model: a bit_tf model (`create_model` / `resnet_v2`), with GroupNorm.
         export_dir: local folder or `tf.io.gfile` URL (gs://...), which must not exist
             unless `overwrite`.
-        kind: "feature_vector" (pre-logits) or "classification" (logits; needs a head).
+        kind: "feature_vector" (pre-logits) or "classification" (logits; needs a head). A
+            classifier's `class_names` (`bit_tf.BitModel`) go into the module's metadata
+            (`read_metadata`), and from there into its model card.
         overwrite: replace an existing `export_dir`.
 
     Returns:
@@ -133,6 +135,9 @@ def export_module(
             "output_key": OUTPUT_KEYS[kind],
             **{key: value for key, value in root.forward.layout.items()},
         }
+        class_names = getattr(model, "class_names", None)  # a BitModel's, when it has them
+        if kind == "classification" and class_names is not None:
+            metadata["class_names"] = list(class_names)
         with tf.io.gfile.GFile(join(temporary, METADATA_FILE), "w") as stream:
             json.dump(metadata, stream, indent=2)
     return export_dir

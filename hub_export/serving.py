@@ -3,25 +3,27 @@
 `export_serving` writes `<base_dir>/<version>/`, the layout TensorFlow Serving watches. The
 graph needs no Python of ours. Signatures:
 
-- `serving_default`: input `image_bytes`, a string batch `[batch]` of JPEG or PNG files
-  (any sizes, mixed). Outputs:
+- `serving_default`: input `image_bytes`, a string batch `[batch]` of JPEG, PNG, GIF or BMP
+  files (any sizes, mixed). Outputs:
   `probabilities` float32 `[batch, classes]`, `top_k_class_ids` int64 `[batch, k]`,
   `top_k_probabilities` float32 `[batch, k]`, `top_k_class_names` string `[batch, k]` (only
-  when class names are known), and `valid` bool `[batch]`.
+  when class names are known: given to the export, or kept by the model in `class_names`,
+  as `bit_tf.finetune` keeps the names of folders and TFDS labels), and `valid` bool `[batch]`.
 - `predict_images`: input `images`, float32 `[batch, height, width, 3]` in [0, 1]; the same
   outputs (`valid` all true).
 
-Images are decoded to RGB (grayscale, palette and RGBA are converted; alpha is dropped) and
-resized to `image_size` x `image_size` (the crop the model was fine-tuned at) inside the
-graph, as BiT's evaluation pipeline does.
+Images are decoded to RGB (grayscale, palette and RGBA are converted; alpha is dropped; a GIF
+gives its first frame; an 8-bit BMP is read as grayscale, as TensorFlow's BMP decoder ignores
+its palette) and resized to `image_size` x `image_size` (the crop the model was
+fine-tuned at) inside the graph, as BiT's evaluation pipeline does.
 
 Bad bytes. Before decoding, each item's header is read in the graph. An item that is empty,
-neither JPEG nor PNG, declares zero or more than `max_pixels` pixels, or is a PNG too short
-to hold its header, is flagged per item: `valid` is false, its probabilities are 0, its
-top-k ids are -1 and names empty; the other items of the batch are answered normally, and
-nothing is decoded for it (no memory is spent on enormous declared sizes). An item that
-starts like a JPEG or PNG but is damaged inside (an unreadable JPEG header, a corrupt or
-truncated body) makes the decoder fail the whole request with `INVALID_ARGUMENT`, as
+none of JPEG, PNG, GIF and BMP, declares zero or more than `max_pixels` pixels, or is too
+short to hold its format's header, is flagged per item: `valid` is false, its probabilities
+are 0, its top-k ids are -1 and names empty; the other items of the batch are answered
+normally, and nothing is decoded for it (no memory is spent on enormous declared sizes). An
+item that starts like one of the formats but is damaged inside (an unreadable JPEG header, a
+corrupt or truncated body) makes the decoder fail the whole request with `INVALID_ARGUMENT`, as
 TensorFlow Serving reports any bad request; the server keeps serving the next one.
 
 Example:
@@ -47,14 +49,26 @@ from hub_export.tracing import OfficialForward
 
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_TOP_K = 5
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
+BMP_SIGNATURE = b"BM"
+#: The formats `decode_images` reads, in the order of the format numbers of its graph.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+_JPEG, _PNG, _GIF, _BMP = range(len(IMAGE_FORMATS))
 _PNG_HEADER_BYTES = 24  # signature (8), IHDR length and type (8), width (4), height (4)
+_GIF_HEADER_BYTES = 10  # signature (6), width (2), height (2), little-endian
+_BMP_HEADER_BYTES = 26  # file header (14), info header size (4), width (4), height (4)
+
+
+def _header_bytes(data, offset: int, count: int):
+    """`count` bytes of `data` from `offset`, as int64 values (zeros past its end)."""
+    padded = tf.strings.join([data, tf.constant(b"\0" * (offset + count))])
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(padded, offset, count), tf.uint8), tf.int64)
 
 
 def _png_size(data):
-    padded = tf.strings.join([data, tf.constant(b"\0" * _PNG_HEADER_BYTES)])
-    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 16, 8), tf.uint8), tf.int64)
+    raw = _header_bytes(data, 16, 8)  # big-endian
     width = raw[0] * 2**24 + raw[1] * 2**16 + raw[2] * 2**8 + raw[3]
     height = raw[4] * 2**24 + raw[5] * 2**16 + raw[6] * 2**8 + raw[7]
     return height, width
@@ -65,29 +79,113 @@ def _jpeg_size(data):
     return shape[0], shape[1]
 
 
-def _declared_size(data, is_png, is_jpeg):
+def _gif_size(data):
+    raw = _header_bytes(data, 6, 4)  # the logical screen, little-endian
+    return raw[2] + raw[3] * 2**8, raw[0] + raw[1] * 2**8
+
+
+def _bmp_size(data):
+    raw = _header_bytes(data, 18, 8)  # signed little-endian; a negative height is top-down
+
+    def signed(low):
+        value = raw[low] + raw[low + 1] * 2**8 + raw[low + 2] * 2**16 + raw[low + 3] * 2**24
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    return signed(4), signed(0)
+
+
+def _image_format(data):
+    """The format number of `data` (`IMAGE_FORMATS`), or -1: none of them, or too short to hold
+    its header."""
+    length = tf.strings.length(data)
+    is_gif = tf.logical_or(
+        tf.equal(tf.strings.substr(data, 0, 6), GIF_SIGNATURES[0]),
+        tf.equal(tf.strings.substr(data, 0, 6), GIF_SIGNATURES[1]),
+    )
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), PNG_SIGNATURE)
+    is_bmp = tf.equal(tf.strings.substr(data, 0, 2), BMP_SIGNATURE)
+    formats = [
+        (tf.equal(tf.strings.substr(data, 0, 3), JPEG_SIGNATURE), _JPEG),
+        (is_png & (length >= _PNG_HEADER_BYTES), _PNG),
+        (is_gif & (length >= _GIF_HEADER_BYTES), _GIF),
+        (is_bmp & (length >= _BMP_HEADER_BYTES), _BMP),
+    ]
+    image_format = tf.constant(-1, tf.int32)
+    for matches, number in reversed(formats):
+        image_format = tf.where(matches, tf.constant(number, tf.int32), image_format)
+    return image_format
+
+
+def _declared_size(data, image_format):
     zero = tf.constant(0, tf.int64)
-    return tf.case(
-        [(is_png, lambda: _png_size(data)), (is_jpeg, lambda: _jpeg_size(data))],
+    return tf.switch_case(
+        image_format,
+        branch_fns={
+            _JPEG: lambda: _jpeg_size(data),
+            _PNG: lambda: _png_size(data),
+            _GIF: lambda: _gif_size(data),
+            _BMP: lambda: _bmp_size(data),
+        },
         default=lambda: (zero, zero),
-        exclusive=True,
     )
 
 
-def _decode(data, is_png, image_size):
-    image = tf.cond(
-        is_png,
-        lambda: tf.io.decode_png(data, channels=3),
-        lambda: tf.io.decode_jpeg(data, channels=3),
+def _bmp_rgb(data):
+    """A BMP as RGB: its channels as stored (1, 3 or 4), gray repeated, alpha dropped."""
+    image = tf.io.decode_bmp(data)
+    return tf.cond(
+        tf.equal(tf.shape(image)[-1], 1),
+        lambda: tf.tile(image, [1, 1, 3]),
+        lambda: image[..., :3],
     )
+
+
+def _decode(data, image_format, image_size):
+    image = tf.switch_case(
+        image_format,
+        branch_fns=[
+            lambda: tf.io.decode_jpeg(data, channels=3),
+            lambda: tf.io.decode_png(data, channels=3),
+            lambda: tf.io.decode_gif(data)[0],  # the first frame
+            lambda: _bmp_rgb(data),
+        ],
+    )
+    image = tf.ensure_shape(image, [None, None, 3])
     resized = tf.image.resize(image, [image_size, image_size])  # uint8 in, float32 out
     return tf.clip_by_value(resized / 255.0, 0.0, 1.0)
 
 
-def decode_images(image_bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Decodes a string batch of JPEG/PNG files to float32 [batch, size, size, 3] + validity.
+def declared_sizes(image_bytes):
+    """The (heights, widths) that a string batch of image files declare in their headers.
 
-    See the module docstring for which items are flagged invalid and which fail the request.
+    Nothing is decoded. An item of none of the formats (`IMAGE_FORMATS`), or too short to hold
+    its header, declares (0, 0). A JPEG whose header cannot be read fails the whole batch with
+    `tf.errors.InvalidArgumentError`, as in `decode_images`.
+
+    Example:
+        >>> heights, widths = declared_sizes(tf.constant([png_of_40x30_pixels, b"junk"]))
+        >>> heights.numpy(), widths.numpy()
+        (array([40,  0]), array([30,  0]))
+    """
+
+    def size(data):
+        return tf.stack(_declared_size(data, _image_format(data)))
+
+    sizes = tf.map_fn(
+        size,
+        tf.convert_to_tensor(image_bytes, tf.string),
+        fn_output_signature=tf.TensorSpec([2], tf.int64),
+    )
+    return sizes[:, 0], sizes[:, 1]
+
+
+def decode_images(image_bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Decodes a string batch of JPEG/PNG/GIF/BMP files to float32 [batch, size, size, 3] and
+    a validity flag per item.
+
+    Each file is decoded to RGB (grayscale repeated, alpha dropped, a GIF's first frame) and
+    resized to `image_size` x `image_size`. See the module docstring for which items are
+    flagged invalid and which fail the whole batch.
 
     Example:
         >>> images, valid = decode_images(tf.constant([jpeg_bytes, b"junk"]), 128)
@@ -96,14 +194,10 @@ def decode_images(image_bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PI
     """
 
     def prepare(data):
-        length = tf.strings.length(data)
-        is_png = tf.logical_and(
-            tf.equal(tf.strings.substr(data, 0, 8), PNG_SIGNATURE), length >= _PNG_HEADER_BYTES
-        )
-        is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), JPEG_SIGNATURE)
-        height, width = _declared_size(data, is_png, is_jpeg)
+        image_format = _image_format(data)
+        height, width = _declared_size(data, image_format)
         valid = tf.logical_and(
-            tf.logical_or(is_png, is_jpeg),
+            image_format >= 0,
             tf.logical_and(
                 tf.logical_and(height > 0, width > 0),
                 # Divide rather than multiply: no overflow for any declared size.
@@ -112,7 +206,7 @@ def decode_images(image_bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PI
         )
         image = tf.cond(
             valid,
-            lambda: _decode(data, is_png, image_size),
+            lambda: _decode(data, image_format, image_size),
             lambda: tf.zeros([image_size, image_size, 3], tf.float32),
         )
         return image, valid
@@ -145,6 +239,8 @@ class ServingModule(tf.Module):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         super().__init__(name=None)
+        if class_names is None:
+            class_names = getattr(model, "class_names", None)  # a BitModel's, when it has them
         if fold_weight_standardization:
             model = fold_weights(model)
         self.forward = OfficialForward(model, trainable=False)
@@ -190,7 +286,7 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_bytes(self, image_bytes):
-        """JPEG/PNG bytes -> probabilities, top-k ids/probabilities/names, validity."""
+        """JPEG/PNG/GIF/BMP bytes -> probabilities, top-k ids/probabilities/names, validity."""
         images, valid = decode_images(image_bytes, self.image_size, self.max_pixels)
         return self._answer(images, valid)
 
@@ -268,7 +364,8 @@ def export_serving(
         model: a bit_tf classifier (with a head), e.g. after `bit_tf.finetune`.
         base_dir: the model's folder for TensorFlow Serving (local or gs://).
         version: positive integer version; an existing one is kept unless `overwrite`.
-        class_names: one name per class, in class-id order (adds `top_k_class_names`).
+        class_names: one name per class, in class-id order (adds `top_k_class_names`); None:
+            the model's own `class_names` (`bit_tf.BitModel`), if it has them.
         image_size: the square crop the model was fine-tuned at (`hyperrule_image_size`, from
             `bit_tf.hyperrule.get_resolution`: 128 for images under 96x96 pixels, else 384,
             or 480 for R152x4). Defaults to the model's fixed input size.

@@ -1,4 +1,5 @@
-"""BitModel.predict: the same outputs as keras.Model.predict, without tf.data for arrays."""
+"""BitModel.predict: the same outputs as keras.Model.predict, without tf.data for arrays; its
+class names travel through saving and loading."""
 
 import keras
 import numpy as np
@@ -82,6 +83,24 @@ TENSORFLOW_ONLY = pytest.mark.skipif(
 
 
 @TENSORFLOW_ONLY
+def test_class_names_survive_saving_and_must_fit_the_head(tmp_path):
+    model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=3)
+    assert model.class_names is None
+    model.class_names = ["daisy", "rose", "tulip"]
+    path = str(tmp_path / "named.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, BitModel) and loaded.class_names == ("daisy", "rose", "tulip")
+    assert loaded.get_config()["class_names"] == ["daisy", "rose", "tulip"]
+    with pytest.raises(ValueError, match="2 class names given for model .* has 3 classes"):
+        model.class_names = ["daisy", "rose"]
+    with pytest.raises(TypeError, match="the string 'daisy'"):
+        model.class_names = "daisy"
+    model.class_names = None
+    model.save(path)
+    assert keras.models.load_model(path).class_names is None
+
+
 def test_predict_runs_on_the_native_kernels_and_keras_jit_compile_turns_xla_on(tmp_path):
     """Float32 and bfloat16 models predict on the C++ kernels on a CPU, also when reloaded;
     Keras' own public `jit_compile` switch gives XLA; plain calls (as exports make) trace no
