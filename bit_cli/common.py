@@ -264,8 +264,7 @@ def build_model(
         if layout is not None and layout["num_classes"] is not None:
             num_classes = layout["num_classes"]
         elif model_name:
-            prefix = bit_tf.models.parse_model_name(model_name)[0]
-            num_classes = bit_tf.models.UPSTREAM[prefix]["num_classes"]
+            num_classes = bit_tf.models.default_num_classes(model_name)
         else:
             raise HeadlessCheckpointError(
                 f"Checkpoint {weights!r} has no head to take the number of classes from; "

@@ -48,7 +48,9 @@ flags.DEFINE_integer(
     "num_classes", None, "Head size; default: class folders, or 1000/21843/18291 for S/M/L."
 )
 flags.DEFINE_boolean(
-    "multi_label", False, "Labels are lists (multi-hot): sigmoid loss and precision@1."
+    "multi_label",
+    False,
+    "Labels are lists (multi-hot): sigmoid loss (head bias starting at -10) and precision@1.",
 )
 flags.DEFINE_integer("label_offset", 0, "Added to stored labels (-1 for ids starting at 1).")
 flags.DEFINE_integer("num_examples", None, "Dataset size for the schedule; default: counted.")
@@ -56,6 +58,12 @@ flags.DEFINE_integer("global_batch_size", 4096, "Batch summed over all replicas 
 flags.DEFINE_integer("epochs", None, "Epochs (default 90 for S/M, 40 for L); decays scale.")
 flags.DEFINE_integer("train_steps", None, "Train this many steps (overrides --epochs).")
 flags.DEFINE_integer("warmup_steps", 5000, "Linear learning-rate warm-up steps.")
+flags.DEFINE_list(
+    "decay_epochs",
+    ["seed"],
+    "When the rate drops 10x: 'seed' (the seed's table: BiT-L after epochs 23,30,37), 'paper' "
+    "(the paper's text: BiT-L after 10,23,30,37), or epochs of the recipe's length, e.g. 30,60,80.",
+)
 flags.DEFINE_float(
     "base_learning_rate", None, "Peak learning rate; default 0.03 x global batch / 256."
 )
@@ -90,6 +98,17 @@ flags.DEFINE_string(
 )
 
 
+def _decay_epochs(values: list) -> str | tuple:
+    if len(values) == 1 and values[0] in ("seed", "paper"):
+        return values[0]
+    try:
+        return tuple(int(value) for value in values)
+    except ValueError:
+        raise ValueError(
+            f"--decay_epochs must be 'seed', 'paper' or whole epochs, got {','.join(values)!r}."
+        ) from None
+
+
 def _config():
     from bit_tf.pretrain import PretrainConfig
 
@@ -107,6 +126,7 @@ def _config():
         epochs=FLAGS.epochs,
         train_steps=FLAGS.train_steps,
         warmup_steps=FLAGS.warmup_steps,
+        decay_epochs=_decay_epochs(FLAGS.decay_epochs),
         base_learning_rate=FLAGS.base_learning_rate,
         weight_decay=FLAGS.weight_decay,
         image_size=FLAGS.image_size,

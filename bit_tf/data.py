@@ -6,8 +6,9 @@ with one subfolder per class (`from_folder`), in-memory arrays (`from_arrays`), 
 default, scikit-learn's handwritten digits (`load_digits`). `few_shot` and `split` select
 examples deterministically.
 
-`train_pipeline` decodes, resizes to `resize`, random-crops to `crop`, flips horizontally, batches
-and applies MixUp (`keras.layers.MixUp` from Keras core: KerasCV is frozen since 0.9.0).
+`train_pipeline` decodes, resizes to `resize`, random-crops to `crop`, flips horizontally (crops
+and flips can be turned off per task), batches and applies MixUp with one coefficient per batch,
+as the authors do (`bit_tf.mixup`).
 `eval_pipeline` resizes to `crop`, as the authors evaluate. Both yield float32 images in [0, 1]
 of shape (batch, crop, crop, 3) and float32 one-hot labels of shape (batch, num_classes).
 
@@ -29,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from bit_tf import image_folder
+from bit_tf.mixup import mix_batches
 
 AUTOTUNE = tf.data.AUTOTUNE
 #: Sources whose resized training images fit in this many bytes are cached in memory.
@@ -455,6 +457,8 @@ def train_pipeline(
     cache: bool | str = "auto",
     shuffle_buffer: int = 10_000,
     repeat: bool = True,
+    random_flip: bool = True,
+    random_crop: bool = True,
 ) -> tf.data.Dataset:
     """Training batches: resize -> random crop -> random flip -> batch -> MixUp -> prefetch.
 
@@ -463,14 +467,20 @@ def train_pipeline(
         batch_size: examples per batch; the last partial batch is dropped.
         resize: the square size images are first resized to (HyperRule: 160, 448 or 512).
         crop: the square size of the random crop (128, 384 or 480).
-        mixup_alpha: MixUp's Beta(alpha, alpha); 0 turns MixUp off.
+        mixup_alpha: MixUp's Beta(alpha, alpha), one coefficient per batch as the authors mix
+            (`bit_tf.mixup`); 0 turns MixUp off.
         seed: makes shuffling, crops, flips and MixUp deterministic; None for fresh randomness.
         cache: cache the resized images in memory: True, False or "auto" (if under 1 GiB).
         shuffle_buffer: examples in the shuffle buffer.
         repeat: repeat forever (for `model.fit(steps_per_epoch=...)`).
+        random_flip: flip images left-right at random; False where a flip changes the label
+            (VTAB's dSprites/location, dSprites/orientation, SmallNORB/azimuth).
+        random_crop: crop at random; False resizes straight to `crop` instead, for tasks where
+            a crop changes the label (object counts, distances, positions).
 
     Example:
         >>> batches = train_pipeline(source, batch_size=64, resize=160, crop=128, seed=0)
+        >>> positions = train_pipeline(source, 64, 160, 128, random_flip=False, random_crop=False)
     """
     _check_sizes(batch_size=batch_size, resize=resize, crop=crop)
     if crop > resize:
@@ -480,11 +490,12 @@ def train_pipeline(
             f"batch_size {batch_size} is larger than the {source.num_examples} examples of "
             f"{source.name!r}; use a smaller batch."
         )
+    size = resize if random_crop else crop
     dataset = source.dataset().map(
-        lambda image, label: (tf.image.resize(image, (resize, resize)), label),
+        lambda image, label: (tf.image.resize(image, (size, size)), label),
         num_parallel_calls=AUTOTUNE,
     )
-    if _should_cache(source, resize, cache):
+    if _should_cache(source, size, cache):
         dataset = dataset.cache()
     dataset = dataset.shuffle(min(shuffle_buffer, source.num_examples), seed=seed)
     if repeat:
@@ -493,23 +504,18 @@ def train_pipeline(
 
     def augment(example, pair):
         image, label = example
-        image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=pair)
-        image = tf.image.stateless_random_flip_left_right(image, seed=pair[::-1])
+        if random_crop:
+            image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=pair)
+        if random_flip:
+            image = tf.image.stateless_random_flip_left_right(image, seed=pair[::-1])
         return image, label
 
-    dataset = tf.data.Dataset.zip(dataset, seeds).map(augment, num_parallel_calls=AUTOTUNE)
+    if random_crop or random_flip:
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(augment, num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     dataset = dataset.map(_one_hot(source.num_classes), num_parallel_calls=AUTOTUNE)
     if mixup_alpha:
-        import keras
-
-        mix_up = keras.layers.MixUp(alpha=mixup_alpha, seed=seed)
-
-        def mix(images, labels):
-            mixed = mix_up({"images": images, "labels": labels})
-            return mixed["images"], mixed["labels"]
-
-        dataset = dataset.map(mix)
+        dataset = mix_batches(dataset, mixup_alpha, seed=seed)
     return dataset.prefetch(AUTOTUNE)
 
 

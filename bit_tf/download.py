@@ -2,7 +2,9 @@
 
 A download that fails or is cut never leaves a partial file where the cache expects a whole
 one: bytes go to `<name>.partial-<random>` in the cache folder, the sha256 is checked when it is
-known, and only then is the file renamed into place (an atomic rename on one file system).
+known, and only then is the file renamed into place (an atomic rename on one file system). On a
+terminal, a line shows the bytes received, the rate and the time left
+(`bit_tf.download_progress`); elsewhere downloads are quiet.
 
 Example:
     >>> from bit_tf.download import download
@@ -15,11 +17,15 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import TextIO
+
+from bit_tf.download_progress import DownloadProgress
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +78,23 @@ def _is_transient(error: Exception) -> bool:
     return isinstance(error, (TimeoutError, ConnectionError, TruncatedDownloadError))
 
 
-def _fetch_once(url: str, partial_path: str, timeout: float) -> None:
+def _fetch_once(url: str, partial_path: str, timeout: float, progress_stream) -> None:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         expected = response.headers.get("Content-Length")
+        progress = DownloadProgress(
+            os.path.basename(urllib.parse.urlparse(url).path) or url,
+            int(expected) if expected is not None else None,
+            progress_stream,
+        )
         received = 0
-        with open(partial_path, "wb") as handle:
-            for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                handle.write(chunk)
-                received += len(chunk)
+        try:
+            with open(partial_path, "wb") as handle:
+                for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
+                    handle.write(chunk)
+                    received += len(chunk)
+                    progress.update(len(chunk))
+        finally:
+            progress.close()
     if expected is not None and received != int(expected):
         raise TruncatedDownloadError(f"received {received} of {expected} bytes")
 
@@ -93,6 +108,7 @@ def download(
     retries: int = 3,
     backoff_seconds: float = 1.0,
     timeout: float = 60.0,
+    progress_stream: TextIO | None = None,
 ) -> str:
     """Downloads `url` into the cache (or returns the cached copy) and returns its path.
 
@@ -104,6 +120,8 @@ def download(
         retries: extra attempts after transient failures (timeouts, resets, 5xx, cut transfers).
         backoff_seconds: the first wait between attempts; it doubles each time.
         timeout: seconds a connection may stay silent.
+        progress_stream: where progress (bytes, rate, time left) is drawn when it is a
+            terminal; None for sys.stderr. Nothing is drawn on a file or a pipe.
 
     Raises:
         DownloadError: naming the URL, the reason, and how to pass a local file instead.
@@ -125,7 +143,7 @@ def download(
         os.close(handle)
         try:
             log.info("Downloading %s to %s", url, target)
-            _fetch_once(url, partial_path, timeout)
+            _fetch_once(url, partial_path, timeout, progress_stream or sys.stderr)
             if sha256 is not None:
                 actual = sha256_of(partial_path)
                 if actual != sha256:

@@ -92,6 +92,8 @@ class FinetuneConfig:
         mixup_alpha: None for the HyperRule's (0 below 20k examples, 0.1 above).
         dataset_size: training examples, only for a `tf.data.Dataset` train input.
         seed: makes the input pipeline deterministic.
+        random_flip, random_crop: the training augmentation of an ImageSource input; turn one
+            off where it changes the label (as VTAB does per task, `bit_tf.vtab.Task`).
 
     Schedule:
         steps: optimizer updates; None for the HyperRule's (500, 10k or 20k by dataset size).
@@ -136,6 +138,8 @@ class FinetuneConfig:
     dtype: str | keras.DTypePolicy | None = None
     jit_compile: bool | str = "auto"
     verbose: int | str = "auto"
+    random_flip: bool = True
+    random_crop: bool = True
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(FinetuneConfig))
@@ -293,7 +297,14 @@ def _input_pipelines(
     if isinstance(train, data_lib.ImageSource):
         resize, crop, mixup_alpha = _image_settings(train, validation, model_name, config)
         train_batches = data_lib.train_pipeline(
-            train, micro_batch, resize, crop, mixup_alpha=mixup_alpha, seed=config.seed
+            train,
+            micro_batch,
+            resize,
+            crop,
+            mixup_alpha=mixup_alpha,
+            seed=config.seed,
+            random_flip=config.random_flip,
+            random_crop=config.random_crop,
         )
         num_classes, dataset_size = train.num_classes, train.num_examples
     else:

@@ -29,10 +29,17 @@ from bit_tf.registry import (  # noqa: F401 (the registry's names, as bit_tf.mod
     UNITS_PER_BLOCK,
     UPSTREAM,
     WIDTH_FACTORS,
+    architecture,
+    default_num_classes,
     list_models,
     parse_model_name,
 )
-from bit_tf.weights import load_official_weights
+from bit_tf.weights import (
+    assign_official_arrays,
+    checkpoint_num_classes,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 
 _DEFAULT = object()
 
@@ -177,10 +184,17 @@ def create_model(
 ) -> keras.Model:
     """Creates a BiT model by name, optionally with official (or own) weights.
 
+    The head follows the checkpoint: with `weights` and no `num_classes`, the model gets the
+    head of the file (1000 classes for "BiT-M-R50x1-ILSVRC2012") and loads it. An explicit
+    `num_classes` wins; a head of another size then stays zero-initialised, as in fine-tuning.
+
     Args:
-        name: "BiT-{S,M,L}-R{depth}x{width}", e.g. "BiT-M-R50x1"; see `list_models()`.
-        num_classes: the head size; by default that of the upstream data (S: 1000,
-            M: 21843, L: 18291). None gives the feature-vector model (pre-logits).
+        name: "BiT-{S,M,L}-R{depth}x{width}", e.g. "BiT-M-R50x1" (see `list_models()`), or a
+            released name such as "BiT-M-R50x1-ILSVRC2012", "BiT-M-R50x1-run0-caltech101" or
+            "BiT-R50x1-distilled-224" (see `list_released_checkpoints()`).
+        num_classes: the head size; by default that of the checkpoint in `weights`, else that
+            of the name (a release's head; S: 1000, M: 21843, L: 18291). None gives the
+            feature-vector model (pre-logits).
         weights: None (random backbone, zero head), a released name such as "BiT-M-R50x1",
             a path to an official-layout `.npz`, or an http(s) URL of one.
         input_shape: (height, width, 3); None for any size.
@@ -193,10 +207,17 @@ def create_model(
     Example:
         >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=5, weights="BiT-M-R50x1")
         >>> probabilities = keras.ops.softmax(model(images))
+        >>> bit_tf.create_model("BiT-M-R50x1", weights="BiT-M-R50x1-ILSVRC2012").output_shape
+        (None, 1000)
     """
-    prefix, depth, width = parse_model_name(name)
+    depth, width = architecture(name)
+    path = arrays = None
+    if weights is not None:
+        path = resolve_checkpoint(weights)
+        arrays = read_checkpoint(path)
     if num_classes is _DEFAULT:
-        num_classes = UPSTREAM[prefix]["num_classes"]
+        from_checkpoint = None if arrays is None else checkpoint_num_classes(arrays)
+        num_classes = from_checkpoint or default_num_classes(name)
     model = resnet_v2(
         depth,
         width_factor=width,
@@ -205,6 +226,6 @@ def create_model(
         name=name.replace("-", "_").lower(),
         **kwargs,
     )
-    if weights is not None:
-        load_official_weights(model, weights)
+    if arrays is not None:
+        assign_official_arrays(model, arrays, path)
     return model

@@ -3,7 +3,8 @@
 The recipe of BiT-S/M/L: SGD with momentum 0.9, weight decay 1e-4, global batch 4096, the
 `bit_tf.pretrain_schedule` learning rate (0.03 x batch / 256, 5000 warm-up steps, 10x decays),
 224x224 Inception crops and flips, softmax cross-entropy for single-label data and sigmoid
-cross-entropy for multi-label data, optionally bfloat16 mixed precision.
+cross-entropy for multi-label data (with the head bias starting at -10, as big_vision's BiT
+ImageNet-21k config), optionally bfloat16 mixed precision.
 
 The loop is a custom `strategy.run` loop over `distribute_datasets_from_function` (one shard per
 worker, the global batch split over all replicas, steps counted globally by
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
+#: The initial head bias of multi-label (sigmoid) training, as big_vision's BiT ImageNet-21k
+#: config sets it (`init_head_bias = -10`): every class starts near probability 0, so the
+#: thousands of absent labels of an image do not dominate the first steps' loss.
+MULTI_LABEL_HEAD_BIAS = -10.0
 #: Seconds to wait for a remote TPU before giving up with a clear error.
 TPU_CONNECT_TIMEOUT = 30
 
@@ -109,6 +114,7 @@ class PretrainConfig:
     epochs: int | None = None
     train_steps: int | None = None
     warmup_steps: int = WARMUP_STEPS
+    decay_epochs: str | tuple = "seed"
     base_learning_rate: float | None = None
     weight_decay: float = WEIGHT_DECAY
     image_size: int = DEFAULT_IMAGE_SIZE
@@ -426,11 +432,27 @@ def _resolve_schedule(config: PretrainConfig, source) -> tuple:
         prefix,
         dataset_size,
         config.global_batch_size,
-        **_fields(config, "epochs", "train_steps", "warmup_steps"),
+        **_fields(config, "epochs", "train_steps", "warmup_steps", "decay_epochs"),
     )
     if config.base_learning_rate is not None:
         schedule.base_learning_rate = float(config.base_learning_rate)
     return schedule, dataset_size
+
+
+def initialise_head_bias(model: keras.Model, value: float) -> keras.Model:
+    """Sets every bias of the model's head (the layer named "head") to `value`.
+
+    `pretrain` starts multi-label runs at `MULTI_LABEL_HEAD_BIAS` (-10), as big_vision does for
+    the sigmoid loss; a resumed run then restores the trained bias from its checkpoint.
+
+    Example:
+        >>> model = create_model("BiT-M-R50x1")
+        >>> float(initialise_head_bias(model, -10.0).get_layer("head").bias[0])
+        -10.0
+    """
+    bias = model.get_layer("head").bias
+    bias.assign(keras.ops.full(bias.shape, value, dtype=bias.dtype))
+    return model
 
 
 def _check_batch(strategy, global_batch_size):
@@ -500,6 +522,8 @@ def pretrain(
                 input_shape=(config.image_size, config.image_size, 3),
                 **model_options,
             )
+            if config.multi_label:
+                initialise_head_bias(model, MULTI_LABEL_HEAD_BIAS)
             optimizer = make_optimizer(schedule)
             optimizer.build(model.trainable_variables)
     finally:

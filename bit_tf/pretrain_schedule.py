@@ -5,7 +5,8 @@ The recipe of the seed lecture and the BiT paper:
 - base learning rate 0.03 x global batch / 256 (0.48 at the default batch of 4096);
 - linear warm-up from 0 over the first 5000 steps;
 - decay by 10x after epochs 30, 60 and 80 of 90 (BiT-S, BiT-M), or after epochs 23, 30 and 37
-  of 40 (BiT-L);
+  of 40 (BiT-L), as the seed's table has it; the paper's text decays BiT-L after epochs 10, 23,
+  30 and 37, which `decay_epochs="paper"` selects;
 - epochs become steps through the dataset size and the global batch size.
 
 `UpstreamSchedule` is the rule as a serializable `keras.optimizers.schedules.LearningRateSchedule`;
@@ -37,6 +38,11 @@ RECIPES = {
     "M": {"epochs": 90, "decay_epochs": (30, 60, 80)},
     "L": {"epochs": 40, "decay_epochs": (23, 30, 37)},
 }
+#: The decay epochs as the BiT paper's text states them; for BiT-L they differ from the seed's
+#: table (`RECIPES`), which stays the default.
+PAPER_DECAY_EPOCHS = {"S": (30, 60, 80), "M": (30, 60, 80), "L": (10, 23, 30, 37)}
+#: The named choices of `upstream_schedule(decay_epochs=...)`.
+DECAY_EPOCH_SOURCES = ("seed", "paper")
 
 
 def base_learning_rate(global_batch_size: int) -> float:
@@ -75,6 +81,25 @@ def _recipe(model_size: str) -> dict:
             "after 30/60/80) or 'L' (40 epochs, decays after 23/30/37)."
         )
     return RECIPES[size]
+
+
+def _decay_epochs(model_size: str, recipe: dict, decay_epochs) -> tuple[int, ...]:
+    if isinstance(decay_epochs, str):
+        if decay_epochs not in DECAY_EPOCH_SOURCES:
+            raise ValueError(
+                f"decay_epochs must be one of {DECAY_EPOCH_SOURCES} or a list of epochs, got "
+                f"{decay_epochs!r}."
+            )
+        if decay_epochs == "seed":
+            return tuple(recipe["decay_epochs"])
+        return PAPER_DECAY_EPOCHS[model_size.upper()]
+    epochs = tuple(int(epoch) for epoch in decay_epochs)
+    if any(not 0 < epoch < recipe["epochs"] for epoch in epochs) or list(epochs) != sorted(epochs):
+        raise ValueError(
+            f"decay_epochs must be increasing epochs between 0 and the recipe's "
+            f"{recipe['epochs']}, got {list(epochs)!r}."
+        )
+    return epochs
 
 
 @keras.saving.register_keras_serializable(package="bit_tf")
@@ -151,6 +176,7 @@ def upstream_schedule(
     epochs: int | None = None,
     train_steps: int | None = None,
     warmup_steps: int = WARMUP_STEPS,
+    decay_epochs: str | Sequence[int] = "seed",
 ) -> UpstreamSchedule:
     """The BiT upstream schedule for a model size ("S", "M" or "L"), a dataset and a batch.
 
@@ -165,12 +191,18 @@ def upstream_schedule(
         epochs: train this many epochs instead of the recipe's.
         train_steps: train exactly this many steps (overrides `epochs`).
         warmup_steps: linear warm-up length in steps (5000 in BiT).
+        decay_epochs: "seed" (the seed's table, the default: BiT-L decays after 23, 30, 37),
+            "paper" (the paper's text: BiT-L after 10, 23, 30, 37), or increasing epochs of
+            the recipe's length (90 for S/M, 40 for L), scaled like the others.
 
     Example:
         >>> upstream_schedule("L", dataset_size=300_000_000, global_batch_size=4096).boundaries
         (1684566, 2197260, 2709954)
+        >>> upstream_schedule("L", 300_000_000, decay_epochs="paper").boundaries
+        (732420, 1684566, 2197260, 2709954)
     """
-    recipe = _recipe(model_size)
+    recipe = dict(_recipe(model_size))
+    recipe["decay_epochs"] = _decay_epochs(model_size, recipe, decay_epochs)
     per_epoch = steps_per_epoch(dataset_size, global_batch_size)
     recipe_epochs = recipe["epochs"]
     if train_steps is not None:

@@ -1,5 +1,9 @@
 """The registry of BiT: model names, units per depth, upstream heads, released checkpoints.
 
+Released checkpoints are data too (`RELEASES`): the upstream BiT-S and BiT-M models, BiT-M
+fine-tuned on ILSVRC-2012 and on each VTAB-1k task, and the distilled BiT-R50x1 models with
+their BiT-M-R152x2 teachers, each with its file under the base URL and its head.
+
 Tables as data; `bit_tf.models` builds from them and `bit_tf.weights` resolves released
 checkpoint names with them.
 
@@ -9,10 +13,13 @@ Example:
     ('M', 50, 1)
     >>> "BiT-S-R101x3" in registry.RELEASED_CHECKPOINTS
     True
+    >>> registry.find_release("BiT-M-R50x1-run0-dsprites-xpos").file
+    'vtab/BiT-M-R50x1-run0-dsprites-xpos.npz'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 # Units per block for each depth; 18 and 34 use the basic unit, the rest the bottleneck.
@@ -36,13 +43,180 @@ UPSTREAM = {
 _NAME_PATTERN = re.compile(r"^BiT-([SML])-R(\d+)x(\d+)$")
 
 
-# The architectures the authors released weights for: BiT-S and BiT-M upstream, and BiT-M
-# fine-tuned on ILSVRC-2012.
+# The checkpoints the authors published (google-research/big_transfer, README), by name. The
+# files live under one base URL (`bit_tf.weights.OFFICIAL_BASE_URL`, or BIT_TF_WEIGHTS_URL).
+#: Upstream BiT-S and BiT-M, and BiT-M fine-tuned on ILSVRC-2012 ("-ILSVRC2012"). The README
+#: lists R50x1, R101x1, R50x3, R101x3 and R152x4, and R152x2 as released after the paper; it
+#: does not say whether a BiT-S R152x2 file exists.
 RELEASED_ARCHITECTURES = ("R50x1", "R50x3", "R101x1", "R101x3", "R152x2", "R152x4")
-RELEASED_CHECKPOINTS = tuple(
-    [f"BiT-{prefix}-{arch}" for prefix in ("S", "M") for arch in RELEASED_ARCHITECTURES]
-    + [f"BiT-M-{arch}-ILSVRC2012" for arch in RELEASED_ARCHITECTURES]
-)
+#: The architectures of the VTAB-1k fine-tuned release: 5 architectures x 3 runs x 19 tasks.
+VTAB_RELEASE_ARCHITECTURES = ("R50x1", "R101x1", "R50x3", "R101x3", "R152x4")
+VTAB_RELEASE_RUNS = 3
+#: The task spellings of the VTAB-1k release, in the README's order -> (the `bit_tf.vtab`
+#: task, classes of the task).
+VTAB_RELEASE_TASKS = {
+    "caltech101": ("caltech101", 102),
+    "diabetic_retinopathy": ("diabetic_retinopathy", 5),
+    "dtd": ("dtd", 47),
+    "oxford_flowers102": ("oxford_flowers102", 102),
+    "oxford_iiit_pet": ("oxford_iiit_pet", 37),
+    "resisc45": ("resisc45", 45),
+    "sun397": ("sun397", 397),
+    "cifar100": ("cifar100", 100),
+    "eurosat": ("eurosat", 10),
+    "patch_camelyon": ("patch_camelyon", 2),
+    "smallnorb-elevation": ("smallnorb_elevation", 9),
+    "svhn": ("svhn", 10),
+    "dsprites-orientation": ("dsprites_orientation", 16),
+    "smallnorb-azimuth": ("smallnorb_azimuth", 18),
+    "clevr-distance": ("clevr_distance", 6),
+    "clevr-count": ("clevr_count", 8),
+    "dmlab": ("dmlab", 6),
+    "kitti-distance": ("kitti_distance", 4),
+    "dsprites-xpos": ("dsprites_location", 16),
+}
+ILSVRC2012_CLASSES = 1000
+RELEASE_GROUPS = ("upstream", "ILSVRC2012", "vtab", "distilled", "teacher")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleasedCheckpoint:
+    """One checkpoint the authors published.
+
+    Attributes:
+        name: the name bit_tf knows it by, e.g. "BiT-M-R50x1-run0-caltech101".
+        file: its path under the base URL, e.g. "vtab/BiT-M-R50x1-run0-caltech101.npz".
+        depth, width: the ResNetV2 architecture (50 and 1 for R50x1).
+        num_classes: the classes of its head.
+        group: "upstream", "ILSVRC2012", "vtab", "distilled" or "teacher".
+
+    Example:
+        >>> find_release("BiT-R50x1-distilled-224").file
+        'distill/R50x1_224.npz'
+    """
+
+    name: str
+    file: str
+    depth: int
+    width: int
+    num_classes: int
+    group: str
+
+
+def _architecture(arch: str) -> tuple[int, int]:
+    depth, width = arch[1:].split("x")
+    return int(depth), int(width)
+
+
+def _releases() -> dict[str, ReleasedCheckpoint]:
+    releases = []
+    for prefix in ("S", "M"):
+        for arch in RELEASED_ARCHITECTURES:
+            name = f"BiT-{prefix}-{arch}"
+            classes = UPSTREAM[prefix]["num_classes"]
+            releases.append(
+                ReleasedCheckpoint(name, f"{name}.npz", *_architecture(arch), classes, "upstream")
+            )
+    for arch in RELEASED_ARCHITECTURES:
+        name = f"BiT-M-{arch}-ILSVRC2012"
+        releases.append(
+            ReleasedCheckpoint(
+                name, f"{name}.npz", *_architecture(arch), ILSVRC2012_CLASSES, "ILSVRC2012"
+            )
+        )
+    for arch in VTAB_RELEASE_ARCHITECTURES:
+        for run in range(VTAB_RELEASE_RUNS):
+            for task, (_, classes) in VTAB_RELEASE_TASKS.items():
+                name = f"BiT-M-{arch}-run{run}-{task}"
+                releases.append(
+                    ReleasedCheckpoint(
+                        name, f"vtab/{name}.npz", *_architecture(arch), classes, "vtab"
+                    )
+                )
+    for resolution in (224, 160):
+        releases.append(
+            ReleasedCheckpoint(
+                f"BiT-R50x1-distilled-{resolution}",
+                f"distill/R50x1_{resolution}.npz",
+                50,
+                1,
+                ILSVRC2012_CLASSES,
+                "distilled",
+            )
+        )
+    for resolution in (224, 384):
+        releases.append(
+            ReleasedCheckpoint(
+                f"BiT-M-R152x2-teacher-{resolution}",
+                f"distill/R152x2_T_{resolution}.npz",
+                152,
+                2,
+                ILSVRC2012_CLASSES,
+                "teacher",
+            )
+        )
+    return {release.name: release for release in releases}
+
+
+RELEASES: dict[str, ReleasedCheckpoint] = _releases()
+RELEASED_CHECKPOINTS = tuple(RELEASES)
+
+
+def list_released_checkpoints(group: str | None = None) -> list[str]:
+    """The names of the checkpoints the authors published, all or of one group.
+
+    Groups: "upstream" (BiT-S, BiT-M), "ILSVRC2012" (BiT-M fine-tuned on ILSVRC-2012), "vtab"
+    (BiT-M fine-tuned on each VTAB-1k task, 3 runs), "distilled" (BiT-R50x1 students distilled
+    from BiT-M-R152x2) and "teacher" (those BiT-M-R152x2 teachers).
+
+    Example:
+        >>> list_released_checkpoints("distilled")
+        ['BiT-R50x1-distilled-224', 'BiT-R50x1-distilled-160']
+        >>> len(list_released_checkpoints("vtab"))
+        285
+    """
+    if group is not None and group not in RELEASE_GROUPS:
+        raise ValueError(f"Unknown release group {group!r}; choose one of {RELEASE_GROUPS}.")
+    return [name for name, release in RELEASES.items() if group in (None, release.group)]
+
+
+def find_release(name: str) -> ReleasedCheckpoint | None:
+    """The released checkpoint called `name`, or None.
+
+    Example:
+        >>> find_release("BiT-M-R50x1-ILSVRC2012").num_classes
+        1000
+    """
+    return RELEASES.get(name) if isinstance(name, str) else None
+
+
+def architecture(name: str) -> tuple[int, int]:
+    """(depth, width) of a model name ("BiT-M-R50x1") or a released name
+    ("BiT-M-R50x1-run0-caltech101", "BiT-R50x1-distilled-224").
+
+    Example:
+        >>> architecture("BiT-M-R152x2-teacher-384")
+        (152, 2)
+    """
+    release = find_release(name)
+    if release is not None:
+        return release.depth, release.width
+    _, depth, width = parse_model_name(name)
+    return depth, width
+
+
+def default_num_classes(name: str) -> int:
+    """The head a name stands for: a release's head, else the upstream data's classes.
+
+    Example:
+        >>> default_num_classes("BiT-M-R50x1"), default_num_classes("BiT-M-R50x1-ILSVRC2012")
+        (21843, 1000)
+    """
+    release = find_release(name)
+    if release is not None:
+        return release.num_classes
+    prefix, _, _ = parse_model_name(name)
+    return UPSTREAM[prefix]["num_classes"]
 
 
 def list_models() -> list[str]:
@@ -71,7 +245,8 @@ def parse_model_name(name: str) -> tuple[str, int, int]:
     if not match:
         raise ValueError(
             f"Unknown model name {name!r}: expected 'BiT-{{S,M,L}}-R{{depth}}x{{width}}', "
-            f"for example 'BiT-M-R50x1'. list_models() lists them all."
+            f"for example 'BiT-M-R50x1'. list_models() lists them all, and "
+            f"list_released_checkpoints() the released names, which work too."
         )
     prefix, depth, width = match.group(1), int(match.group(2)), int(match.group(3))
     if depth not in UNITS_PER_BLOCK or width not in WIDTH_FACTORS:

@@ -130,7 +130,9 @@ class Task:
         name: the key of `TASKS`, e.g. "clevr_count".
         title: the name in the VTAB table, e.g. "Clevr/count".
         group: "Natural", "Specialized" or "Structured".
-        tfds_name: the TFDS dataset (and config), e.g. "clevr".
+        tfds_name: the TFDS dataset, config and version VTAB uses, e.g. "clevr:3.*.*" (the
+            versions of google-research/task_adaptation where the installed TFDS still
+            builds them; `TFDS_VERSION_NOTES` names the exceptions).
         num_classes: classes of the (derived) label.
         train_split, validation_split, test_split: VTAB's splits as TFDS split strings;
             VTAB-1k trains on the first 800 of `train_split` and the first 200 of
@@ -141,6 +143,12 @@ class Task:
         image_key: the image feature.
         image_scale: multiplies the stored pixel values before they are read as uint8
             (dSprites stores 0/1 pixels).
+        random_flip: train with random horizontal flips; False where a flip changes the label
+            (dSprites/location, dSprites/orientation, SmallNORB/azimuth), as in the BiT paper's
+            supplement.
+        random_crop: train with random crops; False where a crop changes the label (Clevr/count,
+            Clevr/distance, DMLab, KITTI/distance, dSprites/location): the images are then
+            resized straight to the crop size.
     """
 
     name: str
@@ -155,6 +163,8 @@ class Task:
     label_features: dict = dataclasses.field(default_factory=lambda: {"label": True})
     image_key: str = "image"
     image_scale: int = 1
+    random_flip: bool = True
+    random_crop: bool = True
 
 
 def _task(name, title, group, tfds_name, num_classes, splits, **options) -> Task:
@@ -166,52 +176,62 @@ TASKS: dict[str, Task] = {
     task.name: task
     for task in (
         # Natural.
-        _task("caltech101", "Caltech101", NATURAL, "caltech101", 102,
+        _task("caltech101", "Caltech101", NATURAL, "caltech101:3.*.*", 102,
               ("train[:90%]", "train[90%:]", "test")),
-        _task("cifar100", "CIFAR-100", NATURAL, "cifar100", 100,
+        _task("cifar100", "CIFAR-100", NATURAL, "cifar100:3.*.*", 100,
               ("train[:90%]", "train[90%:]", "test")),
-        _task("dtd", "DTD", NATURAL, "dtd", 47, _STANDARD),
-        _task("oxford_flowers102", "Flowers102", NATURAL, "oxford_flowers102", 102, _STANDARD),
-        _task("oxford_iiit_pet", "Pets", NATURAL, "oxford_iiit_pet", 37,
+        _task("dtd", "DTD", NATURAL, "dtd:3.*.*", 47, _STANDARD),
+        _task("oxford_flowers102", "Flowers102", NATURAL, "oxford_flowers102:2.*.*", 102,
+              _STANDARD),
+        _task("oxford_iiit_pet", "Pets", NATURAL, "oxford_iiit_pet:4.*.*", 37,
               ("train[:80%]", "train[80%:]", "test")),
-        _task("sun397", "Sun397", NATURAL, "sun397/tfds", 397, _STANDARD),
-        _task("svhn", "SVHN", NATURAL, "svhn_cropped", 10,
+        _task("sun397", "Sun397", NATURAL, "sun397/tfds:4.*.*", 397, _STANDARD),
+        _task("svhn", "SVHN", NATURAL, "svhn_cropped:3.*.*", 10,
               ("train[:90%]", "train[90%:]", "test")),
         # Specialized.
-        _task("eurosat", "EuroSAT", SPECIALIZED, "eurosat/rgb", 10,
+        _task("eurosat", "EuroSAT", SPECIALIZED, "eurosat/rgb:2.*.*", 10,
               ("train[:60%]", "train[60%:80%]", "train[80%:]")),
-        _task("resisc45", "Resisc45", SPECIALIZED, "resisc45", 45,
+        _task("resisc45", "Resisc45", SPECIALIZED, "resisc45:3.*.*", 45,
               ("train[:60%]", "train[60%:80%]", "train[80%:]")),
-        _task("patch_camelyon", "Patch Camelyon", SPECIALIZED, "patch_camelyon", 2, _STANDARD),
+        _task("patch_camelyon", "Patch Camelyon", SPECIALIZED, "patch_camelyon:2.*.*", 2,
+              _STANDARD),
         _task("diabetic_retinopathy", "Retinopathy", SPECIALIZED,
-              "diabetic_retinopathy_detection/btgraham-300", 5, _STANDARD),
+              "diabetic_retinopathy_detection/btgraham-300:3.*.*", 5, _STANDARD),
         # Structured.
-        _task("clevr_count", "Clevr/count", STRUCTURED, "clevr", 8,
+        _task("clevr_count", "Clevr/count", STRUCTURED, "clevr:3.*.*", 8,
               ("train[:90%]", "train[90%:]", "validation"), label=clevr_count_label,
-              label_features={"objects": {"size"}}),
-        _task("clevr_distance", "Clevr/distance", STRUCTURED, "clevr", 6,
+              label_features={"objects": {"size"}}, random_crop=False),
+        _task("clevr_distance", "Clevr/distance", STRUCTURED, "clevr:3.*.*", 6,
               ("train[:90%]", "train[90%:]", "validation"), label=clevr_distance_label,
-              label_features={"objects": {"pixel_coords"}}),
-        _task("dsprites_location", "dSprites/location", STRUCTURED, "dsprites", 16,
+              label_features={"objects": {"pixel_coords"}}, random_crop=False),
+        _task("dsprites_location", "dSprites/location", STRUCTURED, "dsprites:2.*.*", 16,
               ("train[:80%]", "train[80%:90%]", "train[90%:]"),
               label=grouped_label("label_x_position", 32, 16), image_scale=255,
-              label_features={"label_x_position": True}),
-        _task("dsprites_orientation", "dSprites/orientation", STRUCTURED, "dsprites", 16,
+              label_features={"label_x_position": True}, random_flip=False, random_crop=False),
+        _task("dsprites_orientation", "dSprites/orientation", STRUCTURED, "dsprites:2.*.*", 16,
               ("train[:80%]", "train[80%:90%]", "train[90%:]"),
               label=grouped_label("label_orientation", 40, 16), image_scale=255,
-              label_features={"label_orientation": True}),
-        _task("smallnorb_azimuth", "SmallNORB/azimuth", STRUCTURED, "smallnorb", 18,
+              label_features={"label_orientation": True}, random_flip=False),
+        _task("smallnorb_azimuth", "SmallNORB/azimuth", STRUCTURED, "smallnorb:2.*.*", 18,
               ("train", "test[:50%]", "test[50%:]"), label=feature_label("label_azimuth"),
-              label_features={"label_azimuth": True}),
-        _task("smallnorb_elevation", "SmallNORB/elevation", STRUCTURED, "smallnorb", 9,
+              label_features={"label_azimuth": True}, random_flip=False),
+        _task("smallnorb_elevation", "SmallNORB/elevation", STRUCTURED, "smallnorb:2.*.*", 9,
               ("train", "test[:50%]", "test[50%:]"), label=feature_label("label_elevation"),
               label_features={"label_elevation": True}),
-        _task("dmlab", "DMLab", STRUCTURED, "dmlab", 6, _STANDARD),
-        _task("kitti_distance", "KITTI/distance", STRUCTURED, "kitti", 4, _STANDARD,
+        _task("dmlab", "DMLab", STRUCTURED, "dmlab:2.0.1", 6, _STANDARD, random_crop=False),
+        _task("kitti_distance", "KITTI/distance", STRUCTURED, "kitti:3.1.0", 4, _STANDARD,
               label=kitti_distance_label,
-              label_features={"objects": {"type", "location"}}),
+              label_features={"objects": {"type", "location"}}, random_crop=False),
     )
 }  # fmt: skip
+
+
+#: Where the TFDS version differs from the one google-research/task_adaptation pins, and why.
+TFDS_VERSION_NOTES = {
+    "oxford_iiit_pet": (
+        "VTAB pins oxford_iiit_pet 3.x; the installed TFDS builds only 4.x, which bit_tf uses."
+    ),
+}
 
 
 def get_task(name: str) -> Task:
@@ -231,12 +251,14 @@ def get_task(name: str) -> Task:
 
 @dataclasses.dataclass
 class TaskSplits:
-    """The VTAB-1k splits of a task: train (800), validation (200), test (all)."""
+    """The VTAB-1k splits of a task: train (800), validation (200), test (all), and the TFDS
+    version they were read from (e.g. "3.1.0")."""
 
     task: Task
     train: data_lib.ImageSource
     validation: data_lib.ImageSource
     test: data_lib.ImageSource
+    tfds_version: str | None = None
 
     @property
     def train_and_validation(self) -> data_lib.ImageSource:
@@ -377,6 +399,8 @@ def load_task(
         >>> splits.test.num_classes
         16
     """
+    import tensorflow_datasets as tfds
+
     task = get_task(name)
     return TaskSplits(
         task,
@@ -385,6 +409,7 @@ def load_task(
             task, task.validation_split, validation_examples, "val200", data_dir, download
         ),
         _split_source(task, task.test_split, None, "test", data_dir, download),
+        str(tfds.builder(task.tfds_name, data_dir=data_dir).info.version),
     )
 
 
@@ -438,19 +463,26 @@ def _write_results(output_dir: str, stem: str, markdown: str, record: dict) -> t
     return markdown_path, json_path
 
 
+#: Runs per task; the BiT paper reports the median of 3.
+RUNS_PER_TASK = 3
+
+
 @dataclasses.dataclass
 class VtabResults:
     """Per-task accuracies of a VTAB-1k run, with the group and overall means.
 
     Attributes:
-        rows: one dict per task: task, title, group, num_classes, test_examples,
-            validation_accuracy (None if not measured) and test_accuracy.
+        rows: one dict per task: task, title, group, num_classes, tfds_name (with the version
+            asked for) and tfds_version (the one read), random_flip and random_crop,
+            test_examples, runs (one dict per run: run, seed, validation_accuracy,
+            test_accuracy), and validation_accuracy (None if not measured) and test_accuracy:
+            the medians over the runs.
     """
 
     rows: list
 
     def means(self) -> dict:
-        """Mean test accuracy per group present, and "Overall" over all tasks run."""
+        """Mean (over tasks) median test accuracy per group present, and "Overall"."""
         means = {}
         for group in GROUPS:
             values = [row["test_accuracy"] for row in self.rows if row["group"] == group]
@@ -461,26 +493,34 @@ class VtabResults:
         return means
 
     def to_markdown(self) -> str:
-        """The results as a Markdown table: tasks by group, then the means (in %)."""
+        """The results as a Markdown table: tasks by group with every run's test accuracy and
+        the median, then the means of the medians (in %)."""
         lines = [
-            "| Group | Task | Classes | Test examples | Val200 acc. (%) | Test acc. (%) |",
-            "|---|---|---:|---:|---:|---:|",
+            "| Group | Task | TFDS | Classes | Test examples | Test acc. per run (%) "
+            "| Val200 acc. (%) | Test acc., median (%) |",
+            "|---|---|---|---:|---:|---|---:|---:|",
         ]
         for row in self.rows:
             validation = row.get("validation_accuracy")
             validation = "-" if validation is None else f"{100 * validation:.1f}"
+            per_run = ", ".join(f"{100 * run['test_accuracy']:.1f}" for run in row["runs"])
             lines.append(
-                f"| {row['group']} | {row['title']} | {row['num_classes']} | "
-                f"{row['test_examples']} | {validation} | {100 * row['test_accuracy']:.1f} |"
+                f"| {row['group']} | {row['title']} | {row['tfds_name'].split(':')[0]} "
+                f"{row['tfds_version']} | {row['num_classes']} | {row['test_examples']} | "
+                f"{per_run} | {validation} | {100 * row['test_accuracy']:.1f} |"
             )
         for name, value in self.means().items():
-            lines.append(f"| **{name} mean** | | | | | **{100 * value:.1f}** |")
+            lines.append(f"| **{name} mean** | | | | | | | **{100 * value:.1f}** |")
         return "\n".join(lines) + "\n"
 
     def write(self, output_dir: str) -> tuple[str, str]:
         """Writes `vtab_results.md` and `vtab_results.json`; returns their paths."""
         record = {"tasks": self.rows, "means": self.means()}
         return _write_results(output_dir, "vtab_results", self.to_markdown(), record)
+
+
+def _median(values: list) -> float | None:
+    return None if not values or None in values else float(np.median(values))
 
 
 def run_vtab(
@@ -497,18 +537,22 @@ def run_vtab(
     crop: int | None = None,
     max_test_examples: int | None = None,
     seed: int = 0,
+    runs: int = RUNS_PER_TASK,
     download: bool = True,
     **finetune_options,
 ) -> VtabResults:
-    """Fine-tunes `model` on each VTAB-1k task with the BiT-HyperRule and tests it.
+    """Fine-tunes `model` on each VTAB-1k task with the BiT-HyperRule, `runs` times, and tests it.
 
     With the HyperRule there is no hyper-parameter search, so by default each task trains on
     all 1,000 examples (train800 + val200), as the BiT paper does, and reports test accuracy;
-    `train_on_validation=False` trains on train800 and also reports val200 accuracy.
+    `train_on_validation=False` trains on train800 and also reports val200 accuracy. Each task
+    trains with its own augmentation (`Task.random_flip`, `Task.random_crop`), and is run
+    `runs` times from a fresh backbone with seeds `seed`, `seed + 1`, ...: the table keeps
+    every run and reports the median, as the paper does.
 
     Args:
         model: a model name ("BiT-M-R50x1") with `weights`, or a function returning a fresh
-            Keras backbone (called once per task; its head, if any, is replaced).
+            Keras backbone (called once per run; its head, if any, is replaced).
         tasks: keys of `TASKS` (default all 19).
         weights: released name, path or URL of the weights of a named model.
         output_dir: where `vtab_results.md` / `.json` are written (rewritten after each task).
@@ -518,17 +562,20 @@ def run_vtab(
             examples; 160/128 or 448/384 by image size); smaller values scale the run down.
         max_test_examples: score on the first N test examples only (laptop scale; the table
             shows the number used). None: the full test split, as VTAB defines.
-        seed: seed of the input pipeline.
+        seed: seed of the input pipeline of the first run.
+        runs: runs per task (the paper: 3, reporting the median).
         download: let TFDS download missing datasets.
         **finetune_options: passed to `bit_tf.finetune` (e.g. gradient_accumulation_steps).
 
     Example:
         >>> results = run_vtab("BiT-S-R50x1", ["dtd", "eurosat"], weights="BiT-S-R50x1",
-        ...                    output_dir="runs/vtab", batch_size=64, steps=100)
+        ...                    output_dir="runs/vtab", batch_size=64, steps=100, runs=3)
         >>> print(results.to_markdown())
     """
     from bit_tf.finetune import finetune
 
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs must be a positive integer, got {runs!r}.")
     tasks = list(tasks or TASKS)
     for name in tasks:
         get_task(name)
@@ -536,35 +583,59 @@ def run_vtab(
     results = VtabResults([])
     for name in tasks:
         splits = load_task(name, data_dir=data_dir, download=download)
+        task = splits.task
         train = splits.train_and_validation if train_on_validation else splits.train
         validation = None if train_on_validation else splits.validation
-        task_resize, task_crop = _resolution(train, resize, crop, model_name)
-        log.info("VTAB task %s: fine-tuning on %d examples.", name, train.num_examples)
-        fine_tuned, history = finetune(
-            _fresh_backbone(model),
-            train,
-            validation,
-            weights=weights,
-            batch_size=batch_size,
-            steps=steps,
-            resize=task_resize,
-            crop=task_crop,
-            seed=seed,
-            **finetune_options,
-        )
         test = _limited(splits.test, max_test_examples)
-        validation_accuracy = None
-        if validation is not None and history.history.get("val_accuracy"):
-            validation_accuracy = float(history.history["val_accuracy"][-1])
+        task_resize, task_crop = _resolution(train, resize, crop, model_name)
+        options = {"random_flip": task.random_flip, "random_crop": task.random_crop}
+        options.update(finetune_options)
+        run_rows = []
+        for run in range(runs):
+            log.info(
+                "VTAB task %s, run %d of %d: fine-tuning on %d examples.",
+                name,
+                run + 1,
+                runs,
+                train.num_examples,
+            )
+            fine_tuned, history = finetune(
+                _fresh_backbone(model),
+                train,
+                validation,
+                weights=weights,
+                batch_size=batch_size,
+                steps=steps,
+                resize=task_resize,
+                crop=task_crop,
+                seed=seed + run,
+                **options,
+            )
+            validation_accuracy = None
+            if validation is not None and history.history.get("val_accuracy"):
+                validation_accuracy = float(history.history["val_accuracy"][-1])
+            run_rows.append(
+                {
+                    "run": run,
+                    "seed": seed + run,
+                    "validation_accuracy": validation_accuracy,
+                    "test_accuracy": evaluate_accuracy(fine_tuned, test, task_crop),
+                }
+            )
         results.rows.append(
             {
                 "task": name,
-                "title": splits.task.title,
-                "group": splits.task.group,
-                "num_classes": splits.task.num_classes,
+                "title": task.title,
+                "group": task.group,
+                "num_classes": task.num_classes,
+                "tfds_name": task.tfds_name,
+                "tfds_version": splits.tfds_version,
+                "random_flip": options["random_flip"],
+                "random_crop": options["random_crop"],
                 "test_examples": test.num_examples,
-                "validation_accuracy": validation_accuracy,
-                "test_accuracy": evaluate_accuracy(fine_tuned, test, task_crop),
+                "runs": run_rows,
+                "validation_accuracy": _median([row["validation_accuracy"] for row in run_rows]),
+                "test_accuracy": _median([row["test_accuracy"] for row in run_rows]),
             }
         )
         if output_dir:
@@ -683,7 +754,9 @@ __all__ = [
     "FEW_SHOT_EXAMPLES",
     "GROUPS",
     "KITTI_DISTANCE_THRESHOLDS",
+    "RUNS_PER_TASK",
     "TASKS",
+    "TFDS_VERSION_NOTES",
     "FewShotResults",
     "Task",
     "TaskSplits",

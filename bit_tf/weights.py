@@ -25,7 +25,7 @@ import numpy as np
 
 from bit_tf.download import download
 from bit_tf.layers import PreActBasic, PreActBottleneck, StandardizedConv2D
-from bit_tf.registry import RELEASED_CHECKPOINTS, parse_model_name
+from bit_tf.registry import RELEASES, find_release, parse_model_name
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,8 @@ def describe_layout(shapes: dict) -> dict:
 
 
 def read_checkpoint(path: str) -> dict[str, np.ndarray]:
-    """Reads an official-layout `.npz` safely (no pickles) into float32 arrays.
+    """Reads a BiT `.npz` safely (no pickles) into float32 arrays under the official key names
+    (`in_official_layout`).
 
     Raises:
         CheckpointError: the file is missing, damaged, holds object arrays, or non-numbers.
@@ -236,15 +237,110 @@ def read_checkpoint(path: str) -> dict[str, np.ndarray]:
             f"Checkpoint {path!r} is damaged or not an .npz file ({type(error).__name__}: "
             f"{error}); download it again."
         ) from None
-    return arrays
+    return in_official_layout(arrays)
+
+
+# big_vision's names (`big_vision/models/bit_paper.py`) for the parts of a unit: its first,
+# second and third GroupNorm and convolution are the official "a", "b" and "c".
+_BIG_VISION_UNIT_PARTS = {"1": "a", "2": "b", "3": "c"}
+_BIG_VISION_UNIT_KEY = re.compile(r"^(block\d+)/(unit\d+)/(conv|gn)([123])/(kernel|scale|bias)$")
+_NUMBERED_CONVOLUTION = re.compile(r"/standardized_conv2d_\d+/")
+
+
+def in_official_layout(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays of a BiT checkpoint under the official key names.
+
+    The authors' files come in two layouts: the official one (`resnet/block1/unit01/a/...`),
+    some of whose files number their convolutions (`standardized_conv2d_1`), and big_vision's
+    (`block1/unit01/conv1/kernel`, `gn1/scale`, `norm-pre-head`, `head/kernel`), which the
+    authors' own loader (big_vision's `bit_paper.load`) also accepts for their BiT files. Both
+    come out in the official layout; other keys are kept as they are.
+
+    Example:
+        >>> sorted(in_official_layout({"root_block/conv_root/kernel": kernel}))
+        ['resnet/root_block/standardized_conv2d/kernel']
+    """
+    arrays = {
+        _NUMBERED_CONVOLUTION.sub("/standardized_conv2d/", key): value
+        for key, value in arrays.items()
+    }
+    if any(key.startswith("resnet/") for key in arrays):
+        return arrays
+    official = {}
+    for key, value in arrays.items():
+        name = key.removeprefix("params/")
+        official_key = _official_name_of_big_vision_key(name)
+        if official_key is None:
+            official[key] = value
+            continue
+        if official_key.endswith(("/gamma", "/beta")):
+            value = value.reshape(value.shape[-1:])
+        elif official_key == HEAD_KERNEL:
+            value = value.reshape((1, 1, *value.shape[-2:]))
+        official[official_key] = value
+    return official
+
+
+def _official_name_of_big_vision_key(name: str) -> str | None:
+    fixed = {
+        "root_block/conv_root/kernel": ROOT_KERNELS[0],
+        "norm-pre-head/scale": "resnet/group_norm/gamma",
+        "norm-pre-head/bias": "resnet/group_norm/beta",
+        "head/kernel": HEAD_KERNEL,
+        "head/bias": HEAD_BIAS,
+    }
+    if name in fixed:
+        return fixed[name]
+    if name.endswith("/conv_proj/kernel"):
+        unit = name.removesuffix("/conv_proj/kernel")
+        return f"resnet/{unit}/a/proj/standardized_conv2d/kernel"
+    match = _BIG_VISION_UNIT_KEY.match(name)
+    if match is None:
+        return None
+    block, unit, kind, index, variable = match.groups()
+    part = f"resnet/{block}/{unit}/{_BIG_VISION_UNIT_PARTS[index]}"
+    if kind == "conv":
+        return f"{part}/standardized_conv2d/kernel" if variable == "kernel" else None
+    return f"{part}/group_norm/{'gamma' if variable == 'scale' else 'beta'}"
+
+
+def checkpoint_num_classes(arrays: dict[str, np.ndarray]) -> int | None:
+    """The classes of a checkpoint's head (read with `read_checkpoint`); None without a head.
+
+    Example:
+        >>> checkpoint_num_classes(read_checkpoint("BiT-M-R50x1-ILSVRC2012.npz"))
+        1000
+    """
+    if HEAD_KERNEL not in arrays:
+        return None
+    return int(arrays[HEAD_KERNEL].shape[-1])
+
+
+def released_url(name: str) -> str:
+    """The URL of a released checkpoint: its file (`bit_tf.registry.RELEASES`) under the
+    authors' bucket, or under `$BIT_TF_WEIGHTS_URL`, a mirror of the same layout.
+
+    Example:
+        >>> released_url("BiT-R50x1-distilled-224")
+        'https://storage.googleapis.com/bit_models/distill/R50x1_224.npz'
+    """
+    release = find_release(name)
+    if release is None:
+        raise CheckpointError(f"{name!r} is not a released checkpoint name.")
+    base_url = os.environ.get("BIT_TF_WEIGHTS_URL", OFFICIAL_BASE_URL).rstrip("/")
+    return f"{base_url}/{release.file}"
 
 
 def resolve_checkpoint(path_or_url: str) -> str:
     """Turns a released name, a URL or a path into a local file path, downloading if needed.
 
+    Released names (`bit_tf.list_released_checkpoints()`) are cached under their own name.
+
     Example:
         >>> resolve_checkpoint("BiT-M-R50x1")   # downloads once, then reads the cache
         '/home/me/.keras/models/bit_tf/BiT-M-R50x1.npz'
+        >>> resolve_checkpoint("BiT-M-R50x1-run0-caltech101")
+        '/home/me/.keras/models/bit_tf/BiT-M-R50x1-run0-caltech101.npz'
     """
     path_or_url = os.fspath(path_or_url)
     scheme = urllib.parse.urlparse(path_or_url).scheme
@@ -253,17 +349,21 @@ def resolve_checkpoint(path_or_url: str) -> str:
     if os.path.exists(path_or_url) or path_or_url.endswith(".npz") or os.sep in path_or_url:
         return path_or_url
     name = path_or_url
-    if name not in RELEASED_CHECKPOINTS:
+    if find_release(name) is None:
         try:
             parse_model_name(name)
             reason = "is a valid architecture, but the authors released no checkpoint for it"
         except ValueError:
             reason = "is neither a file, a URL, nor a released checkpoint name"
-        raise CheckpointError(
-            f"Weights {name!r} {reason}. Released names: {', '.join(RELEASED_CHECKPOINTS)}."
+        examples = ", ".join(
+            ["BiT-M-R50x1", "BiT-M-R50x1-ILSVRC2012", "BiT-M-R50x1-run0-caltech101"]
+            + ["BiT-R50x1-distilled-224", "BiT-M-R152x2-teacher-384"]
         )
-    base_url = os.environ.get("BIT_TF_WEIGHTS_URL", OFFICIAL_BASE_URL).rstrip("/")
-    return download(f"{base_url}/{name}.npz")
+        raise CheckpointError(
+            f"Weights {name!r} {reason}. The {len(RELEASES)} released names (e.g. {examples}) "
+            "are listed by bit_tf.list_released_checkpoints()."
+        )
+    return download(released_url(name), file_name=f"{name}.npz")
 
 
 def _list(items: list) -> str:

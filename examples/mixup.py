@@ -3,9 +3,10 @@
 A small ResNetV2 from `bit_tf.resnet_v2` (GroupNorm + Weight Standardization, as BiT) is trained
 from scratch at 32x32 on a subset of scikit-learn's handwritten digits (offline), once without
 MixUp, once with the BiT-HyperRule's alpha = 0.1 and once with a larger alpha (1.0, Zhang et
-al.'s choice for CIFAR). MixUp comes from `bit_tf.data.train_pipeline` (keras.layers.MixUp):
-each batch is mixed with a shuffled copy of itself, lambda ~ Beta(alpha, alpha), images and
-one-hot labels alike. The test error is recorded after every epoch.
+al.'s choice for CIFAR). MixUp comes from `bit_tf.data.train_pipeline` (`bit_tf.mixup`):
+each batch is mixed with a shuffled copy of itself with one lambda ~ Beta(alpha, alpha) per
+batch, as the authors mix, images and one-hot labels alike. The test error is recorded after
+every epoch.
 
     python examples/mixup.py            # a few minutes on 2 CPU cores
     python examples/mixup.py --quick    # under a minute, for CI

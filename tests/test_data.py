@@ -197,3 +197,52 @@ def test_pipeline_output_signature_is_fixed(array_source):
     spec = data.train_pipeline(array_source, 8, 20, 16).element_spec
     assert spec[0] == tf.TensorSpec((8, 16, 16, 3), tf.float32)
     assert spec[1] == tf.TensorSpec((8, 4), tf.float32)
+
+
+def _one_of_each_class():
+    # Left-right asymmetric images (a ramp across the width), one per class, so that a flip, a
+    # crop or a resize shows.
+    ramp = np.linspace(0.0, 1.0, 24, dtype=np.float32)[None, :, None]
+    images = np.stack(
+        [np.broadcast_to(ramp * (0.5 + index / 16), (20, 24, 3)) for index in range(8)]
+    )
+    return images, data.from_arrays(images, np.arange(8))
+
+
+def _unmixed_images_by_class(pipeline):
+    (images, labels), *_ = _batches(pipeline, 1)
+    return images[np.argsort(labels.argmax(axis=1))]
+
+
+def test_without_crops_and_flips_images_are_resized_straight_to_the_crop_size():
+    images, source = _one_of_each_class()
+    pipeline = data.train_pipeline(
+        source, 8, resize=20, crop=12, seed=0, random_flip=False, random_crop=False
+    )
+    expected = tf.image.resize(images, (12, 12)).numpy()
+    np.testing.assert_allclose(_unmixed_images_by_class(pipeline), expected, atol=1e-6)
+
+
+def test_flips_alone_mirror_some_images_and_keep_the_rest_whole():
+    images, source = _one_of_each_class()
+    pipeline = data.train_pipeline(source, 8, 20, 12, seed=3, random_crop=False)
+    resized = tf.image.resize(images, (12, 12)).numpy()
+    got = _unmixed_images_by_class(pipeline)
+    flipped = [
+        np.allclose(image, reference[:, ::-1], atol=1e-6)
+        for image, reference in zip(got, resized, strict=True)
+    ]
+    whole = [
+        np.allclose(image, reference, atol=1e-6)
+        for image, reference in zip(got, resized, strict=True)
+    ]
+    assert all(a or b for a, b in zip(flipped, whole, strict=True))
+    assert any(flipped) and any(whole)
+
+
+def test_crops_alone_never_mirror_an_image():
+    images, source = _one_of_each_class()
+    pipeline = data.train_pipeline(source, 8, 20, 12, seed=3, random_flip=False)
+    got = _unmixed_images_by_class(pipeline)
+    # The ramp rises left to right in every crop; a flip would make it fall.
+    assert np.all(np.diff(got[:, 0, :, 0], axis=1) > 0)

@@ -295,6 +295,8 @@ def test_config_defaults_are_the_keyword_defaults_of_finetune():
         "dtype": None,
         "jit_compile": "auto",
         "verbose": "auto",
+        "random_flip": True,
+        "random_crop": True,
     }
 
 

@@ -212,3 +212,29 @@ def test_finetune_stays_callable_however_it_is_imported():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_checkpoint_decides_the_head(official_checkpoint, reference_outputs):
+    # The fixture is an R14x1 (one unit per block) with a 10-class head.
+    small = {"units_per_block": (1, 1, 1, 1)}
+    model = bit_tf.create_model("BiT-M-R50x1", weights=official_checkpoint, **small)
+    assert model.output_shape == (None, 10)
+    logits = model(reference_outputs["images"])
+    assert relative_error(logits, reference_outputs["logits"]) < PARITY_TOLERANCE
+    # An explicit num_classes wins; a head that does not fit stays zero.
+    other = bit_tf.create_model("BiT-M-R50x1", 3, weights=official_checkpoint, **small)
+    assert other.output_shape == (None, 3)
+    assert not np.any(keras.ops.convert_to_numpy(other.get_layer("head").kernel))
+    features = bit_tf.create_model("BiT-M-R50x1", None, weights=official_checkpoint, **small)
+    assert features.output_shape == (None, 2048)
+
+
+def test_released_names_build_their_architecture_and_head():
+    small = {"units_per_block": (1, 1, 1, 1)}
+    assert bit_tf.create_model("BiT-M-R50x1-ILSVRC2012", **small).output_shape == (None, 1000)
+    vtab_model = bit_tf.create_model("BiT-M-R50x1-run1-smallnorb-azimuth", **small)
+    assert vtab_model.output_shape == (None, 18)
+    teacher = bit_tf.create_model("BiT-M-R152x2-teacher-224", num_classes=None, **small)
+    assert teacher.output_shape == (None, 4096)  # width 2: 2 x 2048 features
+    with pytest.raises(ValueError, match="list_released_checkpoints"):
+        bit_tf.create_model("BiT-M-R50x1-ILSVRC2013")

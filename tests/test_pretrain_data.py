@@ -49,6 +49,10 @@ def _write(path, examples):
 MULTI_LABELS = [[0, 2], 1, [3], [1, 4, 2], [], 0, [4, 0], [2, 3]]
 
 
+def _softplus(value: float) -> float:
+    return math.log1p(math.exp(value))
+
+
 @pytest.fixture(scope="module")
 def multi_label_file(tmp_path_factory):
     rng = np.random.default_rng(0)
@@ -202,10 +206,12 @@ def test_multi_label_bfloat16_pretraining_uses_sigmoid_loss_and_reports_precisio
     assert result.model.get_layer("block1_unit01").compute_dtype == "bfloat16"
     assert {variable.dtype for variable in result.model.trainable_variables} == {"float32"}
     first = result.history[0]
-    # The head starts at zero: every logit is 0, so the summed sigmoid cross-entropy is
-    # num_classes x log 2 (softmax would give log num_classes), and the top class is class 0,
-    # right for the images that carry label 0.
-    assert first["loss"] == pytest.approx(NUM_CLASSES * math.log(2), rel=1e-5)
+    # The head kernel starts at zero and its bias at -10 (big_vision's multi-label start): every
+    # logit is -10, so an image with k of the classes costs k softplus(10) + (classes - k)
+    # softplus(-10), and the top class is class 0, right for the images that carry label 0.
+    positives = np.mean([len(np.atleast_1d(labels)) for labels in MULTI_LABELS])
+    expected = positives * _softplus(10.0) + (NUM_CLASSES - positives) * _softplus(-10.0)
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
     with_label_zero = sum(1 for labels in MULTI_LABELS if labels == 0 or 0 in np.atleast_1d(labels))
     assert first["metric"] == pytest.approx(with_label_zero / len(MULTI_LABELS))
     assert all(np.isfinite(entry["loss"]) for entry in result.history)

@@ -1,5 +1,6 @@
 """The upstream learning-rate schedule: warm-up, each decay boundary and the end, for BiT-S/M
-(90 epochs, decays after 30/60/80) and BiT-L (40 epochs, decays after 23/30/37)."""
+(90 epochs, decays after 30/60/80) and BiT-L (40 epochs, decays after 23/30/37 as the seed's
+table, or 10/23/30/37 as the paper's text)."""
 
 import keras
 import pytest
@@ -84,9 +85,29 @@ def schedule_config(schedule):
         ({"dataset_size": 0}, "dataset_size must be a positive integer, got 0"),
         ({"global_batch_size": -8}, "global_batch_size must be a positive integer, got -8"),
         ({"train_steps": 0}, "train_steps must be a positive integer, got 0"),
+        ({"decay_epochs": "lecture"}, "decay_epochs must be one of .*, got 'lecture'"),
+        ({"decay_epochs": (60, 30)}, r"increasing epochs between 0 and the recipe's 90, got \[60"),
     ],
 )
 def test_bad_arguments_say_what_is_wrong(arguments, message):
     settings = {"model_size": "S", "dataset_size": 1000, "global_batch_size": 64, **arguments}
     with pytest.raises(ValueError, match=message):
         upstream_schedule(**settings)
+
+
+def test_the_seed_decays_bit_l_by_default_and_the_papers_text_on_request():
+    per_epoch = JFT_300M // 4096
+    seed = upstream_schedule("L", JFT_300M)
+    paper = upstream_schedule("L", JFT_300M, decay_epochs="paper")
+    assert seed.boundaries == tuple(epoch * per_epoch for epoch in (23, 30, 37))
+    assert paper.boundaries == tuple(epoch * per_epoch for epoch in (10, 23, 30, 37))
+    assert paper.total_steps == seed.total_steps == 40 * per_epoch
+    # Four decays: the rate ends 10^4 below its peak.
+    assert rate(paper, paper.total_steps - 1) == pytest.approx(0.48e-4, rel=1e-5)
+    # S and M decay after the same epochs in the seed and the paper.
+    assert upstream_schedule("M", ILSVRC_2012, decay_epochs="paper").boundaries == (
+        upstream_schedule("M", ILSVRC_2012).boundaries
+    )
+    # Explicit epochs keep their place when training is shortened, like the recipe's.
+    short = upstream_schedule("L", JFT_300M, epochs=4, decay_epochs=(10, 20, 30))
+    assert short.boundaries == tuple(round(epoch / 10 * per_epoch) for epoch in (10, 20, 30))

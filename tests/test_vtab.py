@@ -168,7 +168,7 @@ def _tiny_backbone():
     return bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), unit="basic", num_classes=None)
 
 
-def test_run_vtab_writes_a_table_with_group_and_overall_means(tmp_path):
+def test_run_vtab_writes_every_run_the_median_and_group_and_overall_means(tmp_path):
     output_dir = str(tmp_path / "vtab")
     with tfds.testing.mock_data(num_examples=1000):
         results = vtab.run_vtab(
@@ -176,25 +176,97 @@ def test_run_vtab_writes_a_table_with_group_and_overall_means(tmp_path):
             ["svhn", "dsprites_location"],
             output_dir=output_dir,
             batch_size=8,
-            steps=2,
+            steps=1,
             resize=32,
             crop=32,
             max_test_examples=24,
+            seed=5,
+            runs=2,
             jit_compile=False,
             verbose=0,
         )
     assert [row["task"] for row in results.rows] == ["svhn", "dsprites_location"]
+    for row in results.rows:
+        assert [(run["run"], run["seed"]) for run in row["runs"]] == [(0, 5), (1, 6)]
+        per_run = [run["test_accuracy"] for run in row["runs"]]
+        assert all(0.0 <= value <= 1.0 for value in per_run)
+        assert row["test_accuracy"] == float(np.median(per_run))
+        assert row["test_examples"] == 24
+    svhn, location = results.rows
+    assert (svhn["tfds_name"], svhn["tfds_version"]) == ("svhn_cropped:3.*.*", "3.1.0")
+    assert location["tfds_name"].startswith("dsprites:2.")
+    assert location["tfds_version"].startswith("2.")
+    # Each task trains with its own augmentation: no flips nor crops for dSprites/location.
+    assert (svhn["random_flip"], svhn["random_crop"]) == (True, True)
+    assert (location["random_flip"], location["random_crop"]) == (False, False)
     accuracies = [row["test_accuracy"] for row in results.rows]
-    assert all(0.0 <= value <= 1.0 for value in accuracies)
-    assert all(row["test_examples"] == 24 for row in results.rows)
     means = results.means()
     assert means["Natural"] == accuracies[0] and means["Structured"] == accuracies[1]
     assert means["Overall"] == pytest.approx(np.mean(accuracies))
     table = open(os.path.join(output_dir, "vtab_results.md")).read()
     for text in ("SVHN", "dSprites/location", "Natural mean", "Structured mean", "Overall mean"):
         assert text in table
+    assert "svhn_cropped 3.1.0" in table
+    runs_cell = ", ".join(f"{100 * run['test_accuracy']:.1f}" for run in svhn["runs"])
+    assert runs_cell in table
     saved = json.load(open(os.path.join(output_dir, "vtab_results.json")))
     assert saved["means"] == pytest.approx(means)
+    assert [len(row["runs"]) for row in saved["tasks"]] == [2, 2]
+
+
+def test_augmentation_per_task_follows_the_papers_supplement():
+    no_flip = {name for name, task in vtab.TASKS.items() if not task.random_flip}
+    no_crop = {name for name, task in vtab.TASKS.items() if not task.random_crop}
+    assert no_flip == {"dsprites_location", "dsprites_orientation", "smallnorb_azimuth"}
+    assert no_crop == {
+        "clevr_count",
+        "clevr_distance",
+        "dmlab",
+        "kitti_distance",
+        "dsprites_location",
+    }
+
+
+# The TFDS versions google-research/task_adaptation reads (task_adaptation/data/*.py).
+VTAB_TFDS_VERSIONS = {
+    "caltech101": "caltech101:3.*.*",
+    "cifar100": "cifar100:3.*.*",
+    "dtd": "dtd:3.*.*",
+    "oxford_flowers102": "oxford_flowers102:2.*.*",
+    "oxford_iiit_pet": "oxford_iiit_pet:3.*.*",
+    "sun397": "sun397/tfds:4.*.*",
+    "svhn": "svhn_cropped:3.*.*",
+    "eurosat": "eurosat/rgb:2.*.*",
+    "resisc45": "resisc45:3.*.*",
+    "patch_camelyon": "patch_camelyon:2.*.*",
+    "diabetic_retinopathy": "diabetic_retinopathy_detection/btgraham-300:3.*.*",
+    "clevr_count": "clevr:3.*.*",
+    "clevr_distance": "clevr:3.*.*",
+    "dsprites_location": "dsprites:2.*.*",
+    "dsprites_orientation": "dsprites:2.*.*",
+    "smallnorb_azimuth": "smallnorb:2.*.*",
+    "smallnorb_elevation": "smallnorb:2.*.*",
+    "dmlab": "dmlab:2.0.1",
+    "kitti_distance": "kitti:3.1.0",
+}
+
+
+def test_tasks_pin_the_tfds_versions_of_vtab_where_tfds_still_builds_them():
+    for name, task in vtab.TASKS.items():
+        if name in vtab.TFDS_VERSION_NOTES:
+            assert task.tfds_name != VTAB_TFDS_VERSIONS[name], name
+        else:
+            assert task.tfds_name == VTAB_TFDS_VERSIONS[name], name
+        # The installed TFDS resolves the pinned version (no data is needed for that).
+        version = tfds.builder(task.tfds_name).info.version
+        assert str(version).split(".")[0] == task.tfds_name.split(":")[1].split(".")[0], name
+    assert set(vtab.TFDS_VERSION_NOTES) == {"oxford_iiit_pet"}
+
+
+def test_the_cli_runs_three_times_by_default():
+    from bit_cli import vtab as vtab_cli
+
+    assert vtab_cli.FLAGS["runs"].default == vtab.RUNS_PER_TASK == 3
 
 
 def test_few_shot_runner_draws_k_examples_per_class_for_each_seed(tmp_path):

@@ -2,7 +2,11 @@
 
 import functools
 import http.server
+import itertools
 import os
+import pty
+import re
+import shutil
 import threading
 import time
 
@@ -11,8 +15,16 @@ import numpy as np
 import pytest
 
 import bit_tf
+from bit_tf import registry
 from bit_tf.download import DownloadError, download
-from bit_tf.weights import CheckpointError, official_variables, read_checkpoint, resolve_checkpoint
+from bit_tf.weights import (
+    HEAD_BIAS,
+    HEAD_KERNEL,
+    CheckpointError,
+    official_variables,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 
 
 def fixture_model(num_classes=10):
@@ -216,3 +228,162 @@ def test_a_missing_file_is_not_retried(weights_server, keras_home):
     with pytest.raises(DownloadError, match="404"):
         download(f"{weights_server}/BiT-S-R50x1.npz", backoff_seconds=5)
     assert time.monotonic() - started < 5
+
+
+# --- Every release by name, from a loopback mirror of the authors' bucket ------------------
+
+# The files the authors' README (google-research/big_transfer) publishes, as it writes them.
+README_FILES = (
+    "BiT-{S,M}-{R50x1,R101x1,R50x3,R101x3,R152x4,R152x2}.npz",
+    "BiT-M-{R50x1,R101x1,R50x3,R101x3,R152x4,R152x2}-ILSVRC2012.npz",
+    "vtab/BiT-M-{R50x1,R101x1,R50x3,R101x3,R152x4}-run{0,1,2}-{caltech101,diabetic_retinopathy,"
+    "dtd,oxford_flowers102,oxford_iiit_pet,resisc45,sun397,cifar100,eurosat,patch_camelyon,"
+    "smallnorb-elevation,svhn,dsprites-orientation,smallnorb-azimuth,clevr-distance,clevr-count,"
+    "dmlab,kitti-distance,dsprites-xpos}.npz",
+    "distill/R50x1_224.npz",
+    "distill/R50x1_160.npz",
+    "distill/R152x2_T_224.npz",
+    "distill/R152x2_T_384.npz",
+)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Shell brace expansion of one level, as the README's wget lines use it."""
+    pieces = re.split(r"\{([^}]*)\}", pattern)
+    choices = [
+        [piece] if index % 2 == 0 else piece.split(",") for index, piece in enumerate(pieces)
+    ]
+    return ["".join(parts) for parts in itertools.product(*choices)]
+
+
+PUBLISHED_FILES = sorted(file for pattern in README_FILES for file in expand_braces(pattern))
+
+
+def with_head(arrays: dict, num_classes: int, seed: int) -> dict:
+    generator = np.random.default_rng(seed)
+    features = arrays[HEAD_KERNEL].shape[-2]
+    head = {
+        HEAD_KERNEL: generator.normal(size=(1, 1, features, num_classes)).astype("float32"),
+        HEAD_BIAS: generator.normal(size=(num_classes,)).astype("float32"),
+    }
+    return {**arrays, **head}
+
+
+def in_big_vision_layout(arrays: dict) -> dict:
+    """The arrays under big_vision's names (`big_vision/models/bit_paper.py`)."""
+    converted = {}
+    for key, value in arrays.items():
+        name = key.removeprefix("resnet/")
+        name = name.replace("root_block/standardized_conv2d/kernel", "root_block/conv_root/kernel")
+        name = re.sub(r"/a/proj/standardized_conv2d/kernel$", "/conv_proj/kernel", name)
+        for index, part in enumerate("abc", 1):
+            name = name.replace(f"/{part}/standardized_conv2d/kernel", f"/conv{index}/kernel")
+            if f"/{part}/group_norm/" in name:
+                name = name.replace(f"/{part}/group_norm/", f"/gn{index}/")
+                value = value.reshape(1, 1, 1, -1)
+        if name.startswith("group_norm/"):
+            name = "norm-pre-head/" + name.removeprefix("group_norm/")
+            value = value.reshape(1, 1, 1, -1)
+        if name.startswith("head/conv2d/"):
+            name = "head/" + name.removeprefix("head/conv2d/")
+            value = value[0, 0] if value.ndim == 4 else value
+        converted[name.replace("gamma", "scale").replace("beta", "bias")] = value
+    return converted
+
+
+@pytest.fixture(scope="module")
+def authors_mirror(official_checkpoint, tmp_path_factory):
+    """A loopback server holding every published file at the authors' paths: random weights of
+    the R14x1 fixture (one unit per block) with the right width, and the right head where a test
+    loads the file."""
+    folder = tmp_path_factory.mktemp("bit_models")
+    original = checkpoint_arrays(official_checkpoint)
+    shutil.copyfile(official_checkpoint, folder / "fixture.npz")
+    for file in PUBLISHED_FILES:
+        (folder / file).parent.mkdir(parents=True, exist_ok=True)
+        os.link(folder / "fixture.npz", folder / file)  # hard links: no copies of the bytes
+    written = {
+        "vtab/BiT-M-R50x1-run0-caltech101.npz": with_head(original, 102, seed=1),
+        "BiT-M-R50x1-ILSVRC2012.npz": with_head(original, 1000, seed=2),
+        "distill/R50x1_224.npz": in_big_vision_layout(with_head(original, 1000, seed=3)),
+    }
+    for file, arrays in written.items():
+        os.remove(folder / file)
+        write_checkpoint(folder / file, arrays)
+    handler = functools.partial(_FlakyHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", folder
+    server.shutdown()
+    server.server_close()
+
+
+def test_every_published_file_has_a_name_and_every_name_a_file():
+    files = [registry.RELEASES[name].file for name in bit_tf.list_released_checkpoints()]
+    assert sorted(files) == PUBLISHED_FILES
+    assert len(files) == len(set(files)) == 18 + 285 + 4
+
+
+def test_a_vtab_checkpoint_loads_by_name_with_its_head(authors_mirror, keras_home, monkeypatch):
+    url, folder = authors_mirror
+    monkeypatch.setenv("BIT_TF_WEIGHTS_URL", url)
+    name = "BiT-M-R50x1-run0-caltech101"
+    model = bit_tf.create_model(name, weights=name, units_per_block=(1, 1, 1, 1))
+    assert model.output_shape == (None, 102)
+    stored = checkpoint_arrays(folder / "vtab" / f"{name}.npz")
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.get_layer("head").kernel), stored[HEAD_KERNEL][0, 0]
+    )
+    assert os.listdir(keras_home) == [f"{name}.npz"]
+    # ILSVRC-2012 fine-tuned: the 1000-class head, also for the upstream model's name.
+    imagenet = bit_tf.create_model(
+        "BiT-M-R50x1", weights="BiT-M-R50x1-ILSVRC2012", units_per_block=(1, 1, 1, 1)
+    )
+    assert imagenet.output_shape == (None, 1000)
+
+
+def test_a_distilled_student_in_big_vision_layout_matches_the_reference(
+    authors_mirror, keras_home, monkeypatch, reference_outputs
+):
+    url, folder = authors_mirror
+    monkeypatch.setenv("BIT_TF_WEIGHTS_URL", url)
+    name = "BiT-R50x1-distilled-224"
+    model = bit_tf.create_model(name, weights=name, units_per_block=(1, 1, 1, 1))
+    stored = checkpoint_arrays(folder / "distill" / "R50x1_224.npz")
+    assert "root_block/conv_root/kernel" in stored and "head/kernel" in stored
+    expected = reference_outputs["features"] @ stored["head/kernel"] + stored["head/bias"]
+    logits = keras.ops.convert_to_numpy(model(reference_outputs["images"]))
+    np.testing.assert_allclose(logits, expected, rtol=2e-2, atol=2e-2 * np.abs(expected).max())
+    assert os.listdir(keras_home) == [f"{name}.npz"]
+
+
+def test_teachers_and_students_resolve_to_the_authors_files(
+    authors_mirror, keras_home, monkeypatch
+):
+    url, folder = authors_mirror
+    monkeypatch.setenv("BIT_TF_WEIGHTS_URL", url)
+    for name, file in [
+        ("BiT-M-R152x2-teacher-384", "distill/R152x2_T_384.npz"),
+        ("BiT-R50x1-distilled-160", "distill/R50x1_160.npz"),
+        ("BiT-M-R152x4-run2-dsprites-xpos", "vtab/BiT-M-R152x4-run2-dsprites-xpos.npz"),
+    ]:
+        path = resolve_checkpoint(name)
+        assert path == str(keras_home / f"{name}.npz")
+        assert open(path, "rb").read() == (folder / file).read_bytes()
+
+
+def test_download_progress_is_drawn_on_a_terminal_only(weights_server, keras_home, tmp_path):
+    leader, follower = pty.openpty()
+    with open(follower, "w") as terminal:
+        download(f"{weights_server}/r14.npz", progress_stream=terminal)
+    os.set_blocking(leader, False)
+    shown = os.read(leader, 1 << 16).decode()
+    os.close(leader)
+    size = os.path.getsize(keras_home / "r14.npz")
+    assert f"r14.npz: {size / 2**20:.1f} MiB of {size / 2**20:.1f} MiB (100%)" in shown
+    assert "/s, 0 s left" in shown
+    os.remove(keras_home / "r14.npz")
+    with open(tmp_path / "log.txt", "w") as log_file:
+        download(f"{weights_server}/r14.npz", progress_stream=log_file)
+    assert (tmp_path / "log.txt").read_text() == ""
