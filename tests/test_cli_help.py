@@ -13,6 +13,7 @@ SCRIPTS = {
     "bit-export": ("model", "weights", "serving_dir", "image_size"),
     "bit-pretrain": ("model", "dataset", "checkpoint_dir"),
     "bit-vtab": ("model", "weights", "tasks"),
+    "bit-predict": ("model", "format", "top_k", "image_size"),
 }
 
 
@@ -26,7 +27,7 @@ def console_script(name: str) -> str:
 
 def test_console_scripts_help_lists_their_own_flags():
     environment = dict(os.environ, PYTHONPATH=REPOSITORY, TF_CPP_MIN_LOG_LEVEL="2")
-    # All four at once: each run is mostly TensorFlow's import.
+    # All at once: each run is mostly TensorFlow's import.
     processes = {
         name: subprocess.Popen(
             [console_script(name), "--help"],
