@@ -100,21 +100,14 @@ flags.DEFINE_boolean("overwrite", False, "Replace existing exports and published
 def load_model(model_name: str, weights: str, kind: str, num_classes: int) -> keras.Model:
     """Builds the model to export from the flags' values (see the flag help).
 
-    A fine-tuned `.keras` file is loaded as it is (its backbone for `kind="feature_vector"`);
-    anything else goes through `bit_cli.common.build_model`, which reads the architecture
-    from the checkpoint when `model_name` is empty.
+    Everything goes through `bit_cli.common.build_model`, which reads the architecture from
+    the checkpoint when `model_name` is empty; a fine-tuned `.keras` file keeps its head (its
+    backbone for `kind="feature_vector"`).
 
     Example:
         >>> load_model("", "/data/BiT-M-R50x1.npz", "classification", 0).output_shape
         (None, 21843)
     """
-    import keras
-
-    if weights.endswith(".keras"):
-        model = keras.saving.load_model(weights)
-        if kind == "feature_vector" and any(layer.name == "head" for layer in model.layers):
-            model = keras.Model(model.input, model.get_layer("pre_logits").output, name=model.name)
-        return model
     if kind == "feature_vector":
         classes = None
     elif num_classes > 0:

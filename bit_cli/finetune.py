@@ -48,8 +48,9 @@ flags.DEFINE_string(
     "weights",
     None,
     "Pretrained weights: a released name (BiT-M-R50x1), a path or http(s) URL of an "
-    "official-layout .npz (its architecture is used unless --model is given). Default: random "
-    "initialisation.",
+    "official-layout .npz, or a .keras file bit-finetune wrote (model.keras, "
+    "checkpoints/last.keras or best.keras); its architecture is used unless --model is given. "
+    "Default: random initialisation.",
 )
 flags.DEFINE_string(
     "dataset",

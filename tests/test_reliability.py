@@ -10,8 +10,11 @@ import sys
 import time
 
 import keras
+import numpy as np
+import pytest
 
 import bit_tf.hyperrule  # noqa: F401  (registers the layers and the schedule for loading)
+from bit_tf.weights import official_arrays
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENVIRONMENT = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
@@ -31,13 +34,17 @@ def run_command(module: str, *flags: str, cwd) -> subprocess.CompletedProcess:
     )
 
 
-def test_three_sigints_during_the_save_leave_a_whole_checkpoint_and_the_run_resumes(tmp_path):
-    export_dir = tmp_path / "out"
-    flags = [f"--export_dir={export_dir}", "--steps=8", *SHORT]
-    command = [sys.executable, "-m", "bit_cli.finetune", *flags]
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory) -> dict:
+    """A short bit-finetune run hit by three SIGINTs 0.3 s apart, what it left, and the same
+    command run again."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    export_dir = folder / "out"
+    command = [sys.executable, "-m", "bit_cli.finetune", f"--export_dir={export_dir}"]
+    command += ["--steps=8", *SHORT]
     process = subprocess.Popen(
         command,
-        cwd=tmp_path,
+        cwd=folder,
         env=ENVIRONMENT,
         text=True,
         stdout=subprocess.PIPE,
@@ -52,19 +59,80 @@ def test_three_sigints_during_the_save_leave_a_whole_checkpoint_and_the_run_resu
                 time.sleep(0.3)
             break
     output, _ = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGINT, output[-3000:]
+    checkpoints = export_dir / "checkpoints"
+    left = {
+        "returncode": process.returncode,
+        "output": output,
+        "partial_left": (checkpoints / "last.partial.keras").exists(),
+        "progress": json.loads((checkpoints / "progress.json").read_text()),
+    }
+    if process.returncode == 128 + signal.SIGINT:
+        last = keras.saving.load_model(checkpoints / "last.keras")
+        left["iterations"] = int(keras.ops.convert_to_numpy(last.optimizer.iterations))
+    rerun = subprocess.run(
+        command, cwd=folder, env=ENVIRONMENT, capture_output=True, text=True, timeout=300
+    )
+    return {"export_dir": export_dir, "interrupted": left, "rerun": rerun}
+
+
+def test_three_sigints_during_the_save_leave_a_whole_checkpoint_and_the_run_resumes(
+    interrupted_run,
+):
+    interrupted = interrupted_run["interrupted"]
+    output = interrupted["output"]
+    assert interrupted["returncode"] == 128 + signal.SIGINT, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     assert "SIGINT received again: still writing the checkpoint" in output, output[-3000:]
-    checkpoints = export_dir / "checkpoints"
-    assert not (checkpoints / "last.partial.keras").exists()
-    step = json.loads((checkpoints / "progress.json").read_text())["step"]
-    assert 4 < step < 8
-    last = keras.saving.load_model(checkpoints / "last.keras")
-    assert int(keras.ops.convert_to_numpy(last.optimizer.iterations)) == step
+    assert not interrupted["partial_left"]
+    step = interrupted["progress"]["step"]
+    assert 4 < step < 8 and not interrupted["progress"]["finished"]
+    assert interrupted["iterations"] == step  # last.keras is whole and holds that step
 
-    completed = subprocess.run(
-        command, cwd=tmp_path, env=ENVIRONMENT, capture_output=True, text=True, timeout=300
+    rerun = interrupted_run["rerun"]
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"at step {step} of 8" in rerun.stderr
+    progress_path = interrupted_run["export_dir"] / "checkpoints" / "progress.json"
+    assert json.loads(progress_path.read_text())["step"] == 8
+
+
+def test_the_keras_files_bit_finetune_writes_are_weights_for_bit_finetune_and_bit_export(
+    interrupted_run, tmp_path
+):
+    assert interrupted_run["rerun"].returncode == 0, interrupted_run["rerun"].stderr[-3000:]
+    first = interrupted_run["export_dir"]
+    written = [
+        first / "model.keras",
+        first / "checkpoints/last.keras",
+        first / "checkpoints/best.keras",
+    ]
+
+    # bit-finetune from the best checkpoint, its architecture taken from the file; at rate 0
+    # the backbone stays as loaded.
+    second = tmp_path / "second"
+    completed = run_command(
+        "bit_cli.finetune",
+        f"--weights={written[2]}",
+        f"--export_dir={second}",
+        "--steps=1",
+        "--base_lr=0",
+        *SHORT,
+        cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert f"at step {step} of 8" in completed.stderr
-    assert json.loads((checkpoints / "progress.json").read_text())["step"] == 8
+    best = official_arrays(keras.saving.load_model(written[2]))
+    again = official_arrays(keras.saving.load_model(second / "model.keras"))
+    key = "resnet/block4/unit01/c/standardized_conv2d/kernel"
+    assert np.array_equal(best[key], again[key])
+
+    # bit-export loads each file as build_model does: the head kept, or the feature vector.
+    from bit_cli import common
+    from bit_tf.weights import CheckpointError
+
+    for path in map(str, written):
+        assert common.build_model("", path).output_shape == (None, 10)
+        assert common.build_model("BiT-S-R26x1", path, num_classes=None).output_shape == (
+            None,
+            2048,
+        )
+        with pytest.raises(CheckpointError, match="R50x1.*does not fit.*R26x1"):
+            common.build_model("BiT-S-R50x1", path)
