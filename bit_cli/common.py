@@ -2,7 +2,8 @@
 
 - `run`: a command's console-script entry point (`--help` lists the command's flags);
 - `user_errors`: a user's mistake (a checkpoint that does not fit, an existing target) ends the
-  command with one line on stderr, `<command>: error: <message>`, and exit status 2;
+  command with one line on stderr, `<command>: error: <message>`, and exit status 2; with the
+  environment variable `BIT_TF_TRACEBACK=1` the traceback is printed above that line;
 - `build_model`: the model for `--model` and `--weights`, the architecture read from the
   checkpoint when `--model` is not given (bit-export, bit-finetune and bit-predict);
 - `read_class_names`: the value of a `--class_names` flag (a names file or a list).
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NoReturn
 
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Exit status for settings that cannot work, in every command.
 EXIT_BAD_SETTINGS = 2
+#: The environment variable that shows the traceback of a user error (`BIT_TF_TRACEBACK=1`).
+TRACEBACK_VARIABLE = "BIT_TF_TRACEBACK"
 #: `build_model`'s `num_classes` for "the checkpoint's head size, else --model's default".
 HEAD_FROM_CHECKPOINT = "checkpoint"
 
@@ -98,10 +102,15 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 def fail(program: str, message: str | BaseException) -> NoReturn:
     """Ends the command with `<program>: error: <message>` on stderr (one line), status 2.
 
+    With `BIT_TF_TRACEBACK=1` in the environment, the traceback of the exception being handled
+    (if any) comes first.
+
     Example:
         >>> fail("bit-export", "--serving_dir needs --kind=classification.")
         bit-export: error: --serving_dir needs --kind=classification.
     """
+    if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0") and sys.exc_info()[0]:
+        traceback.print_exc()
     text = " ".join(str(message).split())
     print(f"{program}: error: {text}", file=sys.stderr, flush=True)
     sys.exit(EXIT_BAD_SETTINGS)

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 
 from absl import app, flags, logging
 
-from bit_cli import common
+from bit_cli import checks, common
 from hub_export.serving import hyperrule_image_size
 
 if TYPE_CHECKING:
     import keras
 
 FLAGS = flags.FLAGS
+PROGRAM = "bit-export"
 
 flags.DEFINE_string(
     "model",
@@ -117,6 +118,21 @@ def load_model(model_name: str, weights: str, kind: str, num_classes: int) -> ke
     return common.build_model(model_name, weights, classes)
 
 
+def _check_flags(export_dir: str) -> None:
+    """Ends the run with one line, before any work, for a flag value that cannot work."""
+    checks.not_negative(PROGRAM, num_classes=FLAGS.num_classes, image_size=FLAGS.image_size)
+    checks.positive(PROGRAM, publish_version=FLAGS.publish_version)
+    checks.model_name(PROGRAM, FLAGS.model)
+    checks.folder_to_write(PROGRAM, "export_dir", export_dir)
+    checks.folder_to_write(PROGRAM, "serving_dir", FLAGS.serving_dir)
+    checks.folder_to_write(PROGRAM, "publish_to", FLAGS.publish_to)
+    names = FLAGS.class_names
+    looks_like_file = os.sep in names or os.path.splitext(names)[1] in (".txt", ".csv")
+    if names and looks_like_file and "," not in names and not os.path.isfile(names):
+        what = "is a folder, not" if os.path.isdir(names) else "names no"
+        common.fail(PROGRAM, f"--class_names={names!r} {what} file of class names.")
+
+
 def _refuse_existing_targets(export_dir: str) -> None:
     """Ends the run, before any work, if the module or serving folder to write exists."""
     import tensorflow as tf
@@ -187,6 +203,7 @@ def main(argv):
         raise app.UsageError("--serving_dir needs --kind=classification.")
     stem = common.weights_stem(weights or FLAGS.model)
     export_dir = FLAGS.export_dir or os.path.join("exports", f"{stem}_{FLAGS.kind}")
+    _check_flags(export_dir)
     if not FLAGS.overwrite:
         _refuse_existing_targets(export_dir)
     with common.user_errors("bit-export", ValueError):  # an unreadable --class_names file

@@ -75,6 +75,7 @@ def interrupted_run(tmp_path_factory) -> dict:
     return {"export_dir": export_dir, "interrupted": left, "rerun": rerun}
 
 
+@pytest.mark.slow
 def test_three_sigints_during_the_save_leave_a_whole_checkpoint_and_the_run_resumes(
     interrupted_run,
 ):
@@ -95,6 +96,7 @@ def test_three_sigints_during_the_save_leave_a_whole_checkpoint_and_the_run_resu
     assert json.loads(progress_path.read_text())["step"] == 8
 
 
+@pytest.mark.slow
 def test_the_keras_files_bit_finetune_writes_are_weights_for_bit_finetune_and_bit_export(
     interrupted_run, tmp_path
 ):
@@ -136,3 +138,42 @@ def test_the_keras_files_bit_finetune_writes_are_weights_for_bit_finetune_and_bi
         )
         with pytest.raises(CheckpointError, match="R50x1.*does not fit.*R26x1"):
             common.build_model("BiT-S-R50x1", path)
+
+
+USER_ERRORS = [
+    # (command, flags, what the one line must name)
+    ("bit_cli.finetune", ["--dataset=./photos"], "--dataset='./photos': no such folder"),
+    ("bit_cli.finetune", ["--export_dir=notes.txt"], "--export_dir='notes.txt' is a file"),
+    ("bit_cli.finetune", ["--model=BiT-M-R51x1"], "Unknown model name 'BiT-M-R51x1'"),
+    ("bit_cli.finetune", ["--steps=-3"], "--steps must be positive, got -3"),
+    ("bit_cli.export", ["--weights=gone.keras"], "Model file 'gone.keras' does not exist"),
+    ("bit_cli.export", ["--model=BiT-S-R50x1", "--image_size=-5"], "--image_size must not"),
+]
+
+
+@pytest.mark.parametrize(("module", "flags", "named"), USER_ERRORS)
+def test_a_user_error_is_one_line_with_status_2_and_nothing_written(module, flags, named, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    completed = run_command(module, *flags, cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr
+    program = "bit-" + module.split(".")[-1]
+    lines = [line for line in completed.stderr.splitlines() if f"{program}: error:" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), completed.stderr
+    assert named in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_bit_tf_traceback_shows_the_traceback_of_a_user_error(tmp_path):
+    environment = dict(ENVIRONMENT, BIT_TF_TRACEBACK="1")
+    completed = subprocess.run(
+        [sys.executable, "-m", "bit_cli.export", "--weights=gone.keras"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 2
+    assert "Traceback" in completed.stderr and "CheckpointError" in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1].startswith("bit-export: error: Model file")
