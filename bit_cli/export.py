@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 FLAGS = flags.FLAGS
 PROGRAM = "bit-export"
+#: The smallest serving crop (`hub_export.ServingModule`'s).
+MIN_IMAGE_SIZE = 8
 
 flags.DEFINE_string(
     "model",
@@ -120,7 +122,13 @@ def load_model(model_name: str, weights: str, kind: str, num_classes: int) -> ke
 
 def _check_flags(export_dir: str) -> None:
     """Ends the run with one line, before any work, for a flag value that cannot work."""
-    checks.not_negative(PROGRAM, num_classes=FLAGS.num_classes, image_size=FLAGS.image_size)
+    checks.not_negative(PROGRAM, num_classes=FLAGS.num_classes)
+    if FLAGS.image_size and FLAGS.image_size < MIN_IMAGE_SIZE:
+        common.fail(
+            PROGRAM,
+            f"--image_size must be 0 (the default) or at least {MIN_IMAGE_SIZE}, got "
+            f"{FLAGS.image_size}.",
+        )
     checks.positive(PROGRAM, publish_version=FLAGS.publish_version)
     checks.model_name(PROGRAM, FLAGS.model)
     checks.folder_to_write(PROGRAM, "export_dir", export_dir)
@@ -131,6 +139,21 @@ def _check_flags(export_dir: str) -> None:
     if names and looks_like_file and "," not in names and not os.path.isfile(names):
         what = "is a folder, not" if os.path.isdir(names) else "names no"
         common.fail(PROGRAM, f"--class_names={names!r} {what} file of class names.")
+
+
+def _check_serving(model: keras.Model, class_names: list[str] | None) -> None:
+    """Ends the run with one line, before anything is written, if the serving export of `model`
+    cannot be made with these class names."""
+    if not FLAGS.serving_dir or class_names is None:
+        return
+    num_classes = model.output_shape[-1]
+    if len(class_names) != num_classes:
+        common.fail(
+            PROGRAM,
+            f"--class_names={FLAGS.class_names!r} gives {len(class_names)} class names for a "
+            f"model with {num_classes} classes; give exactly one name per class, in class-id "
+            "order.",
+        )
 
 
 def _refuse_existing_targets(export_dir: str) -> None:
@@ -211,6 +234,7 @@ def main(argv):
     # ValueError here: an unknown --model, a checkpoint without a head for --kind=classification.
     with common.user_errors("bit-export", ValueError):
         model = load_model(FLAGS.model, weights, FLAGS.kind, FLAGS.num_classes)
+    _check_serving(model, class_names)
     # An existing published version, or a target another writer created meanwhile: one line.
     with common.user_errors("bit-export"):
         _export(model, export_dir, stem, class_names)

@@ -147,7 +147,11 @@ USER_ERRORS = [
     ("bit_cli.finetune", ["--model=BiT-M-R51x1"], "Unknown model name 'BiT-M-R51x1'"),
     ("bit_cli.finetune", ["--steps=-3"], "--steps must be positive, got -3"),
     ("bit_cli.export", ["--weights=gone.keras"], "Model file 'gone.keras' does not exist"),
-    ("bit_cli.export", ["--model=BiT-S-R50x1", "--image_size=-5"], "--image_size must not"),
+    (
+        "bit_cli.export",
+        ["--model=BiT-S-R50x1", "--image_size=-5"],
+        "--image_size must be 0 (the default) or at least 8, got -5",
+    ),
 ]
 
 
@@ -177,3 +181,23 @@ def test_bit_tf_traceback_shows_the_traceback_of_a_user_error(tmp_path):
     assert completed.returncode == 2
     assert "Traceback" in completed.stderr and "CheckpointError" in completed.stderr
     assert completed.stderr.strip().splitlines()[-1].startswith("bit-export: error: Model file")
+
+
+def test_bit_export_checks_the_class_names_before_writing_anything(official_checkpoint, tmp_path):
+    # The fixture checkpoint has a head of 10 classes; two names cannot serve it.
+    completed = run_command(
+        "bit_cli.export",
+        f"--weights={official_checkpoint}",
+        "--kind=classification",
+        "--export_dir=module",
+        "--serving_dir=serving",
+        "--image_size=32",
+        "--class_names=cat,dog",
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr
+    line = completed.stderr.strip().splitlines()[-1]
+    assert line.startswith("bit-export: error: --class_names='cat,dog' gives 2 class names")
+    assert "with 10 classes" in line
+    assert os.listdir(tmp_path) == []  # the corrected command finds no module folder in its way
