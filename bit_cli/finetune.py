@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import re
+import signal
 import sys
 
 from absl import flags
@@ -331,14 +332,22 @@ def main(argv):
         sys.exit(1)
 
     from bit_tf import data
+    from bit_tf.interruption import signals_deferred
 
-    batches = data.eval_pipeline(validation, min(setting("batch_size", 512), 256), crop)
-    results = model.evaluate(batches, return_dict=True, verbose=0)
     path = os.path.join(export_dir, "model.keras")
-    partial = os.path.join(export_dir, "model.partial.keras")
-    model.save(partial)
-    os.replace(partial, path)
+    # A signal now waits for model.keras: the checkpoints already say the run is finished.
+    with signals_deferred() as deferred:
+        batches = data.eval_pipeline(validation, min(setting("batch_size", 512), 256), crop)
+        results = model.evaluate(batches, return_dict=True, verbose=0)
+        partial = os.path.join(export_dir, "model.partial.keras")
+        model.save(partial)
+        os.replace(partial, path)
     print(f"wrote {path}")
+    if deferred.received is not None:
+        name = signal.Signals(deferred.received).name
+        print(f"{name} received: stopped after writing {path}.", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(128 + deferred.received)
     print(f"final validation accuracy: {results['accuracy']:.4f}", flush=True)
 
 

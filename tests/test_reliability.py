@@ -201,3 +201,15 @@ def test_bit_export_checks_the_class_names_before_writing_anything(official_chec
     assert line.startswith("bit-export: error: --class_names='cat,dog' gives 2 class names")
     assert "with 10 classes" in line
     assert os.listdir(tmp_path) == []  # the corrected command finds no module folder in its way
+
+
+def test_signals_deferred_holds_sigint_and_sigterm_until_the_block_ends():
+    from bit_tf.interruption import signals_deferred
+
+    with signals_deferred() as deferred:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handlers run here; nothing is raised
+        finished = True
+    assert finished and deferred.received == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
