@@ -147,6 +147,7 @@ USER_ERRORS = [
     ("bit_cli.finetune", ["--model=BiT-M-R51x1"], "Unknown model name 'BiT-M-R51x1'"),
     ("bit_cli.finetune", ["--steps=-3"], "--steps must be positive, got -3"),
     ("bit_cli.export", ["--weights=gone.keras"], "Model file 'gone.keras' does not exist"),
+    ("bit_cli.export", ["--weights=."], "Checkpoint file '.' is a folder, not a .npz file"),
     (
         "bit_cli.export",
         ["--model=BiT-S-R50x1", "--image_size=-5"],
