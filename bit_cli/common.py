@@ -2,7 +2,8 @@
 
 - `run`: a command's console-script entry point (`--help` lists the command's flags);
 - `user_errors`: a user's mistake (a checkpoint that does not fit, an existing target) ends the
-  command with one line on stderr, `<command>: error: <message>`, and exit status 2;
+  command with one line on stderr, `<command>: error: <message>`, and exit status 2; with the
+  environment variable `BIT_TF_TRACEBACK=1` the traceback is printed above that line;
 - `build_model`: the model for `--model` and `--weights`, the architecture read from the
   checkpoint when `--model` is not given (bit-export, bit-finetune and bit-predict);
 - `read_class_names`: the value of a `--class_names` flag (a names file or a list).
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NoReturn
 
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Exit status for settings that cannot work, in every command.
 EXIT_BAD_SETTINGS = 2
+#: The environment variable that shows the traceback of a user error (`BIT_TF_TRACEBACK=1`).
+TRACEBACK_VARIABLE = "BIT_TF_TRACEBACK"
 #: `build_model`'s `num_classes` for "the checkpoint's head size, else --model's default".
 HEAD_FROM_CHECKPOINT = "checkpoint"
 
@@ -98,10 +102,15 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 def fail(program: str, message: str | BaseException) -> NoReturn:
     """Ends the command with `<program>: error: <message>` on stderr (one line), status 2.
 
+    With `BIT_TF_TRACEBACK=1` in the environment, the traceback of the exception being handled
+    (if any) comes first.
+
     Example:
         >>> fail("bit-export", "--serving_dir needs --kind=classification.")
         bit-export: error: --serving_dir needs --kind=classification.
     """
+    if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0") and sys.exc_info()[0]:
+        traceback.print_exc()
     text = " ".join(str(message).split())
     print(f"{program}: error: {text}", file=sys.stderr, flush=True)
     sys.exit(EXIT_BAD_SETTINGS)
@@ -202,6 +211,65 @@ def read_class_names(value: str) -> list[str] | None:
     return [name.strip() for name in value.split(",")]
 
 
+def load_keras_file(
+    path: str, model_name: str | None = None, num_classes: int | None | str = HEAD_FROM_CHECKPOINT
+) -> keras.Model:
+    """A `.keras` model that bit_tf wrote (bit-finetune's `model.keras`, its checkpoints'
+    `last.keras` and `best.keras`), with the architecture and head taken from the file.
+
+    Args:
+        path: the `.keras` file.
+        model_name: empty or None; else a model name whose architecture the file must have.
+        num_classes: None for the feature vector (the model up to its pre-logits);
+            `HEAD_FROM_CHECKPOINT` or the file's head size for the model as it is.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, or does not fit `model_name` or
+            `num_classes`.
+        ValueError: an unknown `model_name`.
+
+    Example:
+        >>> load_keras_file("bit_finetune/model.keras", num_classes=None).output_shape
+        (None, 2048)
+    """
+    import keras
+
+    from bit_tf.registry import parse_model_name
+    from bit_tf.weights import CheckpointError
+
+    expected = None
+    if model_name:
+        _, depth, width = parse_model_name(model_name)
+        expected = f"R{depth}x{width}"
+    if not os.path.isfile(path):
+        what = "is a folder, not a .keras file" if os.path.isdir(path) else "does not exist"
+        raise CheckpointError(f"Model file {path!r} {what}.")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # a damaged zip, a foreign model: all the user's file
+        raise CheckpointError(
+            f"Model file {path!r} cannot be read as a Keras model ({type(error).__name__}: "
+            f"{error})."
+        ) from error
+    found = architecture_name(model_layout(model))
+    if expected is not None and found != expected:
+        raise CheckpointError(
+            f"--model={model_name} ({expected}) does not fit the model file {path!r} ({found}): "
+            "leave out --model to take the architecture from the file."
+        )
+    has_head = any(layer.name == "head" for layer in model.layers)
+    if num_classes is None:
+        if has_head:
+            features = model.get_layer("pre_logits").output
+            model = keras.Model(model.inputs[0], features, name=model.name)
+    elif num_classes != HEAD_FROM_CHECKPOINT and model.output_shape[-1] != num_classes:
+        raise CheckpointError(
+            f"Model file {path!r} has a head of {model.output_shape[-1]} classes, not "
+            f"{num_classes}: leave out --num_classes to keep its head."
+        )
+    return model
+
+
 def _backbone_layout(layout: dict) -> dict:
     return {key: value for key, value in layout.items() if key != "num_classes"}
 
@@ -220,8 +288,9 @@ def build_model(
 
     Args:
         model_name: e.g. "BiT-M-R50x1"; empty or None: the checkpoint's architecture.
-        weights: a released name, a path or URL of an official-layout `.npz`; empty or None:
-            random initialisation (needs `model_name`).
+        weights: a released name, a path or URL of an official-layout `.npz`, or a `.keras`
+            file bit_tf wrote (`load_keras_file`: it keeps its own head and dtype policy);
+            empty or None: random initialisation (needs `model_name`).
         num_classes: the head size; None for the feature vector (pre-logits);
             `HEAD_FROM_CHECKPOINT` for the checkpoint's head, else the upstream default of
             `model_name`.
@@ -255,6 +324,8 @@ def build_model(
 
     if not model_name and not weights:
         raise ValueError("Give --model, --weights, or both.")
+    if weights and weights.endswith(".keras"):
+        return load_keras_file(weights, model_name, num_classes)
     path = resolve_checkpoint(weights) if weights else None
     arrays = layout = None
     if path is not None:

@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING
 
 from absl import app, flags, logging
 
-from bit_cli import common
+from bit_cli import checks, common
 from hub_export.serving import hyperrule_image_size
 
 if TYPE_CHECKING:
     import keras
 
 FLAGS = flags.FLAGS
+PROGRAM = "bit-export"
+#: The smallest serving crop (`hub_export.ServingModule`'s).
+MIN_IMAGE_SIZE = 8
 
 flags.DEFINE_string(
     "model",
@@ -100,21 +103,14 @@ flags.DEFINE_boolean("overwrite", False, "Replace existing exports and published
 def load_model(model_name: str, weights: str, kind: str, num_classes: int) -> keras.Model:
     """Builds the model to export from the flags' values (see the flag help).
 
-    A fine-tuned `.keras` file is loaded as it is (its backbone for `kind="feature_vector"`);
-    anything else goes through `bit_cli.common.build_model`, which reads the architecture
-    from the checkpoint when `model_name` is empty.
+    Everything goes through `bit_cli.common.build_model`, which reads the architecture from
+    the checkpoint when `model_name` is empty; a fine-tuned `.keras` file keeps its head (its
+    backbone for `kind="feature_vector"`).
 
     Example:
         >>> load_model("", "/data/BiT-M-R50x1.npz", "classification", 0).output_shape
         (None, 21843)
     """
-    import keras
-
-    if weights.endswith(".keras"):
-        model = keras.saving.load_model(weights)
-        if kind == "feature_vector" and any(layer.name == "head" for layer in model.layers):
-            model = keras.Model(model.input, model.get_layer("pre_logits").output, name=model.name)
-        return model
     if kind == "feature_vector":
         classes = None
     elif num_classes > 0:
@@ -122,6 +118,42 @@ def load_model(model_name: str, weights: str, kind: str, num_classes: int) -> ke
     else:
         classes = common.HEAD_FROM_CHECKPOINT
     return common.build_model(model_name, weights, classes)
+
+
+def _check_flags(export_dir: str) -> None:
+    """Ends the run with one line, before any work, for a flag value that cannot work."""
+    checks.not_negative(PROGRAM, num_classes=FLAGS.num_classes)
+    if FLAGS.image_size and FLAGS.image_size < MIN_IMAGE_SIZE:
+        common.fail(
+            PROGRAM,
+            f"--image_size must be 0 (the default) or at least {MIN_IMAGE_SIZE}, got "
+            f"{FLAGS.image_size}.",
+        )
+    checks.positive(PROGRAM, publish_version=FLAGS.publish_version)
+    checks.model_name(PROGRAM, FLAGS.model)
+    checks.folder_to_write(PROGRAM, "export_dir", export_dir)
+    checks.folder_to_write(PROGRAM, "serving_dir", FLAGS.serving_dir)
+    checks.folder_to_write(PROGRAM, "publish_to", FLAGS.publish_to)
+    names = FLAGS.class_names
+    looks_like_file = os.sep in names or os.path.splitext(names)[1] in (".txt", ".csv")
+    if names and looks_like_file and "," not in names and not os.path.isfile(names):
+        what = "is a folder, not" if os.path.isdir(names) else "names no"
+        common.fail(PROGRAM, f"--class_names={names!r} {what} file of class names.")
+
+
+def _check_serving(model: keras.Model, class_names: list[str] | None) -> None:
+    """Ends the run with one line, before anything is written, if the serving export of `model`
+    cannot be made with these class names."""
+    if not FLAGS.serving_dir or class_names is None:
+        return
+    num_classes = model.output_shape[-1]
+    if len(class_names) != num_classes:
+        common.fail(
+            PROGRAM,
+            f"--class_names={FLAGS.class_names!r} gives {len(class_names)} class names for a "
+            f"model with {num_classes} classes; give exactly one name per class, in class-id "
+            "order.",
+        )
 
 
 def _refuse_existing_targets(export_dir: str) -> None:
@@ -194,6 +226,7 @@ def main(argv):
         raise app.UsageError("--serving_dir needs --kind=classification.")
     stem = common.weights_stem(weights or FLAGS.model)
     export_dir = FLAGS.export_dir or os.path.join("exports", f"{stem}_{FLAGS.kind}")
+    _check_flags(export_dir)
     if not FLAGS.overwrite:
         _refuse_existing_targets(export_dir)
     with common.user_errors("bit-export", ValueError):  # an unreadable --class_names file
@@ -201,6 +234,7 @@ def main(argv):
     # ValueError here: an unknown --model, a checkpoint without a head for --kind=classification.
     with common.user_errors("bit-export", ValueError):
         model = load_model(FLAGS.model, weights, FLAGS.kind, FLAGS.num_classes)
+    _check_serving(model, class_names)
     # An existing published version, or a target another writer created meanwhile: one line.
     with common.user_errors("bit-export"):
         _export(model, export_dir, stem, class_names)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
+import signal
 import sys
 
 from absl import flags
 
-from bit_cli import common
+from bit_cli import checks, common
 
 FLAGS = flags.FLAGS
 DIGITS = "digits"
@@ -48,8 +50,9 @@ flags.DEFINE_string(
     "weights",
     None,
     "Pretrained weights: a released name (BiT-M-R50x1), a path or http(s) URL of an "
-    "official-layout .npz (its architecture is used unless --model is given). Default: random "
-    "initialisation.",
+    "official-layout .npz, or a .keras file bit-finetune wrote (model.keras, "
+    "checkpoints/last.keras or best.keras); its architecture is used unless --model is given. "
+    "Default: random initialisation.",
 )
 flags.DEFINE_string(
     "dataset",
@@ -147,6 +150,81 @@ flags.DEFINE_string(
 flags.DEFINE_integer("seed", 0, "Seed of the validation split, few-shot draw and augmentation.")
 
 
+PROGRAM = "bit-finetune"
+# What a TFDS name looks like ("oxford_flowers102", "cifar10:3.0.2", "name/config:1.*.*");
+# anything else that is not a folder is a path that does not exist.
+TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[\w.\-]+)?(:[\w.*]+)?")
+
+
+def _check_flags() -> None:
+    """Ends the command with one line for a flag value that cannot work, before any work."""
+    checks.positive(
+        PROGRAM,
+        batch_size=FLAGS.batch_size,
+        steps=FLAGS.steps,
+        resize=FLAGS.resize,
+        crop=FLAGS.crop,
+        validation_every=FLAGS.validation_every,
+        examples_per_class=FLAGS.examples_per_class,
+        gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
+    )
+    checks.not_negative(
+        PROGRAM,
+        base_lr=FLAGS.base_lr,
+        warmup_steps=FLAGS.warmup_steps,
+        mixup_alpha=FLAGS.mixup_alpha,
+    )
+    if not 0 < FLAGS.validation_fraction < 1:
+        common.fail(
+            PROGRAM,
+            f"--validation_fraction must be between 0 and 1, got {FLAGS.validation_fraction}.",
+        )
+    if FLAGS.resize and FLAGS.crop and FLAGS.crop > FLAGS.resize:
+        common.fail(
+            PROGRAM, f"--crop={FLAGS.crop} must not be larger than --resize={FLAGS.resize}."
+        )
+    batch_size = FLAGS.batch_size or (
+        DIGITS_DEFAULTS["batch_size"] if FLAGS.dataset == DIGITS else 512
+    )
+    if batch_size % FLAGS.gradient_accumulation_steps:
+        common.fail(
+            PROGRAM,
+            f"--gradient_accumulation_steps={FLAGS.gradient_accumulation_steps} must divide "
+            f"the batch size {batch_size} (--batch_size).",
+        )
+    checks.model_name(PROGRAM, FLAGS.model)
+    for flag in ("export_dir", "checkpoint_dir", "logdir"):
+        checks.folder_to_write(PROGRAM, flag, getattr(FLAGS, flag))
+    _check_dataset(FLAGS.dataset)
+
+
+def _check_dataset(dataset: str) -> None:
+    """Ends the command if `--dataset` is neither digits, a folder, nor a possible TFDS name."""
+    if dataset == DIGITS or os.path.isdir(dataset):
+        return
+    if os.path.exists(dataset) or not TFDS_NAME.fullmatch(dataset):
+        checks.folder_to_read(PROGRAM, "dataset", dataset)
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        common.fail(
+            PROGRAM,
+            f"--dataset={dataset!r}: no such folder here; as a TFDS name it needs the "
+            "tensorflow_datasets package (pip install tensorflow-datasets).",
+        )
+
+
+def _check_tfds_name(dataset: str) -> None:
+    """Ends the command if `dataset` is not a TFDS dataset name (no folder has that name)."""
+    import tensorflow_datasets as tfds
+
+    if re.split("[/:]", dataset)[0] not in tfds.list_builders():
+        common.fail(
+            PROGRAM,
+            f"--dataset={dataset!r} is neither a folder here nor a TFDS dataset name: give the "
+            "path of a folder with one subfolder per class, or a name from "
+            "tfds.list_builders().",
+        )
+
+
 def _load_data():
     from bit_tf import data
 
@@ -158,6 +236,7 @@ def _load_data():
             print(f"skipped {len(source.skipped)} unreadable file(s); see the warning above")
         train, validation = data.split(source, FLAGS.validation_fraction, seed=FLAGS.seed)
     else:
+        _check_tfds_name(FLAGS.dataset)
         options = {"data_dir": FLAGS.data_dir, "manual_dir": FLAGS.manual_dir}
         train = data.from_tfds(FLAGS.dataset, split=FLAGS.train_split, **options)
         if FLAGS.validation_split:
@@ -193,6 +272,7 @@ def _logdir(export_dir: str) -> str | None:
 
 def main(argv):
     del argv
+    _check_flags()
     logging.getLogger("bit_tf").setLevel(logging.INFO)
     import tensorflow as tf
 
@@ -210,7 +290,9 @@ def main(argv):
         return value if value is not None else defaults.get(name, fallback)
 
     model_or_name, dtype, architecture = _backbone()
-    train, validation = _load_data()
+    # ValueError here: a folder without images or classes, too few examples for the split.
+    with common.user_errors(PROGRAM, ValueError):
+        train, validation = _load_data()
     print(f"train: {train}\nvalidation: {validation}")
     resize, crop = resolve_resolution(train, architecture, setting("resize"), setting("crop"))
     strategy = tf.distribute.MirroredStrategy() if FLAGS.strategy == "mirrored" else None
@@ -250,14 +332,22 @@ def main(argv):
         sys.exit(1)
 
     from bit_tf import data
+    from bit_tf.interruption import signals_deferred
 
-    batches = data.eval_pipeline(validation, min(setting("batch_size", 512), 256), crop)
-    results = model.evaluate(batches, return_dict=True, verbose=0)
     path = os.path.join(export_dir, "model.keras")
-    partial = os.path.join(export_dir, "model.partial.keras")
-    model.save(partial)
-    os.replace(partial, path)
+    # A signal now waits for model.keras: the checkpoints already say the run is finished.
+    with signals_deferred() as deferred:
+        batches = data.eval_pipeline(validation, min(setting("batch_size", 512), 256), crop)
+        results = model.evaluate(batches, return_dict=True, verbose=0)
+        partial = os.path.join(export_dir, "model.partial.keras")
+        model.save(partial)
+        os.replace(partial, path)
     print(f"wrote {path}")
+    if deferred.received is not None:
+        name = signal.Signals(deferred.received).name
+        print(f"{name} received: stopped after writing {path}.", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(128 + deferred.received)
     print(f"final validation accuracy: {results['accuracy']:.4f}", flush=True)
 
 

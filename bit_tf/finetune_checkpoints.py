@@ -232,7 +232,9 @@ class Checkpointer(keras.callbacks.Callback):
 
 class signals_caught:  # noqa: N801 (used as a context manager, reads like a phrase)
     """Turns the first SIGTERM/SIGINT into a request to checkpoint and stop (recorded in
-    `run.signal_number`); a second SIGINT interrupts at once.
+    `run.signal_number`). Later ones (people press Ctrl-C two or three times) are reported and
+    change nothing, so they cannot break the checkpoint being written: the run stops once it is
+    complete. SIGKILL is the way to stop at once.
 
     Handlers are installed only when `enabled` and on the main thread.
 
@@ -247,8 +249,13 @@ class signals_caught:  # noqa: N801 (used as a context manager, reads like a phr
         self.previous = {}
 
     def _handle(self, number, frame):
-        if self.run.signal_number is not None and number == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.run.signal_number is not None:
+            log.warning(
+                "%s received again: still writing the checkpoint; the run stops once it is "
+                "complete (SIGKILL stops at once and loses it).",
+                signal.Signals(number).name,
+            )
+            return
         self.run.signal_number = number
         log.warning(
             "%s received: writing a checkpoint at the next step, then stopping.",

@@ -1,4 +1,5 @@
-"""The exception of a training run that SIGTERM or SIGINT stopped after writing a checkpoint.
+"""The exception of a training run that SIGTERM or SIGINT stopped after writing a checkpoint,
+and `signals_deferred`, which keeps those signals from breaking a file being written.
 
 Fine-tuning (`bit_tf.finetune.TrainingInterruptedError`) and pre-training
 (`bit_tf.pretrain.TrainingInterrupted`) raise subclasses of `StoppedBySignal`, which differ only
@@ -14,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import signal
+import threading
 
 
 class StoppedBySignal(Exception):  # noqa: N818 (it is not an error: a clean stop)
@@ -41,3 +43,36 @@ class StoppedBySignal(Exception):  # noqa: N818 (it is not an error: a clean sto
         self.checkpoint = checkpoint
         name = signal.Signals(signal_number).name
         super().__init__(self.message.format(signal=name, step=step, checkpoint=checkpoint))
+
+
+class signals_deferred:  # noqa: N801 (used as a context manager, reads like a phrase)
+    """Records SIGTERM and SIGINT arriving inside the block instead of letting them interrupt
+    it (a model file half written); `received` is the first one's number, else None.
+
+    On the main thread only; elsewhere signals cannot arrive, and the block runs as it is.
+
+    Example:
+        >>> with signals_deferred() as deferred:
+        ...     model.save("runs/pets/model.keras")
+        >>> if deferred.received is not None:
+        ...     os._exit(128 + deferred.received)
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def _handle(self, number, frame):
+        if self.received is None:
+            self.received = number
+
+    def __enter__(self) -> signals_deferred:
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        return False

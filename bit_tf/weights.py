@@ -206,7 +206,8 @@ def read_checkpoint(path: str) -> dict[str, np.ndarray]:
         (7, 7, 3, 64)
     """
     if not os.path.isfile(path):
-        raise CheckpointError(f"Checkpoint file {path!r} does not exist.")
+        what = "is a folder, not a .npz file" if os.path.isdir(path) else "does not exist"
+        raise CheckpointError(f"Checkpoint file {path!r} {what}.")
     arrays = {}
     try:
         with np.load(path, allow_pickle=False) as archive:

@@ -1,0 +1,90 @@
+"""Checks of a command's flag values before any work: a value that cannot work ends the command
+with one line naming the flag and the value (`bit_cli.common.fail`, status 2).
+
+They import neither TensorFlow nor Keras, so a wrong path or number is reported at once.
+
+Example:
+    >>> from bit_cli import checks
+    >>> checks.positive("bit-finetune", steps=FLAGS.steps, batch_size=FLAGS.batch_size)
+    >>> checks.folder_to_write("bit-finetune", "export_dir", FLAGS.export_dir)
+"""
+
+from __future__ import annotations
+
+import os
+
+from bit_cli.common import fail
+
+
+def positive(program: str, **values: float | None) -> None:
+    """Ends the command if a given value (None: not given) is zero or negative.
+
+    Example:
+        >>> positive("bit-finetune", steps=0)
+        bit-finetune: error: --steps must be positive, got 0.
+    """
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            fail(program, f"--{name} must be positive, got {value}.")
+
+
+def not_negative(program: str, **values: float | None) -> None:
+    """Ends the command if a given value (None: not given) is negative.
+
+    Example:
+        >>> not_negative("bit-finetune", base_lr=-0.1)
+        bit-finetune: error: --base_lr must not be negative, got -0.1.
+    """
+    for name, value in values.items():
+        if value is not None and value < 0:
+            fail(program, f"--{name} must not be negative, got {value}.")
+
+
+def model_name(program: str, name: str | None) -> None:
+    """Ends the command if `name` (empty: none given) is no model or released checkpoint name.
+
+    Example:
+        >>> model_name("bit-export", "BiT-M-R51x1")
+        bit-export: error: --model: Unknown model name 'BiT-M-R51x1': ...
+    """
+    from bit_tf.registry import find_release, parse_model_name
+
+    if not name or find_release(name) is not None:
+        return
+    try:
+        parse_model_name(name)
+    except ValueError as error:
+        fail(program, f"--model: {error}")
+
+
+def folder_to_read(program: str, flag: str, path: str) -> None:
+    """Ends the command if `path` is not an existing folder.
+
+    Example:
+        >>> folder_to_read("bit-finetune", "dataset", "photos.zip")
+        bit-finetune: error: --dataset='photos.zip' is a file, not a folder.
+    """
+    if os.path.isfile(path):
+        fail(program, f"--{flag}={path!r} is a file, not a folder.")
+    if not os.path.isdir(path):
+        fail(program, f"--{flag}={path!r}: no such folder.")
+
+
+def folder_to_write(program: str, flag: str, path: str | None) -> None:
+    """Ends the command if `path` (empty: none given), or a folder above it, is an existing file.
+
+    Example:
+        >>> folder_to_write("bit-export", "export_dir", "notes.txt")
+        bit-export: error: --export_dir='notes.txt' is a file; give a folder (it is made if
+        missing).
+    """
+    if not path or "://" in path:
+        return
+    folder = os.path.abspath(path)
+    while folder != os.path.dirname(folder):
+        if os.path.isfile(folder):
+            where = (
+                "is a file" if folder == os.path.abspath(path) else f"is under the file {folder}"
+            )
+            fail(program, f"--{flag}={path!r} {where}; give a folder (it is made if missing).")
+        folder = os.path.dirname(folder)

@@ -1,0 +1,216 @@
+"""What users do by mistake, done for real to bit-finetune and bit-export: Ctrl-C pressed
+three times, a fine-tuned `.keras` as the next run's `--weights`, and wrong paths or values,
+which end in one line and status 2."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import bit_tf.hyperrule  # noqa: F401  (registers the layers and the schedule for loading)
+from bit_tf.weights import official_arrays
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENVIRONMENT = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+# bit-finetune's offline default, shortened: batch 8 at 16x16, a validation every 4 steps.
+SHORT = ["--batch_size=8", "--resize=16", "--crop=16", "--validation_every=4"]
+
+
+def run_command(module: str, *flags: str, cwd) -> subprocess.CompletedProcess:
+    """Runs `python -m <module>` with these flags in `cwd`."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *flags],
+        cwd=cwd,
+        env=ENVIRONMENT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory) -> dict:
+    """A short bit-finetune run hit by three SIGINTs 0.3 s apart, what it left, and the same
+    command run again."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    export_dir = folder / "out"
+    command = [sys.executable, "-m", "bit_cli.finetune", f"--export_dir={export_dir}"]
+    command += ["--steps=8", *SHORT]
+    process = subprocess.Popen(
+        command,
+        cwd=folder,
+        env=ENVIRONMENT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    for line in process.stdout:
+        if line.startswith("Epoch 2/"):
+            # The first Ctrl-C asks for a checkpoint at the next step; the next two come while
+            # it is being written, as from a user pressing again.
+            for _ in range(3):
+                process.send_signal(signal.SIGINT)
+                time.sleep(0.3)
+            break
+    output, _ = process.communicate(timeout=300)
+    checkpoints = export_dir / "checkpoints"
+    left = {
+        "returncode": process.returncode,
+        "output": output,
+        "partial_left": (checkpoints / "last.partial.keras").exists(),
+        "progress": json.loads((checkpoints / "progress.json").read_text()),
+    }
+    if process.returncode == 128 + signal.SIGINT:
+        last = keras.saving.load_model(checkpoints / "last.keras")
+        left["iterations"] = int(keras.ops.convert_to_numpy(last.optimizer.iterations))
+    rerun = subprocess.run(
+        command, cwd=folder, env=ENVIRONMENT, capture_output=True, text=True, timeout=300
+    )
+    return {"export_dir": export_dir, "interrupted": left, "rerun": rerun}
+
+
+@pytest.mark.slow
+def test_three_sigints_during_the_save_leave_a_whole_checkpoint_and_the_run_resumes(
+    interrupted_run,
+):
+    interrupted = interrupted_run["interrupted"]
+    output = interrupted["output"]
+    assert interrupted["returncode"] == 128 + signal.SIGINT, output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    assert "SIGINT received again: still writing the checkpoint" in output, output[-3000:]
+    assert not interrupted["partial_left"]
+    step = interrupted["progress"]["step"]
+    assert 4 < step < 8 and not interrupted["progress"]["finished"]
+    assert interrupted["iterations"] == step  # last.keras is whole and holds that step
+
+    rerun = interrupted_run["rerun"]
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"at step {step} of 8" in rerun.stderr
+    progress_path = interrupted_run["export_dir"] / "checkpoints" / "progress.json"
+    assert json.loads(progress_path.read_text())["step"] == 8
+
+
+@pytest.mark.slow
+def test_the_keras_files_bit_finetune_writes_are_weights_for_bit_finetune_and_bit_export(
+    interrupted_run, tmp_path
+):
+    assert interrupted_run["rerun"].returncode == 0, interrupted_run["rerun"].stderr[-3000:]
+    first = interrupted_run["export_dir"]
+    written = [
+        first / "model.keras",
+        first / "checkpoints/last.keras",
+        first / "checkpoints/best.keras",
+    ]
+
+    # bit-finetune from the best checkpoint, its architecture taken from the file; at rate 0
+    # the backbone stays as loaded.
+    second = tmp_path / "second"
+    completed = run_command(
+        "bit_cli.finetune",
+        f"--weights={written[2]}",
+        f"--export_dir={second}",
+        "--steps=1",
+        "--base_lr=0",
+        *SHORT,
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    best = official_arrays(keras.saving.load_model(written[2]))
+    again = official_arrays(keras.saving.load_model(second / "model.keras"))
+    key = "resnet/block4/unit01/c/standardized_conv2d/kernel"
+    assert np.array_equal(best[key], again[key])
+
+    # bit-export loads each file as build_model does: the head kept, or the feature vector.
+    from bit_cli import common
+    from bit_tf.weights import CheckpointError
+
+    for path in map(str, written):
+        assert common.build_model("", path).output_shape == (None, 10)
+        assert common.build_model("BiT-S-R26x1", path, num_classes=None).output_shape == (
+            None,
+            2048,
+        )
+        with pytest.raises(CheckpointError, match="R50x1.*does not fit.*R26x1"):
+            common.build_model("BiT-S-R50x1", path)
+
+
+USER_ERRORS = [
+    # (command, flags, what the one line must name)
+    ("bit_cli.finetune", ["--dataset=./photos"], "--dataset='./photos': no such folder"),
+    ("bit_cli.finetune", ["--export_dir=notes.txt"], "--export_dir='notes.txt' is a file"),
+    ("bit_cli.finetune", ["--model=BiT-M-R51x1"], "Unknown model name 'BiT-M-R51x1'"),
+    ("bit_cli.finetune", ["--steps=-3"], "--steps must be positive, got -3"),
+    ("bit_cli.export", ["--weights=gone.keras"], "Model file 'gone.keras' does not exist"),
+    ("bit_cli.export", ["--weights=."], "Checkpoint file '.' is a folder, not a .npz file"),
+    (
+        "bit_cli.export",
+        ["--model=BiT-S-R50x1", "--image_size=-5"],
+        "--image_size must be 0 (the default) or at least 8, got -5",
+    ),
+]
+
+
+@pytest.mark.parametrize(("module", "flags", "named"), USER_ERRORS)
+def test_a_user_error_is_one_line_with_status_2_and_nothing_written(module, flags, named, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    completed = run_command(module, *flags, cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr
+    program = "bit-" + module.split(".")[-1]
+    lines = [line for line in completed.stderr.splitlines() if f"{program}: error:" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), completed.stderr
+    assert named in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_bit_tf_traceback_shows_the_traceback_of_a_user_error(tmp_path):
+    environment = dict(ENVIRONMENT, BIT_TF_TRACEBACK="1")
+    completed = subprocess.run(
+        [sys.executable, "-m", "bit_cli.export", "--weights=gone.keras"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 2
+    assert "Traceback" in completed.stderr and "CheckpointError" in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1].startswith("bit-export: error: Model file")
+
+
+def test_bit_export_checks_the_class_names_before_writing_anything(official_checkpoint, tmp_path):
+    # The fixture checkpoint has a head of 10 classes; two names cannot serve it.
+    completed = run_command(
+        "bit_cli.export",
+        f"--weights={official_checkpoint}",
+        "--kind=classification",
+        "--export_dir=module",
+        "--serving_dir=serving",
+        "--image_size=32",
+        "--class_names=cat,dog",
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr
+    line = completed.stderr.strip().splitlines()[-1]
+    assert line.startswith("bit-export: error: --class_names='cat,dog' gives 2 class names")
+    assert "with 10 classes" in line
+    assert os.listdir(tmp_path) == []  # the corrected command finds no module folder in its way
+
+
+def test_signals_deferred_holds_sigint_and_sigterm_until_the_block_ends():
+    from bit_tf.interruption import signals_deferred
+
+    with signals_deferred() as deferred:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handlers run here; nothing is raised
+        finished = True
+    assert finished and deferred.received == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
