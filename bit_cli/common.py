@@ -234,6 +234,7 @@ def load_keras_file(
     """
     import keras
 
+    from bit_tf.models import pre_logits_model
     from bit_tf.registry import parse_model_name
     from bit_tf.weights import CheckpointError
 
@@ -257,11 +258,8 @@ def load_keras_file(
             f"--model={model_name} ({expected}) does not fit the model file {path!r} ({found}): "
             "leave out --model to take the architecture from the file."
         )
-    has_head = any(layer.name == "head" for layer in model.layers)
     if num_classes is None:
-        if has_head:
-            features = model.get_layer("pre_logits").output
-            model = keras.Model(model.inputs[0], features, name=model.name)
+        model = pre_logits_model(model)
     elif num_classes != HEAD_FROM_CHECKPOINT and model.output_shape[-1] != num_classes:
         raise CheckpointError(
             f"Model file {path!r} has a head of {model.output_shape[-1]} classes, not "

@@ -291,21 +291,12 @@ def load_classifier(
                 "size it was exported at; leave --image_size out."
             )
         return ServingClassifier(model, class_names)
-    if model.endswith(".keras"):
-        if not os.path.isfile(model):
-            raise ValueError(f"Model file {model!r} does not exist.")
-        import keras
-
-        import bit_tf  # noqa: F401  (registers bit_tf's layers, which the file names)
-
-        keras_model = keras.saving.load_model(model)
-    else:
-        try:
-            keras_model = common.build_model("", model, num_classes=common.HEAD_FROM_CHECKPOINT)
-        except common.HeadlessCheckpointError:
-            raise ValueError(
-                f"Checkpoint {model!r} has no head: it ends at the pre-logits (a feature "
-                "extractor). Give a classifier: a released name with a head (BiT-S-R50x1, "
-                "BiT-M-R50x1-ILSVRC2012, ...), or a fine-tuned .keras file."
-            ) from None
+    try:  # a .keras file, a released name, an .npz path or URL
+        keras_model = common.build_model("", model, num_classes=common.HEAD_FROM_CHECKPOINT)
+    except common.HeadlessCheckpointError:
+        raise ValueError(
+            f"Checkpoint {model!r} has no head: it ends at the pre-logits (a feature "
+            "extractor). Give a classifier: a released name with a head (BiT-S-R50x1, "
+            "BiT-M-R50x1-ILSVRC2012, ...), or a fine-tuned .keras file."
+        ) from None
     return KerasClassifier(keras_model, class_names, image_size, batch_size)

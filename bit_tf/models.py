@@ -175,6 +175,20 @@ def resnet_v2(
     return BitModel(images, outputs, name=name)
 
 
+def pre_logits_model(model: keras.Model) -> keras.Model:
+    """A bit_tf model without its head: the model itself if it has none, else a model over the
+    same layers (and weights) up to its pre-logits.
+
+    Example:
+        >>> pre_logits_model(create_model("BiT-S-R50x1")).output_shape
+        (None, 2048)
+    """
+    names = [layer.name for layer in model.layers]
+    if "head" not in names or "pre_logits" not in names:
+        return model
+    return keras.Model(model.inputs, model.get_layer("pre_logits").output, name=model.name)
+
+
 def create_model(
     name: str,
     num_classes: int | None = _DEFAULT,

@@ -21,6 +21,7 @@ import json
 import keras
 import tensorflow as tf
 
+from bit_tf.models import pre_logits_model
 from hub_export.atomic import atomic_path, join
 from hub_export.tracing import OfficialForward
 
@@ -48,14 +49,6 @@ class _Root(tf.Module):
     trainable_variables = None
 
 
-def _up_to_pre_logits(model: keras.Model) -> keras.Model:
-    """The model itself without a head, else the part of it up to its pre-logits."""
-    names = [layer.name for layer in model.layers]
-    if "head" not in names or "pre_logits" not in names:
-        return model
-    return keras.Model(model.inputs, model.get_layer("pre_logits").output, name=model.name)
-
-
 def build_module(model: keras.Model, kind: str = "feature_vector") -> tf.Module:
     """Builds the trackable object that `export_module` saves (useful to save it yourself).
 
@@ -66,7 +59,7 @@ def build_module(model: keras.Model, kind: str = "feature_vector") -> tf.Module:
     """
     _check_kind(kind)
     if kind == "feature_vector":  # like the published feature vectors: no head variables
-        model = _up_to_pre_logits(model)
+        model = pre_logits_model(model)
     forward = OfficialForward(model, trainable=True)
     _check_kind(kind, forward)
 

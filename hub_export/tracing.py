@@ -28,9 +28,13 @@ def _run_with(model: keras.Model, keras_variables: dict, weights: dict, trainabl
 
     def forward(images):
         mapping = [
-            (variable, tf.reshape(weights[key], variable.shape))  # the head: (1, 1, F, C) -> (F, C)
+            (variable, weights[key])
             for key, variable in keras_variables.items()
+            if key != HEAD_KERNEL
         ]
+        if HEAD_KERNEL in keras_variables:  # (1, 1, F, C) in the official layout -> (F, C)
+            head = keras_variables[HEAD_KERNEL]
+            mapping.append((head, tf.reshape(weights[HEAD_KERNEL], head.shape)))
         with keras.StatelessScope(state_mapping=mapping), kernels.exporting(trainable):
             return model(images, training=False)
 

@@ -80,6 +80,17 @@ def native_operations(dtype="float32"):
     return native.library()
 
 
+def _recomputes() -> bool:
+    """Whether pre-activations are recomputed in what is traced now: the setting is on, and a
+    gradient tape records into a graph (training; predict has no backward pass to save for)."""
+    return (
+        settings().recompute
+        and not tf.executing_eagerly()
+        and _tape_record is not None
+        and _tape_record.could_possibly_record()
+    )
+
+
 @functools.cache
 def _compiled_group_norm(groups: int, epsilon: float, relu: bool, channels: int):
     """The XLA-compiled forward and backward of GroupNorm(+ReLU) for one setting (and one
@@ -146,7 +157,7 @@ def group_norm(x, gamma, beta, *, groups: int, epsilon: float, relu: bool = Fals
         return y, gradient
 
     y = normalize(x, gamma, beta)
-    if relu and operations is not None and settings().recompute and not tf.executing_eagerly():
+    if relu and operations is not None and _recomputes():
         activation = functools.partial(group_norm, groups=groups, epsilon=epsilon, relu=True)
         recompute.remember(y, activation, (x, gamma, beta))
     return y
@@ -237,9 +248,7 @@ def standardized_convolution(inputs, kernel, *, epsilon: float, strides: int, pa
     """
     standardize = functools.partial(standardize_kernel, epsilon=epsilon)
     convolve = functools.partial(convolution, strides=strides, padding=padding)
-    source = None
-    if settings().recompute and not tf.executing_eagerly():
-        source = recompute.source_of(inputs)
+    source = recompute.source_of(inputs) if _recomputes() else None
     if source is not None and native_operations(tf.float32) is not None:
         return recompute.recomputed_convolution(
             source,
