@@ -6,6 +6,7 @@ import itertools
 import os
 import pty
 import re
+import select
 import shutil
 import threading
 import time
@@ -377,9 +378,7 @@ def test_download_progress_is_drawn_on_a_terminal_only(weights_server, keras_hom
     leader, follower = pty.openpty()
     with open(follower, "w") as terminal:
         download(f"{weights_server}/r14.npz", progress_stream=terminal)
-    os.set_blocking(leader, False)
-    shown = os.read(leader, 1 << 16).decode()
-    os.close(leader)
+    shown = _read_everything_written(leader)
     size = os.path.getsize(keras_home / "r14.npz")
     assert f"r14.npz: {size / 2**20:.1f} MiB of {size / 2**20:.1f} MiB (100%)" in shown
     assert "/s, 0 s left" in shown
@@ -387,3 +386,22 @@ def test_download_progress_is_drawn_on_a_terminal_only(weights_server, keras_hom
     with open(tmp_path / "log.txt", "w") as log_file:
         download(f"{weights_server}/r14.npz", progress_stream=log_file)
     assert (tmp_path / "log.txt").read_text() == ""
+
+
+def _read_everything_written(leader: int) -> str:
+    """What the download drew, up to its final newline.
+
+    A pseudo-terminal passes writes on to its leader asynchronously, so one read can return
+    only the first of them; this reads until the closing newline arrives (or 10 s pass).
+    """
+    chunks = b""
+    deadline = time.monotonic() + 10
+    while b"\n" not in chunks and time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            try:
+                chunks += os.read(leader, 1 << 16)
+            except OSError:  # EIO: the follower is closed and everything was read
+                break
+    os.close(leader)
+    return chunks.decode()
