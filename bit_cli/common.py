@@ -86,17 +86,18 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """The errors that are a user's mistake, not a bug: reported in one line, no traceback.
 
     A checkpoint that is missing, damaged or does not fit the model, a download that failed,
-    and an export target that exists.
+    an export target that exists, and a run folder that holds a run with other settings.
 
     Example:
         >>> bit_tf.CheckpointError in user_error_types()
         True
     """
     from bit_tf.download import DownloadError
+    from bit_tf.run_settings import RunSettingsError
     from bit_tf.weights import CheckpointError
     from hub_export.atomic import TargetExistsError
 
-    return (CheckpointError, DownloadError, TargetExistsError)
+    return (CheckpointError, DownloadError, TargetExistsError, RunSettingsError)
 
 
 def fail(program: str, message: str | BaseException) -> NoReturn:
@@ -196,7 +197,8 @@ def read_class_names(value: str) -> list[str] | None:
     comma-separated list; None for an empty value.
 
     Raises:
-        ValueError: the file cannot be read or holds no names.
+        ValueError: the file cannot be read or holds no names, or a value that looks like a
+            file's path ("labels.txt", "data/names") names no file.
 
     Example:
         >>> read_class_names("daisy,rose,tulip")
@@ -208,6 +210,9 @@ def read_class_names(value: str) -> list[str] | None:
         return None
     if os.path.isfile(value):
         return read_class_names_file(value)
+    looks_like_a_path = os.sep in value or os.path.splitext(value)[1] in (".txt", ".csv")
+    if "," not in value and looks_like_a_path:
+        raise ValueError(f"--class_names={value!r}: no such file.")
     return [name.strip() for name in value.split(",")]
 
 

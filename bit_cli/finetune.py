@@ -148,6 +148,13 @@ flags.DEFINE_string(
     "TensorBoard log folder. Default: <export_dir>/logs if the tensorboard package is installed.",
 )
 flags.DEFINE_integer("seed", 0, "Seed of the validation split, few-shot draw and augmentation.")
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Start again where --export_dir or --checkpoint_dir holds a run with other settings (or a "
+    "model.keras of an unknown run), replacing it. Without it such a run is refused; a run with "
+    "the same settings is resumed, or reported as finished.",
+)
 
 
 PROGRAM = "bit-finetune"
@@ -196,6 +203,29 @@ def _check_flags() -> None:
     for flag in ("export_dir", "checkpoint_dir", "logdir"):
         checks.folder_to_write(PROGRAM, flag, getattr(FLAGS, flag))
     _check_dataset(FLAGS.dataset)
+    _check_unknown_model_file()
+
+
+def _checkpoint_dir() -> str:
+    return FLAGS.checkpoint_dir or os.path.join(FLAGS.export_dir, "checkpoints")
+
+
+def _check_unknown_model_file() -> None:
+    """Ends the command if --export_dir holds a model.keras that no recorded run explains
+    (its checkpoints are gone): it would be replaced without a word."""
+    from bit_tf.finetune_checkpoints import read_progress
+
+    path = os.path.join(FLAGS.export_dir, "model.keras")
+    checkpoint_dir = _checkpoint_dir()
+    if FLAGS.overwrite or not os.path.exists(path):
+        return
+    if os.path.isdir(checkpoint_dir) and read_progress(checkpoint_dir) is not None:
+        return  # the run's settings are compared with these once the data is read
+    common.fail(
+        PROGRAM,
+        f"{path} exists and {checkpoint_dir} records no run that made it; use --overwrite to "
+        "replace it, or another --export_dir.",
+    )
 
 
 def _check_dataset(dataset: str) -> None:
@@ -282,6 +312,7 @@ def main(argv):
         finetune,
         resolve_resolution,
     )
+    from bit_tf.run_settings import RunSettingsError
 
     defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
 
@@ -298,9 +329,9 @@ def main(argv):
     strategy = tf.distribute.MirroredStrategy() if FLAGS.strategy == "mirrored" else None
     export_dir = FLAGS.export_dir
     os.makedirs(export_dir, exist_ok=True)
-    checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(export_dir, "checkpoints")
+    checkpoint_dir = _checkpoint_dir()
     try:
-        model, _ = finetune(
+        model, history = finetune(
             model_or_name,
             train,
             validation,
@@ -320,7 +351,10 @@ def main(argv):
             dtype=dtype,
             jit_compile=FLAGS.jit_compile,
             verbose=2,
+            overwrite=FLAGS.overwrite,
         )
+    except RunSettingsError as error:
+        common.fail(PROGRAM, error)
     except TrainingInterruptedError as interrupted:
         print(interrupted, file=sys.stderr, flush=True)
         sys.stdout.flush()
@@ -335,14 +369,19 @@ def main(argv):
     from bit_tf.interruption import signals_deferred
 
     path = os.path.join(export_dir, "model.keras")
+    # Nothing trained: the checkpoints hold this run, finished earlier.
+    already_finished = not history.epoch
+    if already_finished:
+        print(f"{checkpoint_dir} holds this run, already finished; nothing to train")
     # A signal now waits for model.keras: the checkpoints already say the run is finished.
     with signals_deferred() as deferred:
         batches = data.eval_pipeline(validation, min(setting("batch_size", 512), 256), crop)
         results = model.evaluate(batches, return_dict=True, verbose=0)
-        partial = os.path.join(export_dir, "model.partial.keras")
-        model.save(partial)
-        os.replace(partial, path)
-    print(f"wrote {path}")
+        if not (already_finished and os.path.exists(path)):
+            partial = os.path.join(export_dir, "model.partial.keras")
+            model.save(partial)
+            os.replace(partial, path)
+            print(f"wrote {path}")
     if deferred.received is not None:
         name = signal.Signals(deferred.received).name
         print(f"{name} received: stopped after writing {path}.", file=sys.stderr, flush=True)

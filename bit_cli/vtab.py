@@ -20,8 +20,9 @@ import logging
 
 from absl import app, flags
 
-from bit_cli import common
+from bit_cli import checks, common
 
+PROGRAM = "bit-vtab"
 FLAGS = flags.FLAGS
 
 flags.DEFINE_enum("mode", "vtab", ["vtab", "few_shot"], "Run VTAB-1k or few-shot transfer.")
@@ -29,8 +30,9 @@ flags.DEFINE_string("model", "BiT-M-R50x1", "Model name (see bit_tf.list_models(
 flags.DEFINE_string(
     "weights",
     None,
-    "Backbone weights: a released name (BiT-M-R50x1), a .npz path or an http(s) URL. Default: "
-    "the released weights of --model.",
+    "Backbone weights: a released name (BiT-M-R50x1), a .npz path or an http(s) URL, or a "
+    ".keras file bit-finetune wrote (its architecture is used; --model, if given, must fit it). "
+    "Default: the released weights of --model.",
 )
 flags.DEFINE_list("tasks", [], "VTAB tasks to run (see bit_tf.vtab.TASKS); empty: all 19.")
 flags.DEFINE_string(
@@ -74,15 +76,87 @@ def _optional(value: int):
     return value or None
 
 
+def _integers(flag: str, smallest: int) -> list[int]:
+    """The values of a list flag as integers of at least `smallest`, or one line and status 2."""
+    values = getattr(FLAGS, flag)
+    try:
+        numbers = [int(value) for value in values]
+    except ValueError:
+        common.fail(PROGRAM, f"--{flag}={','.join(values)} must be a list of integers.")
+    wrong = [number for number in numbers if number < smallest]
+    if wrong or not numbers:
+        common.fail(
+            PROGRAM, f"--{flag}={','.join(values)}: each value must be at least {smallest}."
+        )
+    return numbers
+
+
+def _check_flags() -> None:
+    """Ends the command with one line for a flag value that cannot work, before any work."""
+    checks.positive(
+        PROGRAM,
+        batch_size=FLAGS.batch_size,
+        gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
+        runs=FLAGS.runs,
+    )
+    checks.not_negative(
+        PROGRAM,
+        steps=FLAGS.steps,
+        resize=FLAGS.resize,
+        crop=FLAGS.crop,
+        max_test_examples=FLAGS.max_test_examples,
+        base_lr=FLAGS.base_lr,
+    )
+    checks.folder_to_write(PROGRAM, "output_dir", FLAGS.output_dir)
+    if FLAGS.mode == "few_shot":
+        _integers("shots", 1)
+        _integers("seeds", 0)
+    from bit_tf import vtab
+
+    unknown = [name for name in FLAGS.tasks if name not in vtab.TASKS]
+    if unknown:
+        common.fail(
+            PROGRAM,
+            f"--tasks: unknown VTAB task(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(vtab.TASKS)}.",
+        )
+    if not _is_keras_file(FLAGS.weights) or FLAGS["model"].present:
+        checks.model_name(PROGRAM, FLAGS.model)
+
+
+def _is_keras_file(weights: str | None) -> bool:
+    return bool(weights) and weights.endswith(".keras")
+
+
+def _backbone_and_weights():
+    """(the model argument of run_vtab / run_few_shot, its weights)."""
+    weights = FLAGS.weights if FLAGS.weights is not None else FLAGS.model
+    if not _is_keras_file(weights):
+        return FLAGS.model, weights or None
+    model_name = FLAGS.model if FLAGS["model"].present else None
+    # Read once here, so that a file that cannot serve ends the command before any work.
+    common.load_keras_file(weights, model_name, num_classes=None)
+    return (lambda: common.load_keras_file(weights, model_name, num_classes=None)), None
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _check_flags()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from bit_tf import vtab
+
+    # CheckpointError, DownloadError (user_error_types) and a dataset TFDS cannot provide.
+    with common.user_errors(PROGRAM, vtab.DatasetUnavailableError):
+        _run()
+
+
+def _run() -> None:
     from bit_tf import data, vtab
 
-    weights = FLAGS.weights if FLAGS.weights is not None else FLAGS.model
-    common = {
-        "weights": weights or None,
+    model, weights = _backbone_and_weights()
+    settings = {
+        "weights": weights,
         "output_dir": FLAGS.output_dir,
         "batch_size": FLAGS.batch_size,
         "steps": _optional(FLAGS.steps),
@@ -94,14 +168,14 @@ def main(argv) -> None:
     }
     if FLAGS.mode == "vtab":
         results = vtab.run_vtab(
-            FLAGS.model,
+            model,
             FLAGS.tasks or None,
             data_dir=FLAGS.data_dir,
             download=FLAGS.download,
             train_on_validation=FLAGS.train_on_validation,
             seed=FLAGS.seed,
             runs=FLAGS.runs,
-            **common,
+            **settings,
         )
         print(results.to_markdown())
         print(f"VTAB-1k overall mean accuracy: {results.means()['Overall']:.4f}")
@@ -119,12 +193,12 @@ def main(argv) -> None:
             FLAGS.dataset, FLAGS.test_split, data_dir=FLAGS.data_dir, download=FLAGS.download
         )
     results = vtab.run_few_shot(
-        FLAGS.model,
+        model,
         train,
         test,
-        shots=[int(value) for value in FLAGS.shots],
-        seeds=[int(value) for value in FLAGS.seeds],
-        **common,
+        shots=_integers("shots", 1),
+        seeds=_integers("seeds", 0),
+        **settings,
     )
     print(results.to_markdown())
     summary = ", ".join(f"{k}-shot {mean:.4f}" for k, (mean, _) in results.summary().items())

@@ -51,6 +51,7 @@ from bit_tf.finetune_checkpoints import (
 )
 from bit_tf.models import create_model, resolve_dtype_policy
 from bit_tf.optimizers import FusedMomentumSGD
+from bit_tf.run_settings import RunSettingsError
 
 __all__ = [
     "BEST_CHECKPOINT",
@@ -58,6 +59,7 @@ __all__ = [
     "PROGRESS_FILE",
     "VALIDATIONS_PER_RUN",
     "FinetuneConfig",
+    "RunSettingsError",
     "TrainingDivergedError",
     "TrainingInterruptedError",
     "finetune",
@@ -105,8 +107,12 @@ class FinetuneConfig:
     Run:
         strategy: a `tf.distribute` strategy (e.g. MirroredStrategy); the model is built (or
             cloned) in its scope, and `batch_size` is global.
-        checkpoint_dir: where `last.keras`, `best.keras` and `progress.json` go; an
-            unfinished run found there is resumed. None: no checkpoints, no signal handling.
+        checkpoint_dir: where `last.keras`, `best.keras` and `progress.json` go; a run with
+            the same settings found there is resumed (a finished one trains no further), one
+            with other settings is refused (`RunSettingsError`). None: no checkpoints, no
+            signal handling.
+        overwrite: start again in a `checkpoint_dir` that holds a run with other settings,
+            deleting its checkpoints.
         logdir: a TensorBoard log folder; None for none.
         callbacks: more Keras callbacks for `model.fit`.
         jit_compile: passed to `model.compile` ("auto": XLA where supported).
@@ -138,6 +144,7 @@ class FinetuneConfig:
     dtype: str | keras.DTypePolicy | None = None
     jit_compile: bool | str = "auto"
     verbose: int | str = "auto"
+    overwrite: bool = False
     random_flip: bool = True
     random_crop: bool = True
 
@@ -171,7 +178,10 @@ def finetune(
 
     Raises:
         TypeError: a keyword that is not a `FinetuneConfig` field, or an input of another kind.
-        ValueError: settings that do not fit together, with what to change.
+        ValueError: settings that do not fit together, with what to change; train and
+            validation with different class names.
+        RunSettingsError: `checkpoint_dir` holds a run with other settings (model, dataset,
+            steps, ...), and `overwrite` is not set.
         TrainingDivergedError: the loss became NaN or infinite.
         TrainingInterruptedError: SIGTERM or SIGINT arrived (with a checkpoint_dir); the
             checkpoint is written, run the same call again to resume.
@@ -194,17 +204,31 @@ def finetune(
     schedule = _run_schedule(inputs.dataset_size, config)
     settings = {
         "model": model_name,
+        "weights": config.weights,
+        "dataset": _dataset_identity(train),
         "num_classes": inputs.num_classes,
         "batch_size": config.batch_size,
         "total_steps": schedule.total_steps,
         "boundaries": schedule.boundaries,
         "base_lr": config.base_lr,
         "gradient_accumulation_steps": accumulation,
+        "resolution": inputs.resolution,
+        "mixup_alpha": inputs.mixup_alpha,
+        "augmentation": {"random_flip": config.random_flip, "random_crop": config.random_crop},
+        "seed": config.seed,
         "dtype": (policy or _model_policy(model_or_name)).name,
     }
-    progress, resumed = _progress_or_resumable(config.checkpoint_dir, settings)
+    progress, resumed = _progress_or_resumable(config.checkpoint_dir, settings, config.overwrite)
     with strategy.scope():
-        if resumed:
+        if resumed and progress.get("finished"):
+            model = keras.saving.load_model(resumed)
+            log.warning(
+                "%s holds this run, finished at step %d: nothing to train (overwrite=True "
+                "starts it again).",
+                config.checkpoint_dir,
+                progress["step"],
+            )
+        elif resumed:
             model = keras.saving.load_model(resumed)
             log.warning(
                 "Resuming from %s at step %d of %d.",
@@ -287,15 +311,18 @@ class _Inputs:
     validation_batches: tf.data.Dataset | None
     num_classes: int
     dataset_size: int | None
+    resolution: tuple[int, int] | None = None
+    mixup_alpha: float | None = None
 
 
 def _input_pipelines(
     train, validation, model_name: str, config: FinetuneConfig, micro_batch: int
 ) -> _Inputs:
     """The pipelines of micro-batches: the HyperRule's for an ImageSource, else as given."""
-    crop = config.crop
+    crop, resolution, mixup_alpha = config.crop, None, config.mixup_alpha
     if isinstance(train, data_lib.ImageSource):
         resize, crop, mixup_alpha = _image_settings(train, validation, model_name, config)
+        resolution = (resize, crop)
         train_batches = data_lib.train_pipeline(
             train,
             micro_batch,
@@ -319,7 +346,9 @@ def _input_pipelines(
         if crop is None:
             raise ValueError("crop= is needed to evaluate an ImageSource next to a tf.data train.")
         validation_batches = data_lib.eval_pipeline(validation, micro_batch, crop)
-    return _Inputs(train_batches, validation_batches, num_classes, dataset_size)
+    return _Inputs(
+        train_batches, validation_batches, num_classes, dataset_size, resolution, mixup_alpha
+    )
 
 
 def _image_settings(
@@ -332,6 +361,20 @@ def _image_settings(
             raise ValueError(
                 f"train has {train.num_classes} classes but validation has "
                 f"{validation.num_classes}; they must be the same classification task."
+            )
+        if validation.class_names != train.class_names:
+            first = next(
+                index
+                for index, (a, b) in enumerate(
+                    zip(train.class_names, validation.class_names, strict=False)
+                )
+                if a != b
+            )
+            raise ValueError(
+                f"train ({train.name}) and validation ({validation.name}) name their classes "
+                f"differently: class {first} is {train.class_names[first]!r} in train but "
+                f"{validation.class_names[first]!r} in validation; they must be the same "
+                "classification task, with the classes in the same order."
             )
     resize, crop = resolve_resolution(train, model_name, config.resize, config.crop)
     mixup_alpha = config.mixup_alpha
@@ -372,10 +415,14 @@ def _run_schedule(dataset_size: int | None, config: FinetuneConfig) -> _Schedule
     return _Schedule(total_steps, boundaries, validation_every)
 
 
-def _progress_or_resumable(checkpoint_dir: str | None, settings: dict) -> tuple[dict, str | None]:
-    """(progress, None) for a new run, or (its progress, last.keras) for an unfinished run
-    with the same settings in `checkpoint_dir`."""
-    found = find_resumable(checkpoint_dir, settings) if checkpoint_dir is not None else None
+def _progress_or_resumable(
+    checkpoint_dir: str | None, settings: dict, overwrite: bool
+) -> tuple[dict, str | None]:
+    """(progress, None) for a new run, or (its progress, last.keras) for the run with the same
+    settings in `checkpoint_dir` (finished or not)."""
+    if checkpoint_dir is None:
+        return {"settings": settings, "step": 0, "finished": False}, None
+    found = find_resumable(checkpoint_dir, settings, overwrite)
     if found is None:
         return {"settings": settings, "step": 0, "finished": False}, None
     path, progress = found
@@ -477,6 +524,17 @@ def _model_policy(model: keras.Model) -> keras.DTypePolicy:
         return model.get_layer("root_conv").dtype_policy
     except ValueError:
         return model.layers[-1].dtype_policy
+
+
+def _dataset_identity(train) -> dict | None:
+    """What names an ImageSource train input: where it comes from, its classes and size."""
+    if not isinstance(train, data_lib.ImageSource):
+        return None
+    return {
+        "name": train.name,
+        "class_names": list(train.class_names),
+        "examples": train.num_examples,
+    }
 
 
 def _class_names(train) -> tuple[str, ...] | None:

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from bit_tf.interruption import StoppedBySignal
+from bit_tf.run_settings import check_same_run
 
 log = logging.getLogger("bit_tf.finetune")
 
@@ -107,12 +108,19 @@ def read_progress(checkpoint_dir: str) -> dict | None:
         return json.load(file)
 
 
-def find_resumable(checkpoint_dir: str, settings: dict) -> tuple[str, dict] | None:
-    """(`last.keras`, its progress) of an unfinished run with these `settings` in
-    `checkpoint_dir`, or None where there is no unfinished run (the folder is made if missing).
+def find_resumable(
+    checkpoint_dir: str, settings: dict, overwrite: bool = False
+) -> tuple[str, dict] | None:
+    """(`last.keras`, its progress) of the run with these `settings` in `checkpoint_dir`, or
+    None where there is none (the folder is made if missing).
+
+    A finished run is returned too (its progress says `finished`): resuming it trains no
+    further. With `overwrite`, a run found there is deleted (its `last.keras`, `best.keras`
+    and `progress.json`) and None returned.
 
     Raises:
-        ValueError: the unfinished run there has other settings.
+        RunSettingsError: the run there has other settings (another dataset, other steps...);
+            the message names each difference.
 
     Example:
         >>> path, progress = find_resumable("runs/pets", settings)
@@ -120,16 +128,19 @@ def find_resumable(checkpoint_dir: str, settings: dict) -> tuple[str, dict] | No
         ('runs/pets/last.keras', 50)
     """
     os.makedirs(checkpoint_dir, exist_ok=True)
-    found = read_progress(checkpoint_dir)
-    last_path = os.path.join(checkpoint_dir, LAST_CHECKPOINT)
-    if not found or found.get("finished") or not os.path.exists(last_path):
+    if overwrite:
+        for name in (LAST_CHECKPOINT, BEST_CHECKPOINT, PROGRESS_FILE):
+            if os.path.exists(os.path.join(checkpoint_dir, name)):
+                os.remove(os.path.join(checkpoint_dir, name))
         return None
-    if found.get("settings") != settings:
-        raise ValueError(
-            f"{checkpoint_dir} holds an unfinished run with other settings "
-            f"({found.get('settings')}, now {settings}). Use another checkpoint_dir, "
-            "or delete it to start over."
-        )
+    found = read_progress(checkpoint_dir)
+    if not found:
+        return None
+    # Compared as JSON holds them (tuples become lists).
+    check_same_run(checkpoint_dir, found.get("settings", {}), json.loads(json.dumps(settings)))
+    last_path = os.path.join(checkpoint_dir, LAST_CHECKPOINT)
+    if not os.path.exists(last_path):
+        return None
     return last_path, found
 
 

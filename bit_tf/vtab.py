@@ -291,6 +291,17 @@ def _select(dataset: tf.data.Dataset, indices: np.ndarray, total: int) -> tf.dat
     return dataset.enumerate().filter(lambda i, _: chosen[i]).map(lambda _, example: example)
 
 
+class DatasetUnavailableError(RuntimeError):
+    """A task's TFDS dataset cannot be loaded here (not downloaded, not prepared, no network).
+
+    Example:
+        >>> try:
+        ...     splits = load_task("dtd", download=False)
+        ... except DatasetUnavailableError as error:
+        ...     print(error)  # the dataset, the split, and TFDS's reason
+    """
+
+
 def _split_source(
     task: Task, split: str, limit: int | None, role: str, data_dir, download: bool
 ) -> data_lib.ImageSource:
@@ -334,7 +345,7 @@ def _split_source(
     try:
         dataset = examples()
     except Exception as error:  # TFDS raises several types for a missing or unprepared dataset
-        raise RuntimeError(
+        raise DatasetUnavailableError(
             f"Could not load TFDS dataset {task.tfds_name!r} (split {split!r}) for VTAB task "
             f"{task.name!r}: {error}. Two VTAB datasets (diabetic_retinopathy_detection, "
             "resisc45) need a manual download into the TFDS manual folder; see "
@@ -751,6 +762,7 @@ def run_few_shot(
 
 __all__ = [
     "CLEVR_DISTANCE_THRESHOLDS",
+    "DatasetUnavailableError",
     "FEW_SHOT_EXAMPLES",
     "GROUPS",
     "KITTI_DISTANCE_THRESHOLDS",

@@ -297,6 +297,7 @@ def test_config_defaults_are_the_keyword_defaults_of_finetune():
         "verbose": "auto",
         "random_flip": True,
         "random_crop": True,
+        "overwrite": False,
     }
 
 
@@ -319,14 +320,21 @@ def test_a_config_and_keywords_give_the_same_run(tmp_path):
         )
         progress[label] = json.loads((directory / "progress.json").read_text())
         weights[label] = model.get_weights()
+    # What defines the run: the model, the data (an (images, labels) pair here), the schedule.
     assert progress["keywords"]["settings"] == {
         "model": backbone.name,
+        "weights": None,
+        "dataset": {"name": "train", "class_names": ["0", "1"], "examples": 48},
         "num_classes": 2,
         "batch_size": 16,
         "total_steps": 2,
         "boundaries": progress["keywords"]["settings"]["boundaries"],
         "base_lr": 0.64,
         "gradient_accumulation_steps": 1,
+        "resolution": [16, 16],
+        "mixup_alpha": 0.0,
+        "augmentation": {"random_flip": True, "random_crop": True},
+        "seed": 0,
         "dtype": "float32",
     }
     assert progress["config"] == progress["keywords"] == progress["config and keywords"]

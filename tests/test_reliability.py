@@ -13,7 +13,9 @@ import keras
 import numpy as np
 import pytest
 
+import bit_tf
 import bit_tf.hyperrule  # noqa: F401  (registers the layers and the schedule for loading)
+from bit_tf.run_settings import RunSettingsError
 from bit_tf.weights import official_arrays
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,6 +77,11 @@ def interrupted_run(tmp_path_factory) -> dict:
     return {"export_dir": export_dir, "interrupted": left, "rerun": rerun}
 
 
+# The tests sharing `interrupted_run` run in one pytest-xdist worker, which builds it once.
+SHARES_THE_RUN = pytest.mark.xdist_group("interrupted_run")
+
+
+@SHARES_THE_RUN
 @pytest.mark.slow
 def test_three_sigints_during_the_save_leave_a_whole_checkpoint_and_the_run_resumes(
     interrupted_run,
@@ -96,6 +103,7 @@ def test_three_sigints_during_the_save_leave_a_whole_checkpoint_and_the_run_resu
     assert json.loads(progress_path.read_text())["step"] == 8
 
 
+@SHARES_THE_RUN
 @pytest.mark.slow
 def test_the_keras_files_bit_finetune_writes_are_weights_for_bit_finetune_and_bit_export(
     interrupted_run, tmp_path
@@ -140,6 +148,157 @@ def test_the_keras_files_bit_finetune_writes_are_weights_for_bit_finetune_and_bi
             common.build_model("BiT-S-R50x1", path)
 
 
+@SHARES_THE_RUN
+@pytest.mark.slow
+def test_a_finished_run_is_reported_and_a_changed_rerun_refused(interrupted_run):
+    assert interrupted_run["rerun"].returncode == 0, interrupted_run["rerun"].stderr[-3000:]
+    export_dir = interrupted_run["export_dir"]
+    command = ["bit_cli.finetune", f"--export_dir={export_dir}", *SHORT]
+    written = {
+        path: path.stat().st_mtime_ns
+        for path in [export_dir / "model.keras", *(export_dir / "checkpoints").iterdir()]
+    }
+
+    # The same command again: the run is finished, so nothing is trained or rewritten.
+    again = run_command(*command, "--steps=8", cwd=export_dir.parent)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "holds this run, already finished; nothing to train" in again.stdout
+    assert "Epoch" not in again.stdout + again.stderr
+    assert again.stdout.strip().splitlines()[-1].startswith("final validation accuracy: ")
+
+    # Other settings into the same folder: refused in one line naming the change and the way out.
+    changed = run_command(*command, "--steps=50", "--seed=3", cwd=export_dir.parent)
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    assert "Traceback" not in changed.stderr
+    line = changed.stderr.strip().splitlines()[-1]
+    assert line.startswith("bit-finetune: error: ") and "holds a run with other settings" in line
+    assert "total_steps: 8, now 50" in line and "seed: 0, now 3" in line
+    assert "--overwrite" in line
+    assert {path: path.stat().st_mtime_ns for path in written} == written
+
+
+@SHARES_THE_RUN
+@pytest.mark.slow
+def test_bit_vtab_takes_a_fine_tuned_keras_file_as_weights(interrupted_run, tmp_path):
+    assert interrupted_run["rerun"].returncode == 0, interrupted_run["rerun"].stderr[-3000:]
+    weights = interrupted_run["export_dir"] / "model.keras"
+    flags = [
+        f"--weights={weights}",
+        "--tasks=dtd",
+        "--runs=1",
+        "--steps=2",
+        "--batch_size=8",
+        "--resize=16",
+        "--crop=16",
+        "--max_test_examples=16",
+        "--output_dir=vtab",
+    ]
+    # bit-vtab itself, on TFDS's mock data (the real datasets cannot be downloaded here).
+    script = (
+        "import sys, tensorflow_datasets as tfds\n"
+        "from bit_cli import vtab\n"
+        f"sys.argv = ['bit-vtab', *{flags!r}]\n"
+        "with tfds.testing.mock_data(num_examples=1000):\n"
+        "    vtab.run()\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=ENVIRONMENT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip().splitlines()[-1].startswith("VTAB-1k overall mean accuracy:")
+    results = json.loads((tmp_path / "vtab" / "vtab_results.json").read_text())
+    assert "dtd" in json.dumps(results)
+
+    # --model must fit the file's architecture.
+    wrong = run_command("bit_cli.vtab", f"--weights={weights}", "--model=BiT-S-R50x1", cwd=tmp_path)
+    assert wrong.returncode == 2, wrong.stderr[-3000:]
+    assert "does not fit the model file" in wrong.stderr.strip().splitlines()[-1]
+
+
+def _image_folder(root, class_names, images_per_class=6):
+    """A folder of real PNG files, one subfolder per class."""
+    generator = np.random.default_rng(0)
+    for name in class_names:
+        os.makedirs(root / name)
+        for index in range(images_per_class):
+            pixels = generator.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            keras.utils.save_img(root / name / f"{index}.png", pixels)
+    return root
+
+
+@pytest.mark.slow
+def test_a_run_on_one_folder_is_not_continued_on_another(tmp_path):
+    first = _image_folder(tmp_path / "pets", ["cat", "dog"])
+    second = _image_folder(tmp_path / "cars", ["audi", "bmw"])
+    flags = ["--export_dir=out", "--steps=2", "--validation_fraction=0.5", "--model=BiT-S-R18x1"]
+    flags += SHORT
+    completed = run_command("bit_cli.finetune", f"--dataset={first}", *flags, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    model_file = tmp_path / "out" / "model.keras"
+    written = model_file.stat().st_mtime_ns
+
+    other = run_command("bit_cli.finetune", f"--dataset={second}", *flags, cwd=tmp_path)
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert "Traceback" not in other.stderr
+    line = other.stderr.strip().splitlines()[-1]
+    assert f"dataset name: '{first} (train split)', now '{second} (train split)'" in line
+    assert "dataset class_names: ['cat', 'dog'], now ['audi', 'bmw']" in line
+    assert model_file.stat().st_mtime_ns == written
+
+    # --overwrite starts again on the new folder and says so in the model it writes.
+    again = run_command(
+        "bit_cli.finetune", f"--dataset={second}", *flags, "--overwrite", cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert keras.saving.load_model(model_file).class_names == ("audi", "bmw")
+    progress = json.loads((tmp_path / "out" / "checkpoints" / "progress.json").read_text())
+    assert progress["settings"]["dataset"]["class_names"] == ["audi", "bmw"]
+    assert progress["step"] == 2 and progress["finished"]
+
+
+def test_a_model_file_no_recorded_run_made_is_not_replaced(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.keras").write_bytes(b"a model from elsewhere")
+    completed = run_command("bit_cli.finetune", "--export_dir=out", cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    line = completed.stderr.strip().splitlines()[-1]
+    assert line.startswith("bit-finetune: error: out/model.keras exists")
+    assert "--overwrite" in line
+    assert os.listdir(tmp_path / "out") == ["model.keras"]
+
+
+def test_train_and_validation_with_other_class_names_are_refused():
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    labels = np.array([0, 1, 0, 1])
+    train = bit_tf.data.from_arrays(images, labels, class_names=["cat", "dog"], name="train")
+    validation = bit_tf.data.from_arrays(
+        images, labels, class_names=["dog", "cat"], name="validation"
+    )
+    with pytest.raises(ValueError, match="class 0 is 'cat' in train but 'dog' in validation"):
+        bit_tf.finetune("BiT-S-R18x1", train, validation, steps=1, batch_size=2)
+
+
+def test_a_checkpoint_folder_with_other_settings_is_refused_in_the_library(tmp_path):
+    from bit_tf.finetune_checkpoints import find_resumable, write_progress
+
+    settings = {"model": "BiT-S-R18x1", "total_steps": 8, "resolution": (16, 16)}
+    write_progress(str(tmp_path), {"settings": settings, "step": 8, "finished": True})
+    (tmp_path / "last.keras").write_bytes(b"stands for the run's model")
+    # The same settings (tuples read back as lists): the finished run is found.
+    path, progress = find_resumable(str(tmp_path), settings)
+    assert path == str(tmp_path / "last.keras") and progress["finished"]
+    with pytest.raises(RunSettingsError, match=r"total_steps: 8, now 9\). To start again"):
+        find_resumable(str(tmp_path), dict(settings, total_steps=9))
+    # overwrite: the old run's files go, and a new run starts.
+    assert find_resumable(str(tmp_path), dict(settings, total_steps=9), overwrite=True) is None
+    assert os.listdir(tmp_path) == []
+
+
 USER_ERRORS = [
     # (command, flags, what the one line must name)
     ("bit_cli.finetune", ["--dataset=./photos"], "--dataset='./photos': no such folder"),
@@ -147,6 +306,13 @@ USER_ERRORS = [
     ("bit_cli.finetune", ["--model=BiT-M-R51x1"], "Unknown model name 'BiT-M-R51x1'"),
     ("bit_cli.finetune", ["--steps=-3"], "--steps must be positive, got -3"),
     ("bit_cli.export", ["--weights=gone.keras"], "Model file 'gone.keras' does not exist"),
+    ("bit_cli.vtab", ["--tasks=dtd,flowers"], "unknown VTAB task(s) flowers; choose from"),
+    ("bit_cli.vtab", ["--model=BiT-M-R51x1"], "Unknown model name 'BiT-M-R51x1'"),
+    ("bit_cli.vtab", ["--mode=few_shot", "--shots=1,five"], "--shots=1,five must be a list of"),
+    ("bit_cli.vtab", ["--weights=gone.keras"], "Model file 'gone.keras' does not exist"),
+    ("bit_cli.vtab", ["--output_dir=notes.txt"], "--output_dir='notes.txt' is a file"),
+    ("bit_cli.predict", ["--model=gone.keras", "cat.jpg"], "Model file 'gone.keras' does not"),
+    ("bit_cli.predict", ["--class_names=names.txt", "cat.jpg"], "'names.txt': no such file"),
     ("bit_cli.export", ["--weights=."], "Checkpoint file '.' is a folder, not a .npz file"),
     (
         "bit_cli.export",
