@@ -604,7 +604,10 @@ class _HostLoop:
             self.progress.add(sums)
             self.progress.log_if_due(step)
             if float(sums["stop"]) > 0:
-                path = _save(self.manager, step, self.is_chief)
+                if saved_step == step:  # the signal came while this step's checkpoint was written
+                    path = self.manager.latest_checkpoint if self.is_chief else None
+                else:
+                    path = _save(self.manager, step, self.is_chief)
                 raise TrainingInterrupted(self.signals.received or signal.SIGTERM, step, path)
             if step % self.config.checkpoint_every == 0:
                 _save(self.manager, step, self.is_chief)
