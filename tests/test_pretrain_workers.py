@@ -15,8 +15,6 @@ import time
 import pytest
 from test_pretrain_distributed import _environment, _free_ports, _write_images_tfrecord
 
-pytestmark = pytest.mark.slow
-
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 20
 #: The heartbeat timeout the tests give (--heartbeat_timeout), in seconds.
@@ -115,6 +113,7 @@ def _last_line(log):
     return log.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_crashed_worker_is_named_by_the_survivor_and_a_restart_resumes(tmp_path):
     seconds, status, log, ports = _lose_a_worker(tmp_path, victim=1, how=signal.SIGKILL)
 
@@ -147,6 +146,7 @@ def test_a_crashed_worker_is_named_by_the_survivor_and_a_restart_resumes(tmp_pat
     assert [entry["step"] for entry in summary["history"]] == list(range(last + 1, TOTAL_STEPS + 1))
 
 
+@pytest.mark.slow
 def test_a_frozen_chief_is_named_by_the_survivor_within_the_heartbeat_timeout(tmp_path):
     seconds, status, log, ports = _lose_a_worker(tmp_path, victim=0, how=signal.SIGSTOP)
 
@@ -158,3 +158,52 @@ def test_a_frozen_chief_is_named_by_the_survivor_within_the_heartbeat_timeout(tm
     assert _last_line(log).startswith(
         f"bit-pretrain: lost worker 0 (127.0.0.1:{ports[0]}); the last checkpoint is step {last} "
     ), log[-3000:]
+
+
+# What TensorFlow 2.21 said in the two cases above, and when a worker was frozen, verbatim.
+CLUSTER = {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}
+CRASHED_PEER = (
+    "Collective ops is aborted by: recvmsg:Connection reset by peer\nAdditional GRPC error "
+    "information from remote target /job:worker/replica:0/task:1 while calling "
+    "/tensorflow.WorkerService/RecvBuf:\n:UNKNOWN:Error received from peer\n"
+    "The error could be from a previous operation. Restart your program to reset."
+)
+SILENT_SERVICE = (
+    "Collective ops is aborted by: Deadline Exceeded\n"
+    "RPC: /tensorflow.CoordinationService/Heartbeat\n"
+    "The error could be from a previous operation. Restart your program to reset."
+)
+UNHEALTHY_PEER = (
+    "Collective ops is aborted by: Error reported from /job:worker/task:0: The following tasks "
+    "are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have "
+    "crashed."
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "own_index", "lost"),
+    [
+        (CRASHED_PEER, 0, ("worker", 1)),
+        (SILENT_SERVICE, 1, ("worker", 0)),
+        (UNHEALTHY_PEER, 0, ("worker", 1)),
+    ],
+)
+def test_the_lost_task_is_read_from_tensorflows_message(monkeypatch, message, own_index, lost):
+    from bit_tf.pretrain_workers import is_peer_failure, lost_task
+
+    tf_config = {"cluster": CLUSTER, "task": {"type": "worker", "index": own_index}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    import tensorflow as tf
+
+    assert is_peer_failure(tf.errors.UnavailableError(None, None, message))
+    assert lost_task(message, CLUSTER) == lost
+
+
+def test_a_failing_step_is_no_lost_worker():
+    import tensorflow as tf
+
+    from bit_tf.pretrain_workers import is_peer_failure
+
+    error = tf.errors.InvalidArgumentError(None, None, "logits and labels must be broadcastable")
+    assert not is_peer_failure(error)
+    assert not is_peer_failure(ValueError("Collective ops is aborted by: nothing"))
