@@ -16,7 +16,7 @@ import pytest
 from test_pretrain_distributed import _environment, _free_ports, _write_images_tfrecord
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOTAL_STEPS = 20
+TOTAL_STEPS = 12
 #: The heartbeat timeout the tests give (--heartbeat_timeout), in seconds.
 HEARTBEAT_TIMEOUT = 4.0
 #: What the survivor may take on top of the heartbeat timeout to notice and exit (a loaded CI
