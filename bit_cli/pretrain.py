@@ -19,21 +19,28 @@ Examples:
         --strategy=mirrored --global_batch_size=16 --image_size=64 --train_steps=50
 
 Exit status: 0 when done; 128 + the signal number (143 for SIGTERM, 130 for SIGINT) when stopped
-by a signal after writing a checkpoint (run the same command again to resume); 2 for bad
-settings.
+by a signal after writing a checkpoint (run the same command again to resume); 75 when another
+worker of a multi-worker run was lost (start the same commands again on all workers to resume
+from the last checkpoint); 2 for bad settings.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
 import os
+import signal
 import sys
 
-from absl import flags
+from absl import app, flags
 
-from bit_cli import common
+from bit_cli import checks, common
 
 FLAGS = flags.FLAGS
+PROGRAM = "bit-pretrain"
+#: Exit status when another worker was lost (sysexits' EX_TEMPFAIL: starting again can work).
+EXIT_WORKER_LOST = 75
 
 flags.DEFINE_string("model", "BiT-S-R50x1", "Model name, BiT-{S,M,L}-R{depth}x{width}.")
 flags.DEFINE_string(
@@ -77,7 +84,24 @@ flags.DEFINE_boolean("mixed_precision", False, "Compute in bfloat16 (TPUs, recen
 flags.DEFINE_string("checkpoint_dir", "bit_pretrain", "Checkpoints, weights and summary.")
 flags.DEFINE_integer("checkpoint_every", 1000, "Write a checkpoint every this many steps.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
-flags.DEFINE_integer("log_every", 100, "Log loss and metric every this many steps.")
+flags.DEFINE_integer(
+    "log_every",
+    100,
+    "Log loss, metric, images/s and time left (and write TensorBoard scalars) every this many "
+    "steps, at the end of the loop that reaches them.",
+)
+flags.DEFINE_integer(
+    "steps_per_loop",
+    None,
+    "Training steps per tf.function call, read by the host once per call; a call also ends at "
+    "each --checkpoint_every step. Default: 100 on GPUs and TPUs, 1 on CPUs.",
+)
+flags.DEFINE_string(
+    "logdir",
+    None,
+    "TensorBoard log folder (scalars under <logdir>/train); default <checkpoint_dir>/logs; "
+    "'' for none.",
+)
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
 flags.DEFINE_enum(
     "strategy",
@@ -87,6 +111,12 @@ flags.DEFINE_enum(
     "hosts from TF_CONFIG; tpu: TPUStrategy via --tpu.",
 )
 flags.DEFINE_string("tpu", "local", "TPU for --strategy=tpu: 'local', a name or grpc:// address.")
+flags.DEFINE_float(
+    "heartbeat_timeout",
+    None,
+    "--strategy=multi_worker: seconds a worker may send no heartbeat (a hung host) before the "
+    "others stop; default TensorFlow's 10. A killed worker is noticed at once.",
+)
 flags.DEFINE_integer(
     "cpu_devices", 0, "Split the CPU into this many logical devices (0: leave it whole)."
 )
@@ -102,11 +132,101 @@ def _decay_epochs(values: list) -> str | tuple:
     if len(values) == 1 and values[0] in ("seed", "paper"):
         return values[0]
     try:
-        return tuple(int(value) for value in values)
+        epochs = tuple(int(value) for value in values)
     except ValueError:
-        raise ValueError(
-            f"--decay_epochs must be 'seed', 'paper' or whole epochs, got {','.join(values)!r}."
-        ) from None
+        epochs = ()
+    if not epochs or any(epoch <= 0 for epoch in epochs):
+        common.fail(
+            PROGRAM,
+            f"--decay_epochs must be 'seed', 'paper' or positive whole epochs, got "
+            f"{','.join(values)!r}.",
+        )
+    return epochs
+
+
+def _units_per_block(values: list) -> tuple | None:
+    if not values:
+        return None
+    try:
+        units = tuple(int(value) for value in values)
+    except ValueError:
+        units = ()
+    if len(units) != 4 or any(unit <= 0 for unit in units):
+        common.fail(
+            PROGRAM,
+            f"--units_per_block must be four positive whole numbers, got {','.join(values)!r}.",
+        )
+    return units
+
+
+def _check_dataset(dataset: str) -> None:
+    """A local path (or glob) that names nothing ends the command; TFDS names and remote
+    paths (gs://...) are checked when they are opened."""
+    if not dataset:
+        common.fail(PROGRAM, "--dataset is empty: give a TFDS name, an image folder or files.")
+    if "://" in dataset:
+        return
+    if any(character in dataset for character in "*?["):
+        if not glob.glob(dataset):
+            common.fail(PROGRAM, f"--dataset={dataset!r}: no files match.")
+        return
+    looks_like_path = os.sep in dataset or dataset.startswith((".", "~"))
+    if looks_like_path and not os.path.exists(os.path.expanduser(dataset)):
+        common.fail(PROGRAM, f"--dataset={dataset!r}: no such file or folder.")
+
+
+def _check_tf_config() -> None:
+    value = os.environ.get("TF_CONFIG")
+    if FLAGS.strategy != "multi_worker" or not value:
+        return
+    try:
+        json.loads(value)
+    except ValueError as error:
+        common.fail(PROGRAM, f"TF_CONFIG is not valid JSON ({error}): {value!r}.")
+
+
+def check_flags() -> None:
+    """Ends the command with one line (status 2) on the first flag value that cannot work,
+    before anything is written or TensorFlow starts."""
+    checks.model_name(PROGRAM, FLAGS.model)
+    checks.positive(
+        PROGRAM,
+        num_classes=FLAGS.num_classes,
+        num_examples=FLAGS.num_examples,
+        global_batch_size=FLAGS.global_batch_size,
+        epochs=FLAGS.epochs,
+        train_steps=FLAGS.train_steps,
+        image_size=FLAGS.image_size,
+        shuffle_buffer=FLAGS.shuffle_buffer,
+        checkpoint_every=FLAGS.checkpoint_every,
+        keep_checkpoints=FLAGS.keep_checkpoints,
+        log_every=FLAGS.log_every,
+        steps_per_loop=FLAGS.steps_per_loop,
+        heartbeat_timeout=FLAGS.heartbeat_timeout,
+    )
+    checks.not_negative(
+        PROGRAM,
+        warmup_steps=FLAGS.warmup_steps,
+        base_learning_rate=FLAGS.base_learning_rate,
+        weight_decay=FLAGS.weight_decay,
+        cpu_devices=FLAGS.cpu_devices,
+    )
+    _decay_epochs(FLAGS.decay_epochs)
+    _units_per_block(FLAGS.units_per_block)
+    _check_dataset(FLAGS.dataset)
+    if FLAGS.data_dir and "://" not in FLAGS.data_dir:
+        checks.folder_to_read(PROGRAM, "data_dir", FLAGS.data_dir)
+    if not FLAGS.checkpoint_dir:
+        common.fail(PROGRAM, "--checkpoint_dir is empty: give the folder for checkpoints.")
+    for flag in ("checkpoint_dir", "hub_export_dir", "logdir"):
+        checks.folder_to_write(PROGRAM, flag, getattr(FLAGS, flag))
+    _check_tf_config()
+
+
+def _logdir() -> str | None:
+    if FLAGS.logdir is None:
+        return os.path.join(FLAGS.checkpoint_dir, "logs")
+    return FLAGS.logdir or None
 
 
 def _config():
@@ -131,14 +251,17 @@ def _config():
         weight_decay=FLAGS.weight_decay,
         image_size=FLAGS.image_size,
         shuffle_buffer=FLAGS.shuffle_buffer,
-        units_per_block=tuple(int(units) for units in FLAGS.units_per_block) or None,
+        units_per_block=_units_per_block(FLAGS.units_per_block),
         mixed_precision=FLAGS.mixed_precision,
         checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints,
         log_every=FLAGS.log_every,
+        steps_per_loop=FLAGS.steps_per_loop,
+        logdir=_logdir(),
         seed=FLAGS.seed,
         strategy=FLAGS.strategy,
         tpu=FLAGS.tpu,
+        heartbeat_timeout=FLAGS.heartbeat_timeout,
     )
 
 
@@ -150,39 +273,72 @@ def _export_hub(model, export_dir: str) -> None:
     logging.info("Wrote the TF-Hub feature-vector module to %s", export_dir)
 
 
+def _leave(status: int) -> None:
+    """Exits at once: TensorFlow's runtime can wait long at interpreter shutdown after an
+    interrupted run or a lost worker (its coordination service waits for the other workers)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def main(argv) -> int:
     del argv
+    check_flags()
     logging.getLogger().setLevel(logging.INFO)
+    from bit_tf.interruption import signals_deferred
     from bit_tf.pretrain import (
         StrategyError,
         TrainingInterrupted,
+        WorkerLost,
         configure_cpu_devices,
         pretrain,
     )
     from bit_tf.pretrain_data import DataError
 
-    try:
-        if FLAGS.cpu_devices:
-            configure_cpu_devices(FLAGS.cpu_devices)
-        result = pretrain(_config())
-    except TrainingInterrupted as stop:
-        print(f"bit-pretrain: {stop}", file=sys.stderr)
-        return 128 + int(stop.signal_number)
-    except (StrategyError, DataError, ValueError) as error:
-        common.fail("bit-pretrain", error)
-    if result.is_chief:
-        export_dir = FLAGS.hub_export_dir
-        if export_dir is None:
-            export_dir = os.path.join(FLAGS.checkpoint_dir, "hub_module")
-        if export_dir:
-            _export_hub(result.model, export_dir)
-        print(f"bit-pretrain: done at step {result.step}; weights {result.weights_path}")
+    # Signals wait (training's own handler takes over while it runs): none may break a write.
+    with signals_deferred() as deferred:
+        try:
+            if FLAGS.cpu_devices:
+                configure_cpu_devices(FLAGS.cpu_devices)
+            result = pretrain(_config())
+        except TrainingInterrupted as stop:
+            print(f"{PROGRAM}: {stop}", file=sys.stderr)
+            _leave(128 + int(stop.signal_number))
+        except WorkerLost as lost:
+            print(f"{PROGRAM}: {lost}", file=sys.stderr)
+            _leave(EXIT_WORKER_LOST)
+        except (StrategyError, DataError, ValueError) as error:
+            common.fail(PROGRAM, error)
+        if result.is_chief:
+            export_dir = FLAGS.hub_export_dir
+            if export_dir is None:
+                export_dir = os.path.join(FLAGS.checkpoint_dir, "hub_module")
+            if export_dir:
+                _export_hub(result.model, export_dir)
+            print(f"{PROGRAM}: done at step {result.step}; weights {result.weights_path}")
+    if deferred.received is not None:
+        name = signal.Signals(deferred.received).name
+        print(
+            f"{PROGRAM}: stopped by {name} after the run's last files were written.",
+            file=sys.stderr,
+        )
+        _leave(128 + deferred.received)
     return 0
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, its errors (a value of the wrong type, an unknown flag) in one
+    line with status 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        common.fail(PROGRAM, error)
 
 
 def run() -> None:
     """Console-script entry point of `bit-pretrain`."""
-    common.run(main, __name__)
+    common.declare_main_module_flags(__name__)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ ImageNet-21k config), optionally bfloat16 mixed precision.
 
 The loop is a custom `strategy.run` loop over `distribute_datasets_from_function` (one shard per
 worker, the global batch split over all replicas, steps counted globally by
-`optimizer.iterations`). Checkpoints (`tf.train.CheckpointManager`: model, optimizer and its step)
-are written every `checkpoint_every` steps, at the end, and when the process gets SIGTERM or
-SIGINT; a run started again with the same arguments continues from the latest checkpoint, and
-its input continues where it stopped (the input stream is a function of the step, see
-`bit_tf.pretrain_data`).
+`optimizer.iterations`), `steps_per_loop` steps per `tf.function` call (`bit_tf.pretrain_loop`).
+Checkpoints (`tf.train.CheckpointManager`: model, optimizer and its step) are written every
+`checkpoint_every` steps, at the end, and when the process gets SIGTERM or SIGINT; a run started
+again with the same arguments continues from the latest checkpoint, and its input continues
+where it stopped (the input stream is a function of the step, see `bit_tf.pretrain_data`).
+Progress goes to the log and to TensorBoard (`bit_tf.pretrain_progress`); a lost worker ends
+the others with `bit_tf.pretrain_workers.WorkerLost`, which says how to resume.
 
 Example:
     >>> from bit_tf.pretrain import PretrainConfig, pretrain
@@ -31,7 +33,6 @@ import logging
 import os
 import signal
 import threading
-import time
 
 import keras
 import tensorflow as tf
@@ -46,8 +47,29 @@ from bit_tf.pretrain_data import (
     UpstreamInput,
     open_source,
 )
+from bit_tf.pretrain_loop import make_train_loop, make_train_step, top1_hits, upstream_loss
+from bit_tf.pretrain_progress import RunProgress
 from bit_tf.pretrain_schedule import DEFAULT_GLOBAL_BATCH_SIZE, WARMUP_STEPS, upstream_schedule
+from bit_tf.pretrain_workers import WorkerLost, configure_heartbeat_timeout, worker_lost_error
 from bit_tf.weights import save_official_weights
+
+__all__ = [
+    "PretrainConfig",
+    "PretrainResult",
+    "StrategyError",
+    "TrainingInterrupted",
+    "WorkerLost",
+    "configure_cpu_devices",
+    "default_steps_per_loop",
+    "initialise_head_bias",
+    "make_optimizer",
+    "make_strategy",
+    "make_train_loop",
+    "make_train_step",
+    "pretrain",
+    "top1_hits",
+    "upstream_loss",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +82,8 @@ WEIGHT_DECAY = 1e-4
 MULTI_LABEL_HEAD_BIAS = -10.0
 #: Seconds to wait for a remote TPU before giving up with a clear error.
 TPU_CONNECT_TIMEOUT = 30
+#: Steps per `tf.function` call on GPUs and TPUs, where the host must not make them wait.
+ACCELERATOR_STEPS_PER_LOOP = 100
 
 
 class StrategyError(RuntimeError):
@@ -124,9 +148,12 @@ class PretrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 100
+    steps_per_loop: int | None = None
+    logdir: str | None = None
     seed: int = 0
     strategy: str = "default"
     tpu: str = "local"
+    heartbeat_timeout: float | None = None
 
 
 @dataclasses.dataclass
@@ -139,7 +166,8 @@ class PretrainResult:
         resumed_from_step: the step restored from a checkpoint at start (0 for a fresh run).
         weights_path: the official-layout `.npz` of the trained model (chief only, else None).
         is_chief: whether this process wrote the shared outputs.
-        history: per logging window, {"step", "loss", "metric", "learning_rate"}.
+        history: per log line, {"step", "loss", "metric", "learning_rate",
+            "images_per_second", "seconds"}.
     """
 
     model: keras.Model
@@ -204,12 +232,16 @@ def _connect_tpu(tpu: str) -> tf.distribute.Strategy:
     return outcome["strategy"]
 
 
-def make_strategy(name: str, tpu: str = "local") -> tf.distribute.Strategy:
+def make_strategy(
+    name: str, tpu: str = "local", heartbeat_timeout: float | None = None
+) -> tf.distribute.Strategy:
     """Builds the tf.distribute strategy named by `--strategy`.
 
     - "default": one device (the first GPU, or the CPU);
     - "mirrored": `MirroredStrategy` over all GPUs of this host (or all logical CPU devices);
     - "multi_worker": `MultiWorkerMirroredStrategy`, cluster from the `TF_CONFIG` variable;
+      `heartbeat_timeout` (seconds; None: TensorFlow's 10 s) is how long a worker may be silent
+      before the others stop (`bit_tf.pretrain_workers.configure_heartbeat_timeout`);
     - "tpu": `TPUStrategy` through a `TPUClusterResolver` (`tpu`: "local", a name or address).
 
     Raises:
@@ -232,6 +264,8 @@ def make_strategy(name: str, tpu: str = "local") -> tf.distribute.Strategy:
         if not os.environ.get("TF_CONFIG"):
             log.warning("--strategy=multi_worker without TF_CONFIG: training on this host only.")
         try:
+            if heartbeat_timeout is not None:
+                configure_heartbeat_timeout(heartbeat_timeout)
             return tf.distribute.MultiWorkerMirroredStrategy()
         except (ValueError, tf.errors.OpError) as error:
             raise StrategyError(
@@ -255,39 +289,6 @@ def _worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
     return task_type in (None, "worker") and task_id == 0, task_id
 
 
-def upstream_loss(labels: tf.Tensor, logits: tf.Tensor, multi_label: bool) -> tf.Tensor:
-    """Per-example loss: softmax cross-entropy on class ids, or sigmoid cross-entropy summed
-    over classes on multi-hot labels.
-
-    Example:
-        >>> upstream_loss(tf.constant([[0., 1.]]), tf.constant([[0., 0.]]), True)
-        <tf.Tensor: shape=(1,), dtype=float32, numpy=array([1.3862944], dtype=float32)>
-    """
-    logits = tf.cast(logits, tf.float32)
-    if multi_label:
-        per_class = tf.nn.sigmoid_cross_entropy_with_logits(
-            labels=tf.cast(labels, tf.float32), logits=logits
-        )
-        return tf.reduce_sum(per_class, axis=-1)
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=logits
-    )
-
-
-def top1_hits(labels: tf.Tensor, logits: tf.Tensor, multi_label: bool) -> tf.Tensor:
-    """Per-example 1.0 where the top-scoring class is right: top-1 accuracy for class ids,
-    precision@1 for multi-hot labels (the top class is one of the image's labels).
-
-    Example:
-        >>> top1_hits(tf.constant([[0., 1., 1.]]), tf.constant([[0., 5., 1.]]), True)
-        <tf.Tensor: shape=(1,), dtype=float32, numpy=array([1.], dtype=float32)>
-    """
-    top = tf.argmax(tf.cast(logits, tf.float32), axis=-1, output_type=tf.int32)
-    if multi_label:
-        return tf.gather(tf.cast(labels, tf.float32), top, axis=-1, batch_dims=1)
-    return tf.cast(tf.equal(top, tf.cast(labels, tf.int32)), tf.float32)
-
-
 def make_optimizer(learning_rate, momentum: float = MOMENTUM) -> keras.optimizers.SGD:
     """SGD with momentum (BiT: 0.9); weight decay is added to the gradients by the train step.
 
@@ -302,79 +303,9 @@ def make_optimizer(learning_rate, momentum: float = MOMENTUM) -> keras.optimizer
     return FusedMomentumSGD(learning_rate=learning_rate, momentum=momentum)
 
 
-def make_train_step(
-    strategy: tf.distribute.Strategy,
-    model: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
-    *,
-    global_batch_size: int,
-    multi_label: bool = False,
-    weight_decay: float = WEIGHT_DECAY,
-):
-    """One distributed SGD step: `train_step(iterator, stop) -> dict of global sums`.
-
-    Each replica computes its loss as sum / `global_batch_size` (so the optimizer's all-reduce
-    sum is the global mean), adds L2 weight decay on convolution and dense kernels
-    (`weight_decay * kernel`, spread over the replicas) and applies the Keras optimizer.
-    `stop` (an int32 scalar, 1 when this process was asked to stop) is summed over all
-    replicas of all workers, so every worker learns about a signal in the same step.
-
-    Returns:
-        A `tf.function` returning {"loss": global mean loss, "hits": top-1 hits (sum),
-        "examples": count, "stop": number of replicas asked to stop}.
-
-    Example:
-        >>> step = make_train_step(strategy, model, optimizer, global_batch_size=4096)
-        >>> outputs = step(iterator, tf.constant(0))
-    """
-    num_replicas = strategy.num_replicas_in_sync
-    decayed = {id(variable) for variable in model.trainable_variables if _is_kernel(variable)}
-
-    def replica_step(images, labels, stop):
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            per_example = upstream_loss(labels, logits, multi_label)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
-        variables = model.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        if weight_decay:
-            gradients = [
-                gradient + (weight_decay / num_replicas) * tf.cast(variable.value, gradient.dtype)
-                if id(variable) in decayed
-                else gradient
-                for gradient, variable in zip(gradients, variables, strict=True)
-            ]
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        hits = tf.reduce_sum(top1_hits(labels, logits, multi_label))
-        examples = tf.cast(tf.shape(per_example)[0], tf.float32)
-        context = tf.distribute.get_replica_context()
-        # tf.identity gives each replica its own copy (an input tensor shared by the replicas
-        # has no device of its own to reduce to).
-        stop_count = context.all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.cast(tf.identity(stop), tf.float32)
-        )
-        return {"loss": loss, "hits": hits, "examples": examples, "stop": stop_count}
-
-    @tf.function
-    def train_step(iterator, stop):
-        images, labels = next(iterator)
-        outputs = strategy.run(replica_step, args=(images, labels, stop))
-        return {
-            "loss": strategy.reduce("SUM", outputs["loss"], axis=None),
-            "hits": strategy.reduce("SUM", outputs["hits"], axis=None),
-            "examples": strategy.reduce("SUM", outputs["examples"], axis=None),
-            "stop": strategy.experimental_local_results(outputs["stop"])[0],
-        }
-
-    return train_step
-
-
-def _is_kernel(variable) -> bool:
-    return variable.path.endswith("kernel")
-
-
 class _StopSignals:
-    """Records SIGTERM/SIGINT instead of dying, so the loop can checkpoint and stop."""
+    """Records SIGTERM/SIGINT instead of dying, so the loop can checkpoint and stop; a signal
+    that comes again while the checkpoint is written is reported and changes nothing."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -389,16 +320,34 @@ class _StopSignals:
         return self
 
     def _handle(self, number, frame):
+        name = signal.Signals(number).name
         if self.received is None:
+            self.received = number
+            log.warning("Got %s: stopping at the end of this loop, with a checkpoint.", name)
+        else:
             log.warning(
-                "Got %s: stopping after this step, with a checkpoint.",
-                signal.Signals(number).name,
+                "%s received again: the run stops once its checkpoint is complete "
+                "(SIGKILL stops at once and loses the steps since the last checkpoint).",
+                name,
             )
-        self.received = number
 
     def __exit__(self, *exc):
         for number, handler in self._previous.items():
             signal.signal(number, handler)
+
+
+def default_steps_per_loop() -> int:
+    """`ACCELERATOR_STEPS_PER_LOOP` where GPUs or TPUs train, else 1.
+
+    Many steps per call keep accelerators busy; on CPUs the host never waits for a device,
+    and a step takes long enough that a long loop would only delay logs and stops.
+
+    Example:
+        >>> default_steps_per_loop()   # on a GPU host
+        100
+    """
+    accelerators = tf.config.list_logical_devices("GPU") + tf.config.list_logical_devices("TPU")
+    return ACCELERATOR_STEPS_PER_LOOP if accelerators else 1
 
 
 def _checkpoint_managers(checkpoint, checkpoint_dir, is_chief, task_id, keep):
@@ -464,49 +413,7 @@ def _check_batch(strategy, global_batch_size):
         )
 
 
-def pretrain(
-    config: PretrainConfig, strategy: tf.distribute.Strategy | None = None
-) -> PretrainResult:
-    """Runs (or resumes) one upstream pre-training run; see the module docstring.
-
-    Args:
-        config: the run's settings.
-        strategy: a strategy to use instead of `make_strategy(config.strategy, config.tpu)`.
-
-    Returns:
-        A `PretrainResult`; the chief also writes `<checkpoint_dir>/<model>.npz` (official
-        layout) and `<checkpoint_dir>/summary.json`.
-
-    Raises:
-        TrainingInterrupted: SIGTERM or SIGINT arrived; a checkpoint was written first.
-        StrategyError, DataError, ValueError: bad settings, with what to change.
-
-    Example:
-        >>> result = pretrain(PretrainConfig(model="BiT-S-R50x1", dataset="/data/train-*",
-        ...                                  checkpoint_dir="/ckpt", train_steps=1000))
-    """
-    if strategy is None:
-        strategy = make_strategy(config.strategy, config.tpu)
-    _check_batch(strategy, config.global_batch_size)
-    is_chief, task_id = _worker_role(strategy)
-    prefix, _, _ = parse_model_name(config.model)
-    source = open_source(config.dataset, config.data_dir, config.split)
-    num_classes = config.num_classes
-    if num_classes is None:
-        num_classes = len(source.class_names) if source.kind == "folder" else None
-    schedule, dataset_size = _resolve_schedule(config, source)
-    total_steps = schedule.total_steps
-    log.info(
-        "%s on %s (%d examples): %d steps, batch %d over %d replicas, boundaries %s",
-        config.model,
-        config.dataset,
-        dataset_size,
-        total_steps,
-        config.global_batch_size,
-        strategy.num_replicas_in_sync,
-        schedule.boundaries,
-    )
-
+def _build_model(config: PretrainConfig, strategy, num_classes, schedule):
     keras.utils.set_random_seed(config.seed)
     previous_policy = keras.config.dtype_policy()
     if config.mixed_precision:
@@ -528,6 +435,67 @@ def pretrain(
             optimizer.build(model.trainable_variables)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+    return model, optimizer
+
+
+def pretrain(
+    config: PretrainConfig, strategy: tf.distribute.Strategy | None = None
+) -> PretrainResult:
+    """Runs (or resumes) one upstream pre-training run; see the module docstring.
+
+    Args:
+        config: the run's settings.
+        strategy: a strategy to use instead of `make_strategy(config.strategy, config.tpu,
+            config.heartbeat_timeout)`.
+
+    Returns:
+        A `PretrainResult`; the chief also writes `<checkpoint_dir>/<model>.npz` (official
+        layout) and `<checkpoint_dir>/summary.json`, and TensorBoard scalars to
+        `<logdir>/train` when `config.logdir` is given.
+
+    Raises:
+        TrainingInterrupted: SIGTERM or SIGINT arrived; a checkpoint was written first (a
+            signal that comes while the last files are written lets them finish first).
+        WorkerLost: another worker of a multi-worker run is gone (crashed, or silent for the
+            heartbeat timeout); its message says which and from which step a restart resumes.
+        StrategyError, DataError, ValueError: bad settings, with what to change.
+
+    Example:
+        >>> result = pretrain(PretrainConfig(model="BiT-S-R50x1", dataset="/data/train-*",
+        ...                                  checkpoint_dir="/ckpt", train_steps=1000))
+    """
+    if config.steps_per_loop is not None and config.steps_per_loop < 1:
+        raise ValueError(f"steps_per_loop must be >= 1, got {config.steps_per_loop!r}.")
+    # From here on SIGTERM and SIGINT stop the run at a loop's end, with a checkpoint.
+    with _StopSignals() as signals:
+        return _pretrain(config, strategy, signals)
+
+
+def _pretrain(config: PretrainConfig, strategy, signals: _StopSignals) -> PretrainResult:
+    if strategy is None:
+        strategy = make_strategy(config.strategy, config.tpu, config.heartbeat_timeout)
+    _check_batch(strategy, config.global_batch_size)
+    is_chief, task_id = _worker_role(strategy)
+    source = open_source(config.dataset, config.data_dir, config.split)
+    num_classes = config.num_classes
+    if num_classes is None:
+        num_classes = len(source.class_names) if source.kind == "folder" else None
+    schedule, dataset_size = _resolve_schedule(config, source)
+    total_steps = schedule.total_steps
+    steps_per_loop = config.steps_per_loop or default_steps_per_loop()
+    log.info(
+        "%s on %s (%d examples): %d steps, batch %d over %d replicas, %d steps per loop, "
+        "boundaries %s",
+        config.model,
+        config.dataset,
+        dataset_size,
+        total_steps,
+        config.global_batch_size,
+        strategy.num_replicas_in_sync,
+        steps_per_loop,
+        schedule.boundaries,
+    )
+    model, optimizer = _build_model(config, strategy, num_classes, schedule)
     num_classes = model.output_shape[-1]
 
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
@@ -548,80 +516,103 @@ def pretrain(
         config.global_batch_size,
         **_fields(config, "image_size", "multi_label", "seed", "shuffle_buffer", "label_offset"),
     )
-    history = []
-    if step < total_steps:
-        distributed = strategy.distribute_datasets_from_function(upstream.dataset_fn(step))
-        iterator = iter(distributed)
-        train_step = make_train_step(
-            strategy,
-            model,
-            optimizer,
-            global_batch_size=config.global_batch_size,
-            multi_label=config.multi_label,
-            weight_decay=config.weight_decay,
-        )
-        history, saved_step = _train_loop(
-            config, train_step, iterator, schedule, manager, step, is_chief, saved_step
-        )
-        step = int(optimizer.iterations.numpy())
-    if saved_step != step:
-        _save(manager, step, is_chief)
+    progress = RunProgress(
+        total_steps,
+        step,
+        config.global_batch_size,
+        config.log_every,
+        schedule,
+        multi_label=config.multi_label,
+        logdir=config.logdir if is_chief else None,
+    )
+    try:
+        if step < total_steps:
+            distributed = strategy.distribute_datasets_from_function(upstream.dataset_fn(step))
+            train_loop = make_train_loop(
+                strategy,
+                model,
+                optimizer,
+                global_batch_size=config.global_batch_size,
+                multi_label=config.multi_label,
+                weight_decay=config.weight_decay,
+            )
+            loop = _HostLoop(config, steps_per_loop, manager, is_chief, signals, progress)
+            saved_step = loop.run(train_loop, iter(distributed), step, total_steps, saved_step)
+            step = int(optimizer.iterations.numpy())
+        if saved_step != step:
+            _save(manager, step, is_chief)
+    except tf.errors.OpError as error:
+        lost = worker_lost_error(error, strategy, config.checkpoint_dir)
+        if lost is None:
+            raise
+        raise lost from error
+    finally:
+        progress.close()
 
     weights_path = None
     if is_chief:
         weights_path = save_official_weights(
             model, os.path.join(config.checkpoint_dir, f"{config.model}.npz")
         )
-        _write_summary(config, step, resumed_from, history, weights_path)
-    return PretrainResult(model, step, resumed_from, weights_path, is_chief, history)
+        _write_summary(config, step, resumed_from, progress.history, weights_path)
+    if signals.received is not None:
+        # The run is complete and its files are whole; the signal still ends the program.
+        raise TrainingInterrupted(signals.received, step, manager.latest_checkpoint)
+    return PretrainResult(model, step, resumed_from, weights_path, is_chief, progress.history)
 
 
-def _train_loop(config, train_step, iterator, schedule, manager, step, is_chief, saved_step):
-    total_steps = schedule.total_steps
-    history, window = [], {"loss": 0.0, "hits": 0.0, "examples": 0.0, "steps": 0}
-    started = time.monotonic()
-    with _StopSignals() as signals:
+def _data_error(error: tf.errors.InvalidArgumentError) -> DataError | None:
+    """The DataError of the input pipeline's "nothing decoded" assertion, else None."""
+    if NOTHING_DECODED not in str(error.message):
+        return None
+    # The message of the pipeline's assertion, without TensorFlow's frame around it.
+    line = next(line for line in error.message.splitlines() if NOTHING_DECODED in line)
+    return DataError(line[line.index(NOTHING_DECODED) :].split("]")[0].strip())
+
+
+class _HostLoop:
+    """Calls the train loop until the last step: `steps_per_loop` steps per call, a call
+    ending early at a checkpoint step and at the last step; logs, checkpoints and stops on
+    signals between calls."""
+
+    def __init__(self, config, steps_per_loop, manager, is_chief, signals, progress):
+        self.config = config
+        self.steps_per_loop = steps_per_loop
+        self.manager = manager
+        self.is_chief = is_chief
+        self.signals = signals
+        self.progress = progress
+
+    def loop_length(self, step: int, total_steps: int) -> int:
+        every = self.config.checkpoint_every
+        next_checkpoint = (step // every + 1) * every
+        return min(self.steps_per_loop, next_checkpoint - step, total_steps - step)
+
+    def run(self, train_loop, iterator, step, total_steps, saved_step):
         while step < total_steps:
-            stop = tf.constant(0 if signals.received is None else 1, tf.int32)
+            stop = tf.constant(0 if self.signals.received is None else 1, tf.int32)
+            length = tf.constant(self.loop_length(step, total_steps), tf.int32)
             try:
-                outputs = train_step(iterator, stop)
+                sums = train_loop(iterator, stop, length)
+                ran = int(sums["steps"])
             except tf.errors.InvalidArgumentError as error:
-                if NOTHING_DECODED not in str(error.message):
+                data_error = _data_error(error)
+                if data_error is None:
                     raise
-                # The message of the pipeline's assertion, without TensorFlow's frame around it.
-                line = next(line for line in error.message.splitlines() if NOTHING_DECODED in line)
-                text = line[line.index(NOTHING_DECODED) :].split("]")[0].strip()
-                raise DataError(text) from error
-            step += 1
-            for key in ("loss", "hits", "examples"):
-                window[key] += float(outputs[key])
-            window["steps"] += 1
-            if step % config.log_every == 0 or step == total_steps:
-                entry = {
-                    "step": step,
-                    "loss": window["loss"] / window["steps"],
-                    "metric": window["hits"] / max(window["examples"], 1.0),
-                    "learning_rate": float(schedule(step - 1)),
-                    "seconds": round(time.monotonic() - started, 3),
-                }
-                history.append(entry)
-                log.info(
-                    "step %d/%d loss %.4f %s %.4f lr %.5f",
-                    step,
-                    total_steps,
-                    entry["loss"],
-                    "precision@1" if config.multi_label else "top-1",
-                    entry["metric"],
-                    entry["learning_rate"],
-                )
-                window = {"loss": 0.0, "hits": 0.0, "examples": 0.0, "steps": 0}
-            if float(outputs["stop"]) > 0:
-                path = _save(manager, step, is_chief)
-                raise TrainingInterrupted(signals.received or signal.SIGTERM, step, path)
-            if step % config.checkpoint_every == 0:
-                _save(manager, step, is_chief)
+                raise data_error from error
+            step += ran
+            self.progress.add(sums)
+            self.progress.log_if_due(step)
+            if float(sums["stop"]) > 0:
+                if saved_step == step:  # the signal came while this step's checkpoint was written
+                    path = self.manager.latest_checkpoint if self.is_chief else None
+                else:
+                    path = _save(self.manager, step, self.is_chief)
+                raise TrainingInterrupted(self.signals.received or signal.SIGTERM, step, path)
+            if step % self.config.checkpoint_every == 0:
+                _save(self.manager, step, self.is_chief)
                 saved_step = step
-    return history, saved_step
+        return saved_step
 
 
 def _write_summary(config, step, resumed_from, history, weights_path):
