@@ -369,7 +369,11 @@ def decode_images_with_reasons(image_bytes, image_size: int, max_pixels: int = D
         decoded.concatenate(sentinel).batch(tf.cast(count, tf.int64) + 1).get_single_element()
     )
     indices, images, decoded_problems = indices[:-1, None], images[:-1], decoded_problems[:-1]
-    images = tf.scatter_nd(indices, images, [count, image_size, image_size, 3])
+    images = tf.cond(  # no copy where every item came through, as almost always
+        tf.equal(tf.shape(indices)[0], count),
+        lambda: images,
+        lambda: tf.scatter_nd(indices, images, [count, image_size, image_size, 3]),
+    )
     failed = tf.where(_looks_truncated(image_bytes, image_format), _TRUNCATED, _DAMAGED)
     decoded_problems = tf.tensor_scatter_nd_update(failed, indices, decoded_problems)
     problems = tf.where(tf.equal(problems, _OK), decoded_problems, problems)

@@ -188,6 +188,40 @@ def test_damaged_files_fail_only_themselves(exports, classifier, tmp_path):
         assert np.max(np.abs(row - expected)) / np.max(expected) < 1e-5, name
 
 
+def test_bit_predict_reports_a_damaged_file_on_its_own_line(exports, classifier, tmp_path):
+    from bit_cli import predictors
+    from bit_cli.answers import format_table
+
+    jpeg = encode(photo(), "JPEG")
+    payloads = {
+        "good.jpg": jpeg,
+        "half.jpg": jpeg[: len(jpeg) // 2],
+        "cut.png": encode(photo(), "PNG")[:-30],
+        "good.png": encode(photo(seed=9), "PNG"),
+    }
+    paths = []
+    for name, data in payloads.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    served = predictors.ServingClassifier(os.path.dirname(exports["folded"]))
+    in_keras = predictors.KerasClassifier(classifier, image_size=IMAGE_SIZE, batch_size=4)
+    for answers in (served.classify(paths, top_k=2), in_keras.classify(paths, top_k=2)):
+        errors = [answer.error for answer in answers]
+        assert errors == [
+            None,
+            "cannot decode the image: truncated JPEG: no end-of-image marker",
+            "cannot decode the image: truncated PNG: no IEND chunk",
+            None,
+        ]
+        rows = format_table(answers).splitlines()
+        for path, error in zip(paths, errors, strict=True):
+            if error is not None:
+                (row,) = [row for row in rows if path in row]  # one line, naming the file
+                assert row.split() == [path, "error:", *error.split()]
+    alone = served.classify(paths[:1], top_k=2)[0]
+    assert answers[0].top_classes[0].class_id == alone.top_classes[0].class_id
+
+
 SERVER_SCRIPT = textwrap.dedent(
     """
     import sys
