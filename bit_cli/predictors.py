@@ -252,7 +252,7 @@ class ServingClassifier:
         """The top `top_k` classes of each file, in the order of `paths`.
 
         Example:
-            >>> classifier.classify(["rose.jpg", "empty.jpg"], top_k=1)[1].error
+            >>> classifier.classify(["rose.jpg", "notes.txt"], top_k=1)[1].error
             'not a JPEG, PNG, GIF, BMP or WebP image'
         """
         return [self._classify_file(path, top_k) for path in paths]

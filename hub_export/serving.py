@@ -17,7 +17,8 @@ graph needs no Python of ours. Signatures:
   divided by 255 in the graph; the same outputs.
 
 Images are decoded to RGB (grayscale, palette and RGBA are converted; alpha is dropped; a GIF
-or an animated WebP gives its first frame; an 8-bit BMP is read as grayscale, as TensorFlow's
+gives its first frame; an animated WebP is flagged invalid, as TensorFlow's WebP decoder is not
+safe on one; an 8-bit BMP is read as grayscale, as TensorFlow's
 BMP decoder ignores its palette) and resized to `image_size` x `image_size` (the crop the model
 was fine-tuned at) inside the graph, as BiT's evaluation pipeline does. WebP needs a TensorFlow
 with `tf.io.decode_webp` at export; exported by an older one, WebP items are flagged invalid.
@@ -85,9 +86,10 @@ _END_MARKERS = {_JPEG: b"\xff\xd9", _PNG: b"\0\0\0\0IEND\xaeB`\x82", _GIF: b";"}
     _NO_PIXELS,
     _TOO_MANY,
     _NO_DECODER,
+    _ANIMATED,
     _TRUNCATED,
     _DAMAGED,
-) = range(9)
+) = range(10)
 _REASONS = {
     _OK: "",
     _EMPTY: "empty",
@@ -96,6 +98,7 @@ _REASONS = {
     _NO_PIXELS: "the {format} header declares no pixels",
     _TOO_MANY: "the {format} header declares more than {max_pixels:,} pixels",
     _NO_DECODER: "{format} is not read by the TensorFlow that wrote this export",
+    _ANIMATED: "animated {format} is not read",
     _TRUNCATED: "truncated {format}: {missing}",
     _DAMAGED: "damaged {format} data: the decoder failed",
 }
@@ -194,10 +197,18 @@ def _signature_format(data):
 
 def _header_problems(data, image_format):
     """Per item (elementwise): `_OK`, or why nothing of it can be decoded, seen without decoding
-    (empty, unknown format, too short for its header, WebP without a decoder)."""
+    (empty, unknown format, too short for its header, WebP without a decoder, animated WebP)."""
     length = tf.strings.length(data)
     header_bytes = tf.gather(tf.constant(_HEADER_BYTES, tf.int32), tf.maximum(image_format, 0))
     problem = tf.where(length < header_bytes, _SHORT, _OK)
+    # An animated WebP (the animation flag of a VP8X header) is not given to tf.io.decode_webp,
+    # which can corrupt the memory of the process on one.
+    padded = tf.strings.join([data, b"\0" * 24])
+    flags = tf.reshape(tf.io.decode_raw(tf.strings.substr(padded, 20, 1), tf.uint8), tf.shape(data))
+    animated = tf.equal(tf.strings.substr(padded, 12, 4), b"VP8X") & tf.not_equal(
+        tf.bitwise.bitwise_and(flags, 2), 0
+    )
+    problem = tf.where(tf.equal(image_format, _WEBP) & animated, _ANIMATED, problem)
     if not _can_decode_webp():
         problem = tf.where(tf.equal(image_format, _WEBP), _NO_DECODER, problem)
     problem = tf.where(image_format < 0, _UNKNOWN, problem)
@@ -256,7 +267,7 @@ def _bmp_rgb(data):
 
 
 def _webp_rgb(data):
-    """A WebP's first frame as RGB (alpha dropped); nothing where TensorFlow has no decoder."""
+    """A still WebP as RGB (alpha dropped); nothing where TensorFlow has no decoder."""
     if not _can_decode_webp():  # never reached: such items are flagged before decoding
         return tf.zeros([1, 1, 3], tf.uint8)
     return tf.io.decode_webp(data)[0, :, :, :3]
@@ -322,8 +333,8 @@ def decode_images_with_reasons(image_bytes, image_size: int, max_pixels: int = D
     """Decodes a string batch of image files to float32 [batch, size, size, 3], a validity flag
     and a reason per item (empty where valid).
 
-    Each file is decoded to RGB (grayscale repeated, alpha dropped, the first frame of a GIF or
-    WebP) and resized to `image_size` x `image_size`. An item that cannot be decoded (see the
+    Each file is decoded to RGB (grayscale repeated, alpha dropped, the first frame of a GIF)
+    and resized to `image_size` x `image_size`. An item that cannot be decoded (see the
     module docstring) is zeros, `valid` false and `reason` says why, e.g. "truncated JPEG:
     no end-of-image marker"; the other items are decoded as they would be
     alone. Graph ops only: it runs inside exported signatures.
