@@ -9,8 +9,9 @@
   file's bytes go to its `serving_default` signature, which decodes and resizes them in its
   graph, at the size it was exported at.
 
-`load_classifier` picks one for a `--model` value. A file that cannot be read or decoded gets
-an `Answer` with an `error`; the other files are answered.
+`load_classifier` picks one for a `--model` value. A file that cannot be read or decoded (not
+an image, truncated, damaged) gets an `Answer` with a one-line `error`; the other files are
+answered as they would be alone.
 
 Example:
     >>> classifier = load_classifier("photos_run/model.keras")
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     import keras
 
 #: The file formats both classifiers read.
-FORMATS = "JPEG, PNG, GIF or BMP"
+FORMATS = "JPEG, PNG, GIF, BMP or WebP"
 
 
 def _checked_names(names: Sequence[str] | None, num_classes: int) -> tuple[str, ...] | None:
@@ -72,6 +73,15 @@ def _decoder_message(error: Exception) -> str:
     """The first line of a TensorFlow decoder's error, without the graph's node names."""
     message = getattr(error, "message", None) or str(error)
     return message.strip().splitlines()[0].split(" [[")[0].strip()
+
+
+def _problem(reason: str) -> str:
+    """The `error` of an `Answer` for the `reason` the decoder gave (`hub_export.serving`)."""
+    if reason.startswith("not a "):
+        return f"not a {FORMATS} image"
+    if reason == "empty":
+        return "the file is empty"
+    return f"cannot decode the image: {reason}"
 
 
 class KerasClassifier:
@@ -129,7 +139,7 @@ class KerasClassifier:
         """The file as a float32 image in [0, 1], resized; or why it cannot be."""
         import tensorflow as tf
 
-        from hub_export.serving import DEFAULT_MAX_PIXELS, declared_sizes, decode_images
+        from hub_export.serving import declared_sizes, decode_images_with_reasons
 
         data = _read(path)
         if isinstance(data, str):
@@ -138,13 +148,12 @@ class KerasClassifier:
         try:
             heights, widths = declared_sizes(items)
             height, width = int(heights[0]), int(widths[0])
-            if height == 0 or width == 0:
-                return f"not a {FORMATS} image"
-            images, valid = decode_images(items, self.image_size_for(height, width))
-        except tf.errors.OpError as error:
-            return f"cannot decode the image: {_decoder_message(error)}"
+        except tf.errors.OpError:  # an unreadable JPEG header: the decoder below says so
+            height = width = 0
+        size = self.image_size_for(height, width) if height and width else self.image_size or 8
+        images, valid, reasons = decode_images_with_reasons(items, size)
         if not bool(valid[0]):
-            return f"the image declares {height}x{width} pixels, more than {DEFAULT_MAX_PIXELS:,}"
+            return _problem(reasons[0].numpy().decode("utf-8"))
         return images[0].numpy()
 
     def classify(self, paths: Sequence[str], top_k: int) -> list[Answer]:
@@ -152,7 +161,7 @@ class KerasClassifier:
 
         Example:
             >>> [answer.error for answer in classifier.classify(["cat.jpg", "notes.txt"], 3)]
-            [None, 'not a JPEG, PNG, GIF or BMP image']
+            [None, 'not a JPEG, PNG, GIF, BMP or WebP image']
         """
         answers = []
         for start in range(0, len(paths), self.batch_size):
@@ -243,8 +252,8 @@ class ServingClassifier:
         """The top `top_k` classes of each file, in the order of `paths`.
 
         Example:
-            >>> classifier.classify(["rose.jpg", "empty.jpg"], top_k=1)[1].error
-            'not a JPEG, PNG, GIF or BMP image'
+            >>> classifier.classify(["rose.jpg", "notes.txt"], top_k=1)[1].error
+            'not a JPEG, PNG, GIF, BMP or WebP image'
         """
         return [self._classify_file(path, top_k) for path in paths]
 
@@ -259,6 +268,8 @@ class ServingClassifier:
         except tf.errors.OpError as error:
             return Answer(path, error=f"cannot decode the image: {_decoder_message(error)}")
         if not bool(outputs["valid"].numpy()[0]):
+            if "reason" in outputs:  # exports since the reason output
+                return Answer(path, error=_problem(outputs["reason"].numpy()[0].decode("utf-8")))
             return Answer(
                 path,
                 error=f"not a {FORMATS} image that this serving model reads, or too many pixels",

@@ -12,6 +12,12 @@ predict function (`predict_on_batch`), so `model.predict(images)` costs what the
 costs. Datasets, generators, `steps=`, callbacks and models under a multi-replica
 `tf.distribute` strategy take Keras' own path, unchanged.
 
+Images go in on the scale of `bit_tf.input_scale`: uint8 pixels are divided by 255 (uint16 by
+65535), in eager calls, `predict` and compiled graphs alike; float images are expected in
+[0, 1], and eager calls, `predict_on_batch` and `predict` on arrays (its first batch) refuse
+float images whose largest value is above 1.5 (pixel values in 0-255) with a `ValueError`.
+Inside compiled graphs (`fit`, `predict` on datasets, `tf.function`) floats are not checked.
+
 Its predict step declares `bit_tf.kernels.local_inference()`: the graph runs in this process
 only, so the kernels may use bit_tf's C++ kernels for it. For XLA compilation of predict, use
 Keras' own switch: `model.jit_compile = True` (or `model.compile(..., jit_compile=True)`).
@@ -34,7 +40,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from bit_tf import kernels
+from bit_tf import input_scale, kernels
 
 
 def _replicas(model: keras.Model) -> int:
@@ -107,12 +113,37 @@ class BitModel(keras.Model):
             config["class_names"] = list(self.class_names)
         return config
 
+    def _takes_one_input(self) -> bool:
+        return len(self.inputs) == 1
+
+    def __call__(self, *args, **kwargs):
+        if self._takes_one_input():
+            input_scale.check_call_arguments(args, kwargs, f"model {self.name!r}")
+        return super().__call__(*args, **kwargs)
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        """The functional graph on `inputs`, uint8 / uint16 images turned into floats in [0, 1]
+        first (`bit_tf.input_scale`)."""
+        if self._takes_one_input() and not isinstance(inputs, (list, tuple, dict)):
+            inputs = input_scale.to_unit_scale(inputs, self.inputs[0].dtype, f"model {self.name!r}")
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def _check_first_batch(self, x, batch_size: int | None) -> None:
+        if self._takes_one_input() and _is_in_memory(x) and len(x):
+            batch = x[: batch_size or 32]
+            input_scale.check_call_arguments((batch,), {}, f"model {self.name!r}")
+
+    def predict_on_batch(self, x):
+        self._check_first_batch(x, len(x) if _is_in_memory(x) else None)
+        return super().predict_on_batch(x)
+
     def predict_step(self, *arguments):
         """Keras' predict step (`data`, or `state, data` on JAX), traced as local inference."""
         with kernels.local_inference():
             return super().predict_step(*arguments)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        self._check_first_batch(x, batch_size if isinstance(batch_size, int) else None)
         if (
             steps is not None
             or callbacks
@@ -133,7 +164,7 @@ class BitModel(keras.Model):
         outputs = []
         for index in range(batches):
             batch = x[index * batch_size : (index + 1) * batch_size]
-            outputs.append(self.predict_on_batch(batch))
+            outputs.append(super().predict_on_batch(batch))  # the first batch was checked
             if progress is not None:
                 progress.update(index + 1)
         return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outputs)

@@ -31,6 +31,7 @@ import urllib.parse
 import keras
 import numpy as np
 
+from bit_tf import input_scale
 from bit_tf.models import resnet_v2
 from bit_tf.weights import (
     HEAD_KERNEL,
@@ -218,6 +219,11 @@ class HubLayer(keras.layers.Layer):
     `training=True` only when the layer is trainable and Keras calls it in training mode,
     like `hub.KerasLayer`. Needs the TensorFlow backend.
 
+    Images: float32 in [0, 1], or uint8 / uint16 pixels, which the layer divides by 255 /
+    65535 (`bit_tf.input_scale`); eager calls refuse float images whose largest value is above
+    1.5 (pixel values in 0-255) with a `ValueError`. Inside `fit` and other compiled graphs
+    floats are not checked.
+
     Args:
         handle: a SavedModel folder, a local `.tar.gz`, or a tensorflow_hub handle such as
             "https://host/bit/m-r50x1/1.tar.gz".
@@ -261,8 +267,13 @@ class HubLayer(keras.layers.Layer):
             )
         self.built = True
 
+    def __call__(self, *args, **kwargs):
+        input_scale.check_call_arguments(args, kwargs, f"HubLayer({self.handle!r})")
+        return super().__call__(*args, **kwargs)
+
     def call(self, inputs, training=None):
         training = bool(training) and self.trainable
+        inputs = input_scale.to_unit_scale(inputs, "float32", f"HubLayer({self.handle!r})")
         outputs = self._module(inputs, training=training)
         if isinstance(outputs, dict):
             if self.output_key is None:

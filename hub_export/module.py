@@ -1,7 +1,9 @@
 """TF-Hub modules of BiT: TF2 Reusable SavedModels like the published `bit/m-r50x1` collection.
 
 A module has `__call__(images, training=False)` on float32 `[batch, height, width, 3]` images
-in [0, 1] of any size, the attributes `variables`, `trainable_variables` and
+in [0, 1] of any size (uint8 and uint16 images are accepted too, and divided by 255 and 65535
+in the graph; float images are not checked there, so pixel values in 0-255 must be divided by
+255 first), the attributes `variables`, `trainable_variables` and
 `regularization_losses`, and a `serving_default` signature. A "feature_vector" module returns
 the pre-logits `[batch, 2048 * width]`; a "classification" module returns the logits. The
 variables carry the official BiT checkpoint names, so `bit_tf.from_hub` rebuilds a Keras model.
@@ -23,11 +25,16 @@ import tensorflow as tf
 
 from bit_tf.models import pre_logits_model
 from hub_export.atomic import atomic_path, join
-from hub_export.tracing import OfficialForward
+from hub_export.tracing import OfficialForward, unit_scale_images
 
 KINDS = ("feature_vector", "classification")
 METADATA_FILE = "bit_tf_module.json"
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+#: The image dtypes a module's `__call__` takes: float32 in [0, 1], uint8 and uint16 pixels.
+CALL_SPECS = tuple(
+    tf.TensorSpec([None, None, None, 3], dtype, name="images")
+    for dtype in (tf.float32, tf.uint8, tf.uint16)
+)
 OUTPUT_KEYS = {"feature_vector": "feature_vector", "classification": "logits"}
 
 
@@ -63,10 +70,14 @@ def build_module(model: keras.Model, kind: str = "feature_vector") -> tf.Module:
     forward = OfficialForward(model, trainable=True)
     _check_kind(kind, forward)
 
+    @tf.function(input_signature=[IMAGES_SPEC])
+    def forward_images(images):  # one trace of the forward pass, which every function calls
+        return forward(images)
+
     @tf.function
     def call(images, training=False):
         del training  # GroupNorm and weight standardization act the same in training.
-        return forward(images)
+        return forward_images(unit_scale_images(images, "a BiT hub module"))
 
     @tf.function(input_signature=[IMAGES_SPEC])
     def serve(images):
@@ -80,8 +91,9 @@ def build_module(model: keras.Model, kind: str = "feature_vector") -> tf.Module:
     root.trainable_variables = [v for v in root.variables if v.trainable]
     root.regularization_losses = []
     root.serving_default = serve
-    for training in (False, True):
-        call.get_concrete_function(IMAGES_SPEC, training=training)
+    for spec in CALL_SPECS:
+        for training in (False, True):
+            call.get_concrete_function(spec, training=training)
     return root
 
 

@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from bit_tf import kernels
+from bit_tf.input_scale import integer_scale
 from bit_tf.weights import HEAD_KERNEL, describe_layout, official_arrays, official_variables
 
 
@@ -39,6 +40,23 @@ def _run_with(model: keras.Model, keras_variables: dict, weights: dict, trainabl
             return model(images, training=False)
 
     return forward
+
+
+def unit_scale_images(images, where: str = "a BiT export") -> tf.Tensor:
+    """`images` as float32 in [0, 1]: uint8 / uint16 pixels divided by 255 / 65535, floats cast
+    (`bit_tf.input_scale`). Decided by the dtype, so it holds in every traced signature.
+
+    Raises:
+        ValueError: images of another integer dtype, naming it.
+
+    Example:
+        >>> unit_scale_images(tf.constant([[0, 51, 255]], tf.uint8)).numpy()
+        array([[0. , 0.2, 1. ]], dtype=float32)
+    """
+    images = tf.convert_to_tensor(images)
+    scale = integer_scale(images.dtype.name, where)
+    images = tf.cast(images, tf.float32)
+    return images if scale is None else images / scale
 
 
 class OfficialForward(tf.Module):
@@ -83,5 +101,5 @@ class OfficialForward(tf.Module):
         self._forward = _run_with(model, keras_variables, self.weights, trainable)
 
     def __call__(self, images):
-        """The model's outputs for float32 images in [0, 1]."""
-        return self._forward(tf.convert_to_tensor(images, tf.float32))
+        """The model's outputs for float images in [0, 1], or uint8 / uint16 pixels."""
+        return self._forward(unit_scale_images(images))

@@ -8,6 +8,8 @@ import pytest
 import bit_tf
 from bit_tf.bit_model import BitModel
 
+from numerics import SAME_MODEL_TOLERANCE, relative_error
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -134,3 +136,33 @@ def test_predict_runs_on_the_native_kernels_and_keras_jit_compile_turns_xla_on(t
     types = {node.op for node in graph.node}
     types |= {node.op for function in graph.library.function for node in function.node_def}
     assert "BitGroupNorm" not in types and "BitStandardizeKernel" not in types
+
+
+def test_uint8_pixels_are_divided_by_255_and_0_255_floats_are_refused(model):
+    import tensorflow as tf
+
+    pixels = np.random.default_rng(5).integers(0, 256, (5, 32, 32, 3), np.uint8)
+    floats = pixels.astype("float32") / 255.0
+    expected = model.predict(floats, batch_size=2, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices(pixels).batch(2)
+    for outputs in (
+        model(pixels),
+        model.predict(pixels, batch_size=2, verbose=0),
+        model.predict_on_batch(pixels),
+        model.predict(dataset, verbose=0),  # Keras' own path: converted in the compiled graph
+        tf.function(lambda images: model(images, training=False))(tf.constant(pixels)),
+        model(pixels.astype(np.uint16) * 257),  # 16-bit pixels: divided by 65535
+    ):
+        assert relative_error(outputs, expected) < SAME_MODEL_TOLERANCE
+    for run in (
+        lambda: model(floats * 255.0),
+        lambda: model.predict(floats * 255.0, batch_size=2, verbose=0),
+        lambda: model.predict_on_batch(floats * 255.0),
+        lambda: model(tf.constant(floats * 255.0)),
+    ):
+        with pytest.raises(ValueError, match=r"largest value here is 255: .* Divide them by 255"):
+            run()
+    with pytest.raises(ValueError, match="uint8 .* got dtype int32"):
+        model.predict(pixels.astype(np.int32), verbose=0)
+    # Slightly above 1 (resampling overshoot) is not refused.
+    model(np.minimum(floats * 1.2, 1.2))

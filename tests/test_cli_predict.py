@@ -154,7 +154,7 @@ def test_folder_names_travel_to_the_serving_model_and_bit_predict(tmp_path, offi
     assert predicted.returncode == 1, predicted.stderr[-3000:]  # one file was not an image
     answers = [json.loads(line) for line in predicted.stdout.splitlines()]
     assert [answer["file"] for answer in answers] == [*files, "notes.txt"]
-    assert answers[-1]["error"] == "not a JPEG, PNG, GIF or BMP image"
+    assert answers[-1]["error"] == "not a JPEG, PNG, GIF, BMP or WebP image"
     for answer, ids, probabilities in zip(
         answers, serving["ids"], serving["probabilities"], strict=False
     ):
@@ -212,7 +212,7 @@ def test_keras_classifier_reads_every_format_and_reports_bad_files(tmp_path, off
     classifier = predictors.KerasClassifier(model, image_size=24, batch_size=4)
     answers = classifier.classify(paths, top_k=3)
     errors = {os.path.basename(answer.path): answer.error for answer in answers}
-    assert errors.pop("notes.txt") == "not a JPEG, PNG, GIF or BMP image"
+    assert errors.pop("notes.txt") == "not a JPEG, PNG, GIF, BMP or WebP image"
     assert errors.pop("broken.jpg").startswith("cannot decode the image:")
     assert errors.pop("missing.png").startswith("cannot read the file:")
     assert set(errors.values()) == {None}

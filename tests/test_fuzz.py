@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bit_tf
+from bit_tf import input_scale
 from bit_tf.weights import CheckpointError, read_checkpoint
 
 SETTINGS = settings(
@@ -128,6 +129,10 @@ def test_mutated_keys_and_shapes_give_a_checkpoint_error(
 def test_any_image_batch_gives_finite_outputs(model, batch, height, width, low, span, dtype):
     rng = np.random.default_rng(batch * 1000 + height * 10 + width)
     images = (low + span * rng.uniform(size=(batch, height, width, 3))).astype(dtype)
+    if dtype != "uint8" and float(np.max(images)) > input_scale.MAX_UNIT_VALUE:
+        with pytest.raises(ValueError, match="largest value here is .* Divide them by 255"):
+            model(images)  # floats in 0-255 are refused, naming the value
+        return
     outputs = keras.ops.convert_to_numpy(model(images))
     assert outputs.shape == (batch, 10)
     assert np.all(np.isfinite(outputs))

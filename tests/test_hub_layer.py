@@ -148,3 +148,20 @@ def test_a_saved_keras_model_with_a_hub_layer_reloads_only_when_trusted(feature_
     reloaded = keras.saving.load_model(path, safe_mode=False)
     images = np.random.default_rng(9).uniform(size=(1, 16, 16, 3)).astype("float32")
     assert np.allclose(reloaded(images), model(images), atol=1e-6)
+
+
+def test_hub_layer_and_module_take_uint8_pixels_and_refuse_0_255_floats(feature_module):
+    import tensorflow as tf
+
+    backbone, module_dir = feature_module
+    pixels = np.random.default_rng(4).integers(0, 256, (2, 16, 16, 3), np.uint8)
+    floats = pixels.astype("float32") / 255.0
+    expected = backbone(floats).numpy()
+    layer = bit_tf.HubLayer(module_dir)
+    module = tf.saved_model.load(module_dir)  # the module's own uint8 and uint16 functions
+    for outputs in (layer(pixels), module(pixels), module(pixels.astype(np.uint16) * 257)):
+        assert relative_error(np.asarray(outputs), expected) < SAME_MODEL_TOLERANCE
+    with pytest.raises(ValueError, match=r"HubLayer\(.*largest value here is 255"):
+        layer(floats * 255.0)
+    with pytest.raises(ValueError, match="got dtype int64"):
+        layer(pixels.astype(np.int64))
