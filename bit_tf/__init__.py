@@ -48,6 +48,7 @@ __version__ = "0.1.0"
 # on the JAX backend without TensorFlow installed.
 _LAZY = {
     "finetune": "bit_tf.finetune",
+    "distill": "bit_tf.distill",
     "HubLayer": "bit_tf.hub",
     "from_hub": "bit_tf.hub",
 }
@@ -59,9 +60,14 @@ _SUBMODULES = frozenset(
 )
 
 
+# Submodules that are also their main function.
+_CALLABLE = ("finetune", "distill")
+
+
 class _CallableModule(types.ModuleType):
     """A submodule that is also its main function: `bit_tf.finetune(...)` calls
-    `bit_tf.finetune.finetune(...)`, however the submodule was imported first."""
+    `bit_tf.finetune.finetune(...)` (and `bit_tf.distill(...)` `bit_tf.distill.distill(...)`),
+    however the submodule was imported first."""
 
     def __call__(self, *args, **kwargs):
         return getattr(self, self.__name__.rsplit(".", 1)[-1])(*args, **kwargs)
@@ -71,7 +77,7 @@ class _Package(types.ModuleType):
     def __setattr__(self, name, value):
         # The import system binds an imported submodule onto its package under the same
         # name as the function it is named after; make that module callable.
-        if name == "finetune" and isinstance(value, types.ModuleType):
+        if name in _CALLABLE and isinstance(value, types.ModuleType):
             value.__class__ = _CallableModule
         super().__setattr__(name, value)
 
@@ -82,7 +88,7 @@ sys.modules[__name__].__class__ = _Package
 def __getattr__(name: str):
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        return module if name == "finetune" else getattr(module, name)
+        return module if name in _CALLABLE else getattr(module, name)
     # Submodules too, on first use, as the docstrings write them: `bit_tf.data.from_arrays`.
     if name in _SUBMODULES:
         try:

@@ -1,0 +1,388 @@
+"""bit-distill: distil a big classifier (the teacher) into a small BiT (the student).
+
+The recipe of Beyer et al. (2022), `bit_tf.distill`: teacher and student see the same
+aggressively augmented images, the student matches the teacher's softened outputs (KL
+divergence at a temperature), Adam with warm-up and cosine decay, long schedules.
+
+With no flags it runs offline on scikit-learn's handwritten digits: the teacher is the
+./bit_finetune/model.keras that `bit-finetune` (no flags) writes, the student a randomly
+initialised BiT-S-R18x1, with the recipe scaled down for 2 CPU cores (see `DIGITS_DEFAULTS`).
+The student goes to ./bit_distill/model.keras.
+
+    bit-finetune && bit-distill
+    bit-distill --teacher=runs/pets/model.keras --student=BiT-S-R50x1 \
+        --dataset=oxford_iiit_pet --validation_split=test --patience=fast --batch_size=128
+
+The last line of output is `final validation accuracy: X (teacher: Y, agreement: Z)`.
+SIGTERM or SIGINT writes a checkpoint and exits (status 128 + signal number); running the same
+command again resumes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import signal
+import sys
+
+from absl import flags
+
+from bit_cli import checks, common
+
+FLAGS = flags.FLAGS
+PROGRAM = "bit-distill"
+DIGITS = "digits"
+DEFAULT_TEACHER = os.path.join("bit_finetune", "model.keras")
+DEFAULT_STUDENT = "BiT-S-R18x1"
+# The recipe scaled down for the embedded digits on 2 CPU cores (each overridable by its flag):
+# 800 steps instead of thousands, and crops of at least half the image (8x8 digits upsampled to
+# 32x32 keep little in a 5% crop) at a lower rate than the paper's.
+DIGITS_DEFAULTS = {
+    "batch_size": 32,
+    "steps": 800,
+    "crop": 32,
+    "base_lr": 0.001,
+    "min_crop_area": 0.5,
+    "validation_every": 200,
+}
+PATIENCE = ("fast", "medium", "long")
+# What a TFDS name looks like ("oxford_flowers102", "cifar10:3.0.2", "name/config:1.*.*").
+TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[\w.\-]+)?(:[\w.*]+)?")
+
+flags.DEFINE_string(
+    "teacher",
+    DEFAULT_TEACHER,
+    "The teacher: a .keras classifier (bit-finetune's model.keras), or a released checkpoint "
+    "name or official .npz with a head (BiT-M-R152x2-teacher-224). It must output the logits "
+    "of the --dataset's classes.",
+)
+flags.DEFINE_string(
+    "student",
+    DEFAULT_STUDENT,
+    "The student's model name, e.g. BiT-S-R18x1 or BiT-S-R50x1 (see bit_tf.list_models()).",
+)
+flags.DEFINE_string(
+    "student_weights",
+    None,
+    "Weights to start the student from: a released name, a path or URL of an official .npz. "
+    "Default: random initialisation, as in the paper.",
+)
+flags.DEFINE_string(
+    "dataset",
+    DIGITS,
+    f"'{DIGITS}' (scikit-learn's handwritten digits, offline), a folder with one subfolder per "
+    "class, or a TFDS name such as oxford_flowers102.",
+)
+flags.DEFINE_string("data_dir", None, "TFDS data folder (default: ~/tensorflow_datasets).")
+flags.DEFINE_string("manual_dir", None, "TFDS folder of manually downloaded files.")
+flags.DEFINE_string("train_split", "train", "TFDS split to distil on.")
+flags.DEFINE_string(
+    "validation_split",
+    "test",
+    "TFDS split to validate on; empty to hold out --validation_fraction of the train split.",
+)
+flags.DEFINE_float(
+    "validation_fraction",
+    0.2,
+    "Fraction of every class held out for validation (digits, folders, empty --validation_split);"
+    " with the same --seed as bit-finetune, the teacher never saw these images.",
+)
+flags.DEFINE_integer(
+    "batch_size",
+    None,
+    f"Global batch size. Default: 512 (paper), {DIGITS_DEFAULTS['batch_size']} on digits.",
+)
+flags.DEFINE_integer(
+    "steps",
+    None,
+    "Optimizer steps. Default: the --patience schedule for the training set's size, "
+    f"{DIGITS_DEFAULTS['steps']} on digits.",
+)
+flags.DEFINE_enum(
+    "patience",
+    "medium",
+    list(PATIENCE),
+    "The paper's schedule length when --steps is not given: fast, medium or long "
+    "(e.g. 1,000 / 3,000 / 30,000 epochs for a data set of 3k images).",
+)
+flags.DEFINE_float(
+    "base_lr",
+    None,
+    f"Adam's peak learning rate. Default: 0.003, {DIGITS_DEFAULTS['base_lr']} on digits.",
+)
+flags.DEFINE_float("weight_decay", 3e-4, "Decoupled weight decay of the kernels (paper: wd).")
+flags.DEFINE_float(
+    "temperature", 1.0, "Softmax temperature of the distillation loss (paper: 1 to 10)."
+)
+flags.DEFINE_integer(
+    "warmup_steps", None, "Warm-up steps. Default: 1,500 (5,000 on ImageNet), at most 1/4 run."
+)
+flags.DEFINE_integer(
+    "crop",
+    None,
+    f"Image size. Default: the HyperRule's crop (128/384), {DIGITS_DEFAULTS['crop']} on digits.",
+)
+flags.DEFINE_float("mixup_alpha", 1.0, "MixUp alpha (paper: 1.0); 0 for none.")
+flags.DEFINE_float(
+    "min_crop_area",
+    None,
+    "Smallest inception crop, as a fraction of the image. Default: 0.05 (paper), "
+    f"{DIGITS_DEFAULTS['min_crop_area']} on digits.",
+)
+flags.DEFINE_float("clip_norm", 1.0, "Global gradient norm to clip to; 0 for no clipping.")
+flags.DEFINE_integer(
+    "gradient_accumulation_steps",
+    1,
+    "Split each batch into this many micro-batches (same effective batch, less memory).",
+)
+flags.DEFINE_integer(
+    "validation_every",
+    None,
+    "Steps between validations. Default: a tenth of the run, "
+    f"{DIGITS_DEFAULTS['validation_every']} on digits.",
+)
+flags.DEFINE_enum(
+    "strategy",
+    "default",
+    ["default", "mirrored"],
+    "tf.distribute strategy: default (one device) or mirrored (all local GPUs or CPUs).",
+)
+flags.DEFINE_bool(
+    "jit_compile", False, "Compile the training step with XLA (faster on GPUs, slower on CPUs)."
+)
+flags.DEFINE_enum(
+    "dtype",
+    "float32",
+    ["float32", "mixed_bfloat16"],
+    "Keras dtype policy of the student: mixed_bfloat16 computes in bfloat16 with float32 weights.",
+)
+flags.DEFINE_string("export_dir", "bit_distill", "Folder for the distilled student's model.keras.")
+flags.DEFINE_string(
+    "checkpoint_dir",
+    None,
+    "Folder for last.keras/best.keras; an unfinished run there is resumed. "
+    "Default: <export_dir>/checkpoints.",
+)
+flags.DEFINE_string(
+    "logdir",
+    None,
+    "TensorBoard log folder. Default: <export_dir>/logs if the tensorboard package is installed.",
+)
+flags.DEFINE_integer("seed", 0, "Seed of the validation split and of the augmentation.")
+
+
+def _check_flags() -> None:
+    """Ends the command with one line for a flag value that cannot work, before any work."""
+    checks.positive(
+        PROGRAM,
+        batch_size=FLAGS.batch_size,
+        steps=FLAGS.steps,
+        crop=FLAGS.crop,
+        temperature=FLAGS.temperature,
+        validation_every=FLAGS.validation_every,
+        gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
+        min_crop_area=FLAGS.min_crop_area,
+    )
+    checks.not_negative(
+        PROGRAM,
+        base_lr=FLAGS.base_lr,
+        weight_decay=FLAGS.weight_decay,
+        warmup_steps=FLAGS.warmup_steps,
+        mixup_alpha=FLAGS.mixup_alpha,
+        clip_norm=FLAGS.clip_norm,
+    )
+    if FLAGS.min_crop_area is not None and FLAGS.min_crop_area > 1:
+        common.fail(PROGRAM, f"--min_crop_area must be at most 1, got {FLAGS.min_crop_area}.")
+    if not 0 < FLAGS.validation_fraction < 1:
+        common.fail(
+            PROGRAM,
+            f"--validation_fraction must be between 0 and 1, got {FLAGS.validation_fraction}.",
+        )
+    batch_size = FLAGS.batch_size or (
+        DIGITS_DEFAULTS["batch_size"] if FLAGS.dataset == DIGITS else 512
+    )
+    if batch_size % FLAGS.gradient_accumulation_steps:
+        common.fail(
+            PROGRAM,
+            f"--gradient_accumulation_steps={FLAGS.gradient_accumulation_steps} must divide "
+            f"the batch size {batch_size} (--batch_size).",
+        )
+    checks.model_name(PROGRAM, FLAGS.student)
+    if FLAGS.teacher == DEFAULT_TEACHER and not os.path.isfile(DEFAULT_TEACHER):
+        common.fail(
+            PROGRAM,
+            f"--teacher={DEFAULT_TEACHER!r} (the default) does not exist: run bit-finetune "
+            "first (it writes it), or give --teacher, a .keras classifier or a released name "
+            "with a head.",
+        )
+    for flag in ("export_dir", "checkpoint_dir", "logdir"):
+        checks.folder_to_write(PROGRAM, flag, getattr(FLAGS, flag))
+    _check_dataset(FLAGS.dataset)
+
+
+def _check_dataset(dataset: str) -> None:
+    """Ends the command if `--dataset` is neither digits, a folder, nor a possible TFDS name."""
+    if dataset == DIGITS or os.path.isdir(dataset):
+        return
+    if os.path.exists(dataset) or not TFDS_NAME.fullmatch(dataset):
+        checks.folder_to_read(PROGRAM, "dataset", dataset)
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        common.fail(
+            PROGRAM,
+            f"--dataset={dataset!r}: no such folder here; as a TFDS name it needs the "
+            "tensorflow_datasets package (pip install tensorflow-datasets).",
+        )
+
+
+def _load_data():
+    """(train, validation) sources of --dataset, split as bit-finetune splits them."""
+    from bit_tf import data
+
+    if FLAGS.dataset == DIGITS:
+        return data.load_digits(FLAGS.validation_fraction, seed=FLAGS.seed)
+    if os.path.isdir(FLAGS.dataset):
+        source = data.from_folder(FLAGS.dataset)
+        if source.skipped:
+            print(f"skipped {len(source.skipped)} unreadable file(s); see the warning above")
+        return data.split(source, FLAGS.validation_fraction, seed=FLAGS.seed)
+    options = {"data_dir": FLAGS.data_dir, "manual_dir": FLAGS.manual_dir}
+    train = data.from_tfds(FLAGS.dataset, split=FLAGS.train_split, **options)
+    if FLAGS.validation_split:
+        return train, data.from_tfds(FLAGS.dataset, split=FLAGS.validation_split, **options)
+    return data.split(train, FLAGS.validation_fraction, seed=FLAGS.seed)
+
+
+def _logdir(export_dir: str) -> str | None:
+    if FLAGS.logdir:
+        return FLAGS.logdir
+    if importlib.util.find_spec("tensorboard") is None:
+        print("no TensorBoard logs: the tensorboard package is not installed")
+        return None
+    return os.path.join(export_dir, "logs")
+
+
+def _agreement(student, teacher, batches) -> tuple[float, float, float]:
+    """(student accuracy, teacher accuracy, agreement) on the validation batches."""
+    import numpy as np
+
+    hits = teacher_hits = agreements = count = 0
+    for images, labels in batches:
+        truth = np.argmax(labels, axis=-1)
+        student_classes = np.argmax(student.predict_on_batch(images), axis=-1)
+        teacher_classes = np.argmax(teacher.predict_on_batch(images), axis=-1)
+        hits += int(np.sum(student_classes == truth))
+        teacher_hits += int(np.sum(teacher_classes == truth))
+        agreements += int(np.sum(student_classes == teacher_classes))
+        count += len(truth)
+    return hits / count, teacher_hits / count, agreements / count
+
+
+def main(argv):
+    del argv
+    _check_flags()
+    logging.getLogger("bit_tf").setLevel(logging.INFO)
+    import tensorflow as tf
+
+    from bit_tf import data
+    from bit_tf.distill import TrainingDivergedError, TrainingInterruptedError, distill
+    from bit_tf.interruption import signals_deferred
+
+    defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
+
+    def setting(name):
+        value = getattr(FLAGS, name)
+        return value if value is not None else defaults.get(name)
+
+    strategy = tf.distribute.MirroredStrategy() if FLAGS.strategy == "mirrored" else None
+    # ValueError here: a checkpoint without a head, an unknown name.
+    with common.user_errors(PROGRAM, ValueError):
+        if strategy is None:
+            teacher = common.build_model("", FLAGS.teacher)
+        else:
+            with strategy.scope():
+                teacher = common.build_model("", FLAGS.teacher)
+        train, validation = _load_data()
+    print(f"teacher: {teacher.name} ({teacher.count_params():,} parameters)")
+    print(f"train: {train}\nvalidation: {validation}")
+    export_dir = FLAGS.export_dir
+    os.makedirs(export_dir, exist_ok=True)
+    checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(export_dir, "checkpoints")
+    options = {
+        name: setting(name)
+        for name in ("batch_size", "steps", "crop", "base_lr", "min_crop_area", "validation_every")
+        if setting(name) is not None
+    }
+    try:
+        # ValueError here: a teacher of another number of classes, settings that do not fit
+        # an unfinished run in the checkpoint folder.
+        with common.user_errors(PROGRAM, ValueError):
+            student, _ = distill(
+                teacher,
+                FLAGS.student,
+                train,
+                validation,
+                student_weights=FLAGS.student_weights or None,
+                dtype=FLAGS.dtype,
+                temperature=FLAGS.temperature,
+                gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
+                mixup_alpha=FLAGS.mixup_alpha,
+                seed=FLAGS.seed,
+                patience=FLAGS.patience,
+                weight_decay=FLAGS.weight_decay,
+                warmup_steps=FLAGS.warmup_steps,
+                clip_norm=FLAGS.clip_norm or None,
+                strategy=strategy,
+                checkpoint_dir=checkpoint_dir,
+                logdir=_logdir(export_dir),
+                jit_compile=FLAGS.jit_compile,
+                verbose=2,
+                **options,
+            )
+    except TrainingInterruptedError as interrupted:
+        print(interrupted, file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
+        # shutdown after an interrupted fit).
+        os._exit(128 + interrupted.signal_number)
+    except TrainingDivergedError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+    path = os.path.join(export_dir, "model.keras")
+    crop = setting("crop") or _student_crop(train)
+    # A signal now waits for model.keras: the checkpoints already say the run is finished.
+    with signals_deferred() as deferred:
+        batches = data.eval_pipeline(validation, min(setting("batch_size") or 512, 256), crop)
+        accuracy, teacher_accuracy, agreement = _agreement(student, teacher, batches)
+        partial = os.path.join(export_dir, "model.partial.keras")
+        student.save(partial)
+        os.replace(partial, path)
+    print(f"wrote {path}")
+    if deferred.received is not None:
+        name = signal.Signals(deferred.received).name
+        print(f"{name} received: stopped after writing {path}.", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(128 + deferred.received)
+    print(
+        f"final validation accuracy: {accuracy:.4f} (teacher: {teacher_accuracy:.4f}, "
+        f"agreement: {agreement:.4f})",
+        flush=True,
+    )
+
+
+def _student_crop(train) -> int:
+    """The crop `distill` takes when --crop is not given: the HyperRule's for the images."""
+    from bit_tf.finetune import resolve_resolution
+
+    return resolve_resolution(train, FLAGS.student, None, None)[1]
+
+
+def run():
+    """The `bit-distill` console script."""
+    common.run(main, __name__)
+
+
+if __name__ == "__main__":
+    run()
