@@ -162,7 +162,7 @@ flags.DEFINE_string("export_dir", "bit_distill", "Folder for the distilled stude
 flags.DEFINE_string(
     "checkpoint_dir",
     None,
-    "Folder for last.keras/best.keras; an unfinished run there is resumed. "
+    "Folder for last.keras/best.keras; a run with the same settings there is resumed. "
     "Default: <export_dir>/checkpoints.",
 )
 flags.DEFINE_string(
@@ -171,6 +171,12 @@ flags.DEFINE_string(
     "TensorBoard log folder. Default: <export_dir>/logs if the tensorboard package is installed.",
 )
 flags.DEFINE_integer("seed", 0, "Seed of the validation split and of the augmentation.")
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Start again where --checkpoint_dir holds a run with other settings, replacing it. Without "
+    "it such a run is refused; a run with the same settings is resumed, or found finished.",
+)
 
 
 def _check_flags() -> None:
@@ -338,6 +344,7 @@ def main(argv):
                 logdir=_logdir(export_dir),
                 jit_compile=FLAGS.jit_compile,
                 verbose=2,
+                overwrite=FLAGS.overwrite,
                 **options,
             )
     except TrainingInterruptedError as interrupted:

@@ -54,6 +54,7 @@ from bit_tf.finetune import (
     _accumulation_and_micro_batch,
     _all_callbacks,
     _as_source,
+    _dataset_identity,
     _fit_segments,
     _Inputs,
     _strategy_for,
@@ -117,8 +118,12 @@ class DistillConfig:
     Run:
         strategy: a `tf.distribute` strategy; the student (and a teacher given by path or
             name) is built in its scope, a teacher model given is cloned into it.
-        checkpoint_dir: where `last.keras`, `best.keras` and `progress.json` go; an unfinished
-            run with the same settings there is resumed. None: no checkpoints, no signals.
+        checkpoint_dir: where `last.keras`, `best.keras` and `progress.json` go; a run with
+            the same settings there is resumed (a finished one trains no further), one with
+            other settings (teacher, student, dataset, steps, ...) is refused with
+            `RunSettingsError`. None: no checkpoints, no signals.
+        overwrite: start again in a `checkpoint_dir` that holds a run with other settings,
+            deleting its checkpoints.
         logdir: a TensorBoard log folder; None for none.
         callbacks: more Keras callbacks for `fit`.
         jit_compile: passed to `compile` ("auto": XLA where supported).
@@ -153,6 +158,7 @@ class DistillConfig:
     callbacks: Sequence[keras.callbacks.Callback] | None = None
     jit_compile: bool | str = "auto"
     verbose: int | str = "auto"
+    overwrite: bool = False
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(DistillConfig))
@@ -224,6 +230,8 @@ def distill(
     settings = {
         "teacher": teacher_fingerprint(teacher),
         "student": student_name,
+        "student_weights": config.student_weights,
+        "dataset": _dataset_identity(train),
         "num_classes": inputs.num_classes,
         "batch_size": config.batch_size,
         "gradient_accumulation_steps": accumulation,
@@ -235,15 +243,29 @@ def distill(
         "temperature": config.temperature,
         "mixup_alpha": config.mixup_alpha,
         "dtype": policy.name if policy is not None else None,
+        "augmentation": {"min_crop_area": config.min_crop_area, "random_flip": config.random_flip},
+        "seed": config.seed,
     }
-    found = find_resumable(config.checkpoint_dir, settings) if config.checkpoint_dir else None
+    found = None
+    if config.checkpoint_dir:
+        found = find_resumable(config.checkpoint_dir, settings, config.overwrite)
     progress = {"settings": settings, "step": 0, "finished": False}
     with strategy.scope():
         if found is not None:
             path, progress = found
             distiller = keras.saving.load_model(path)
             distiller.set_teacher(teacher)
-            log.warning("Resuming from %s at step %d of %d.", path, progress["step"], total_steps)
+            if progress.get("finished"):
+                log.warning(
+                    "%s holds this run, finished at step %d: nothing to train (overwrite=True "
+                    "starts it again).",
+                    config.checkpoint_dir,
+                    progress["step"],
+                )
+            else:
+                log.warning(
+                    "Resuming from %s at step %d of %d.", path, progress["step"], total_steps
+                )
         else:
             student_model = _student_model(student, inputs.num_classes, train, config, policy)
             distiller = Distiller(student_model, teacher, temperature=config.temperature)
