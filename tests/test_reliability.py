@@ -2,6 +2,7 @@
 three times, a fine-tuned `.keras` as the next run's `--weights`, and wrong paths or values,
 which end in one line and status 2."""
 
+import fcntl
 import json
 import os
 import signal
@@ -36,11 +37,9 @@ def run_command(module: str, *flags: str, cwd) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def interrupted_run(tmp_path_factory) -> dict:
-    """A short bit-finetune run hit by three SIGINTs 0.3 s apart, what it left, and the same
-    command run again."""
-    folder = tmp_path_factory.mktemp("interrupted")
+def _interrupt_and_rerun(folder) -> dict:
+    """Runs a short bit-finetune in `folder`, hits it with three SIGINTs 0.3 s apart, records
+    what it left, and runs the same command again."""
     export_dir = folder / "out"
     command = [sys.executable, "-m", "bit_cli.finetune", f"--export_dir={export_dir}"]
     command += ["--steps=8", *SHORT]
@@ -74,14 +73,30 @@ def interrupted_run(tmp_path_factory) -> dict:
     rerun = subprocess.run(
         command, cwd=folder, env=ENVIRONMENT, capture_output=True, text=True, timeout=300
     )
-    return {"export_dir": export_dir, "interrupted": left, "rerun": rerun}
+    return {
+        "interrupted": left,
+        "rerun": {"returncode": rerun.returncode, "stdout": rerun.stdout, "stderr": rerun.stderr},
+    }
 
 
-# The tests sharing `interrupted_run` run in one pytest-xdist worker, which builds it once.
-SHARES_THE_RUN = pytest.mark.xdist_group("interrupted_run")
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory, worker_id) -> dict:
+    """`_interrupt_and_rerun`, made once for the whole test session: the first pytest-xdist
+    worker to need it makes it under a file lock, the other reads what it recorded."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # shared by the workers of this session
+    folder = root / "interrupted_run"
+    with open(root / "interrupted_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = folder / "record.json"
+        if not record.exists():
+            folder.mkdir(exist_ok=True)
+            record.write_text(json.dumps(_interrupt_and_rerun(folder)))
+        found = json.loads(record.read_text())
+    return {"export_dir": folder / "out", **found}
 
 
-@SHARES_THE_RUN
 @pytest.mark.slow
 def test_three_sigints_during_the_save_leave_a_whole_checkpoint_and_the_run_resumes(
     interrupted_run,
@@ -97,18 +112,17 @@ def test_three_sigints_during_the_save_leave_a_whole_checkpoint_and_the_run_resu
     assert interrupted["iterations"] == step  # last.keras is whole and holds that step
 
     rerun = interrupted_run["rerun"]
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"at step {step} of 8" in rerun.stderr
+    assert rerun["returncode"] == 0, rerun["stderr"][-3000:]
+    assert f"at step {step} of 8" in rerun["stderr"]
     progress_path = interrupted_run["export_dir"] / "checkpoints" / "progress.json"
     assert json.loads(progress_path.read_text())["step"] == 8
 
 
-@SHARES_THE_RUN
 @pytest.mark.slow
 def test_the_keras_files_bit_finetune_writes_are_weights_for_bit_finetune_and_bit_export(
     interrupted_run, tmp_path
 ):
-    assert interrupted_run["rerun"].returncode == 0, interrupted_run["rerun"].stderr[-3000:]
+    assert interrupted_run["rerun"]["returncode"] == 0, interrupted_run["rerun"]["stderr"][-3000:]
     first = interrupted_run["export_dir"]
     written = [
         first / "model.keras",
@@ -148,10 +162,9 @@ def test_the_keras_files_bit_finetune_writes_are_weights_for_bit_finetune_and_bi
             common.build_model("BiT-S-R50x1", path)
 
 
-@SHARES_THE_RUN
 @pytest.mark.slow
 def test_a_finished_run_is_reported_and_a_changed_rerun_refused(interrupted_run):
-    assert interrupted_run["rerun"].returncode == 0, interrupted_run["rerun"].stderr[-3000:]
+    assert interrupted_run["rerun"]["returncode"] == 0, interrupted_run["rerun"]["stderr"][-3000:]
     export_dir = interrupted_run["export_dir"]
     command = ["bit_cli.finetune", f"--export_dir={export_dir}", *SHORT]
     written = {
@@ -177,10 +190,9 @@ def test_a_finished_run_is_reported_and_a_changed_rerun_refused(interrupted_run)
     assert {path: path.stat().st_mtime_ns for path in written} == written
 
 
-@SHARES_THE_RUN
 @pytest.mark.slow
 def test_bit_vtab_takes_a_fine_tuned_keras_file_as_weights(interrupted_run, tmp_path):
-    assert interrupted_run["rerun"].returncode == 0, interrupted_run["rerun"].stderr[-3000:]
+    assert interrupted_run["rerun"]["returncode"] == 0, interrupted_run["rerun"]["stderr"][-3000:]
     weights = interrupted_run["export_dir"] / "model.keras"
     flags = [
         f"--weights={weights}",
