@@ -14,7 +14,7 @@ SCRIPTS = {
     "bit-pretrain": ("model", "dataset", "checkpoint_dir"),
     "bit-vtab": ("model", "weights", "tasks"),
     "bit-predict": ("model", "format", "top_k", "image_size"),
-    "bit-distill": ("teacher", "student", "temperature", "export_dir", "overwrite"),
+    "bit-distill": ("teacher", "student", "temperature", "export_dir", "[no]overwrite"),
 }
 
 
