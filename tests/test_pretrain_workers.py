@@ -3,7 +3,6 @@
 open). The survivor stops within the coordination service's time bound and ends with one line
 naming the lost worker and the last checkpoint; the same commands started again resume."""
 
-import glob
 import json
 import os
 import re
@@ -66,8 +65,15 @@ def _start_workers(tmp_path, data, checkpoint_dir, ports, run_name):
 
 
 def _checkpoint_steps(checkpoint_dir):
-    names = glob.glob(os.path.join(checkpoint_dir, "ckpt-*.index"))
-    return sorted(int(re.search(r"ckpt-(\d+)\.index$", name).group(1)) for name in names)
+    """The steps of the checkpoints that the `checkpoint` state file lists, as the workers
+    find them (a ckpt-N.index exists a moment before the state file, replaced atomically,
+    lists it)."""
+    state = os.path.join(checkpoint_dir, "checkpoint")
+    if not os.path.exists(state):
+        return []
+    with open(state) as file:
+        listed = re.findall(r'all_model_checkpoint_paths: ".*?ckpt-(\d+)"', file.read())
+    return sorted({int(step) for step in listed})
 
 
 def _wait_for_a_checkpoint(workers, checkpoint_dir, timeout=200):
