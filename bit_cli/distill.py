@@ -20,20 +20,18 @@ command again resumes.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import re
 import signal
 import sys
 
 from absl import flags
 
-from bit_cli import checks, common
+from bit_cli import checks, common, datasets
+from bit_cli.datasets import DIGITS
 
 FLAGS = flags.FLAGS
 PROGRAM = "bit-distill"
-DIGITS = "digits"
 DEFAULT_TEACHER = os.path.join("bit_finetune", "model.keras")
 DEFAULT_STUDENT = "BiT-S-R18x1"
 # The recipe scaled down for the embedded digits on 2 CPU cores (each overridable by its flag):
@@ -48,8 +46,6 @@ DIGITS_DEFAULTS = {
     "validation_every": 200,
 }
 PATIENCE = ("fast", "medium", "long")
-# What a TFDS name looks like ("oxford_flowers102", "cifar10:3.0.2", "name/config:1.*.*").
-TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[\w.\-]+)?(:[\w.*]+)?")
 
 flags.DEFINE_string(
     "teacher",
@@ -225,48 +221,7 @@ def _check_flags() -> None:
         )
     for flag in ("export_dir", "checkpoint_dir", "logdir"):
         checks.folder_to_write(PROGRAM, flag, getattr(FLAGS, flag))
-    _check_dataset(FLAGS.dataset)
-
-
-def _check_dataset(dataset: str) -> None:
-    """Ends the command if `--dataset` is neither digits, a folder, nor a possible TFDS name."""
-    if dataset == DIGITS or os.path.isdir(dataset):
-        return
-    if os.path.exists(dataset) or not TFDS_NAME.fullmatch(dataset):
-        checks.folder_to_read(PROGRAM, "dataset", dataset)
-    if importlib.util.find_spec("tensorflow_datasets") is None:
-        common.fail(
-            PROGRAM,
-            f"--dataset={dataset!r}: no such folder here; as a TFDS name it needs the "
-            "tensorflow_datasets package (pip install tensorflow-datasets).",
-        )
-
-
-def _load_data():
-    """(train, validation) sources of --dataset, split as bit-finetune splits them."""
-    from bit_tf import data
-
-    if FLAGS.dataset == DIGITS:
-        return data.load_digits(FLAGS.validation_fraction, seed=FLAGS.seed)
-    if os.path.isdir(FLAGS.dataset):
-        source = data.from_folder(FLAGS.dataset)
-        if source.skipped:
-            print(f"skipped {len(source.skipped)} unreadable file(s); see the warning above")
-        return data.split(source, FLAGS.validation_fraction, seed=FLAGS.seed)
-    options = {"data_dir": FLAGS.data_dir, "manual_dir": FLAGS.manual_dir}
-    train = data.from_tfds(FLAGS.dataset, split=FLAGS.train_split, **options)
-    if FLAGS.validation_split:
-        return train, data.from_tfds(FLAGS.dataset, split=FLAGS.validation_split, **options)
-    return data.split(train, FLAGS.validation_fraction, seed=FLAGS.seed)
-
-
-def _logdir(export_dir: str) -> str | None:
-    if FLAGS.logdir:
-        return FLAGS.logdir
-    if importlib.util.find_spec("tensorboard") is None:
-        print("no TensorBoard logs: the tensorboard package is not installed")
-        return None
-    return os.path.join(export_dir, "logs")
+    datasets.check(PROGRAM, FLAGS.dataset)
 
 
 def _agreement(student, teacher, batches) -> tuple[float, float, float]:
@@ -309,7 +264,16 @@ def main(argv):
         else:
             with strategy.scope():
                 teacher = common.build_model("", FLAGS.teacher)
-        train, validation = _load_data()
+        train, validation = datasets.load(
+            PROGRAM,
+            FLAGS.dataset,
+            FLAGS.validation_fraction,
+            seed=FLAGS.seed,
+            train_split=FLAGS.train_split,
+            validation_split=FLAGS.validation_split,
+            data_dir=FLAGS.data_dir,
+            manual_dir=FLAGS.manual_dir,
+        )
     print(f"teacher: {teacher.name} ({teacher.count_params():,} parameters)")
     print(f"train: {train}\nvalidation: {validation}")
     export_dir = FLAGS.export_dir
@@ -341,7 +305,7 @@ def main(argv):
                 clip_norm=FLAGS.clip_norm or None,
                 strategy=strategy,
                 checkpoint_dir=checkpoint_dir,
-                logdir=_logdir(export_dir),
+                logdir=datasets.tensorboard_logdir(FLAGS.logdir, export_dir),
                 jit_compile=FLAGS.jit_compile,
                 verbose=2,
                 overwrite=FLAGS.overwrite,

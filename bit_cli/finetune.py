@@ -14,19 +14,17 @@ checkpoint and exits (status 128 + signal number); running the same command agai
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import re
 import signal
 import sys
 
 from absl import flags
 
-from bit_cli import checks, common
+from bit_cli import checks, common, datasets
+from bit_cli.datasets import DIGITS
 
 FLAGS = flags.FLAGS
-DIGITS = "digits"
 DEFAULT_MODEL = "BiT-S-R26x1"
 # The HyperRule scaled down for the embedded default on 2 CPU cores (each overridable by its
 # flag): random initialisation needs a larger rate than fine-tuning a pretrained model.
@@ -158,9 +156,6 @@ flags.DEFINE_bool(
 
 
 PROGRAM = "bit-finetune"
-# What a TFDS name looks like ("oxford_flowers102", "cifar10:3.0.2", "name/config:1.*.*");
-# anything else that is not a folder is a path that does not exist.
-TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[\w.\-]+)?(:[\w.*]+)?")
 
 
 def _check_flags() -> None:
@@ -202,7 +197,7 @@ def _check_flags() -> None:
     checks.model_name(PROGRAM, FLAGS.model)
     for flag in ("export_dir", "checkpoint_dir", "logdir"):
         checks.folder_to_write(PROGRAM, flag, getattr(FLAGS, flag))
-    _check_dataset(FLAGS.dataset)
+    datasets.check(PROGRAM, FLAGS.dataset)
     _check_unknown_model_file()
 
 
@@ -228,51 +223,19 @@ def _check_unknown_model_file() -> None:
     )
 
 
-def _check_dataset(dataset: str) -> None:
-    """Ends the command if `--dataset` is neither digits, a folder, nor a possible TFDS name."""
-    if dataset == DIGITS or os.path.isdir(dataset):
-        return
-    if os.path.exists(dataset) or not TFDS_NAME.fullmatch(dataset):
-        checks.folder_to_read(PROGRAM, "dataset", dataset)
-    if importlib.util.find_spec("tensorflow_datasets") is None:
-        common.fail(
-            PROGRAM,
-            f"--dataset={dataset!r}: no such folder here; as a TFDS name it needs the "
-            "tensorflow_datasets package (pip install tensorflow-datasets).",
-        )
-
-
-def _check_tfds_name(dataset: str) -> None:
-    """Ends the command if `dataset` is not a TFDS dataset name (no folder has that name)."""
-    import tensorflow_datasets as tfds
-
-    if re.split("[/:]", dataset)[0] not in tfds.list_builders():
-        common.fail(
-            PROGRAM,
-            f"--dataset={dataset!r} is neither a folder here nor a TFDS dataset name: give the "
-            "path of a folder with one subfolder per class, or a name from "
-            "tfds.list_builders().",
-        )
-
-
 def _load_data():
     from bit_tf import data
 
-    if FLAGS.dataset == DIGITS:
-        train, validation = data.load_digits(FLAGS.validation_fraction, seed=FLAGS.seed)
-    elif os.path.isdir(FLAGS.dataset):
-        source = data.from_folder(FLAGS.dataset)
-        if source.skipped:
-            print(f"skipped {len(source.skipped)} unreadable file(s); see the warning above")
-        train, validation = data.split(source, FLAGS.validation_fraction, seed=FLAGS.seed)
-    else:
-        _check_tfds_name(FLAGS.dataset)
-        options = {"data_dir": FLAGS.data_dir, "manual_dir": FLAGS.manual_dir}
-        train = data.from_tfds(FLAGS.dataset, split=FLAGS.train_split, **options)
-        if FLAGS.validation_split:
-            validation = data.from_tfds(FLAGS.dataset, split=FLAGS.validation_split, **options)
-        else:
-            train, validation = data.split(train, FLAGS.validation_fraction, seed=FLAGS.seed)
+    train, validation = datasets.load(
+        PROGRAM,
+        FLAGS.dataset,
+        FLAGS.validation_fraction,
+        seed=FLAGS.seed,
+        train_split=FLAGS.train_split,
+        validation_split=FLAGS.validation_split,
+        data_dir=FLAGS.data_dir,
+        manual_dir=FLAGS.manual_dir,
+    )
     if FLAGS.examples_per_class:
         train = data.few_shot(train, FLAGS.examples_per_class, seed=FLAGS.seed)
     return train, validation
@@ -289,15 +252,6 @@ def _backbone():
         model = common.build_model(FLAGS.model, FLAGS.weights, num_classes=None, dtype=FLAGS.dtype)
     # The architecture's name ("R152x4"), which the HyperRule's resolution looks for.
     return model, None, common.architecture_name(common.model_layout(model))
-
-
-def _logdir(export_dir: str) -> str | None:
-    if FLAGS.logdir:
-        return FLAGS.logdir
-    if importlib.util.find_spec("tensorboard") is None:
-        print("no TensorBoard logs: the tensorboard package is not installed")
-        return None
-    return os.path.join(export_dir, "logs")
 
 
 def main(argv):
@@ -346,7 +300,7 @@ def main(argv):
             warmup_steps=FLAGS.warmup_steps,
             validation_every=setting("validation_every"),
             checkpoint_dir=checkpoint_dir,
-            logdir=_logdir(export_dir),
+            logdir=datasets.tensorboard_logdir(FLAGS.logdir, export_dir),
             seed=FLAGS.seed,
             dtype=dtype,
             jit_compile=FLAGS.jit_compile,

@@ -1,0 +1,109 @@
+"""The `--dataset` of bit-finetune and bit-distill: checked before any work, then read.
+
+A dataset argument is "digits" (scikit-learn's embedded handwritten digits, offline), a folder
+with one subfolder per class, or a TFDS name. A value that is none of these ends the command in
+one line, status 2, instead of being handed to TFDS.
+
+Example:
+    >>> datasets.check("bit-finetune", "./photos")
+    bit-finetune: error: --dataset='./photos': no such folder.
+    >>> train, validation = datasets.load("bit-finetune", "digits", validation_fraction=0.2)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+
+from bit_cli import checks, common
+
+DIGITS = "digits"
+# What a TFDS name looks like ("oxford_flowers102", "cifar10:3.0.2", "name/config:1.*.*");
+# anything else that is not a folder is a path that does not exist.
+TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[\w.\-]+)?(:[\w.*]+)?")
+
+
+def check(program: str, dataset: str) -> None:
+    """Ends the command if `dataset` is neither digits, a folder, nor a possible TFDS name.
+
+    Example:
+        >>> check("bit-distill", "digits")
+    """
+    if dataset == DIGITS or os.path.isdir(dataset):
+        return
+    if os.path.exists(dataset) or not TFDS_NAME.fullmatch(dataset):
+        checks.folder_to_read(program, "dataset", dataset)
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        common.fail(
+            program,
+            f"--dataset={dataset!r}: no such folder here; as a TFDS name it needs the "
+            "tensorflow_datasets package (pip install tensorflow-datasets).",
+        )
+
+
+def _check_tfds_name(program: str, dataset: str) -> None:
+    """Ends the command if `dataset` is not a TFDS dataset name (no folder has that name)."""
+    import tensorflow_datasets as tfds
+
+    if re.split("[/:]", dataset)[0] not in tfds.list_builders():
+        common.fail(
+            program,
+            f"--dataset={dataset!r} is neither a folder here nor a TFDS dataset name: give the "
+            "path of a folder with one subfolder per class, or a name from "
+            "tfds.list_builders().",
+        )
+
+
+def load(
+    program: str,
+    dataset: str,
+    validation_fraction: float,
+    seed: int = 0,
+    train_split: str = "train",
+    validation_split: str = "",
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+):
+    """(train, validation) `bit_tf.data.ImageSource`s of `dataset`.
+
+    Digits and folders hold out `validation_fraction` of every class; a TFDS dataset is read
+    from `train_split` and `validation_split` (empty: `validation_fraction` of the train split
+    held out).
+
+    Example:
+        >>> train, validation = load("bit-finetune", "/data/photos", validation_fraction=0.2)
+    """
+    from bit_tf import data
+
+    if dataset == DIGITS:
+        return data.load_digits(validation_fraction, seed=seed)
+    if os.path.isdir(dataset):
+        source = data.from_folder(dataset)
+        if source.skipped:
+            print(f"skipped {len(source.skipped)} unreadable file(s); see the warning above")
+        return data.split(source, validation_fraction, seed=seed)
+    _check_tfds_name(program, dataset)
+    options = {"data_dir": data_dir, "manual_dir": manual_dir}
+    train = data.from_tfds(dataset, split=train_split, **options)
+    if validation_split:
+        return train, data.from_tfds(dataset, split=validation_split, **options)
+    return data.split(train, validation_fraction, seed=seed)
+
+
+def tensorboard_logdir(logdir: str | None, export_dir: str) -> str | None:
+    """`logdir` if given, else `<export_dir>/logs` where the tensorboard package is installed.
+
+    Example:
+        >>> tensorboard_logdir(None, "bit_finetune")
+        'bit_finetune/logs'
+    """
+    if logdir:
+        return logdir
+    if importlib.util.find_spec("tensorboard") is None:
+        print("no TensorBoard logs: the tensorboard package is not installed")
+        return None
+    return os.path.join(export_dir, "logs")
+
+
+__all__ = ["DIGITS", "TFDS_NAME", "check", "load", "tensorboard_logdir"]
