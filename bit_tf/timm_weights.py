@@ -24,10 +24,10 @@ authors' `.npz` the same way); the head is a 1x1 convolution in both.
 
 One difference in the model, not in the files: timm builds BiT's weight-standardized
 convolutions with epsilon 1e-8 inside the square root (`_create_resnetv2_bit`), the authors and
-bit_tf with 1e-10. A kernel whose per-filter variance is `v` is scaled by
-`sqrt((v + 1e-10) / (v + 1e-8))` in timm relative to bit_tf, a relative difference of about
-`5e-9 / v`: under float32 round-off for the variances of trained BiT kernels, more only for
-filters of nearly constant weights.
+bit_tf with 1e-10. A filter whose weights have variance `v` is scaled by
+`sqrt((v + 1e-10) / (v + 1e-8))`, about `1 - 5e-9 / v`, in timm against bit_tf; the same weights
+thus give slightly different outputs in the two, by an amount that depends on the checkpoint's
+variances (benchmarks/RESULTS.md, "timm interoperability", measures it).
 
 Example:
     >>> import bit_tf
