@@ -143,7 +143,7 @@ def weights_stem(weights: str) -> str:
         'BiT-M-R50x1'
     """
     stem = os.path.basename(weights.rstrip("/"))
-    for suffix in (".keras", ".npz"):
+    for suffix in (".keras", ".npz", ".safetensors"):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
     return stem
@@ -291,8 +291,10 @@ def build_model(
 
     Args:
         model_name: e.g. "BiT-M-R50x1"; empty or None: the checkpoint's architecture.
-        weights: a released name, a path or URL of an official-layout `.npz`, or a `.keras`
-            file bit_tf wrote (`load_keras_file`: it keeps its own head and dtype policy);
+        weights: a released name, a path or URL of an official-layout `.npz`, timm's
+            checkpoint ("hf-hub:<owner>/<name>", a timm release name, a `.safetensors` path:
+            `bit_tf.timm_weights`), or a `.keras` file bit_tf wrote (`load_keras_file`: it
+            keeps its own head and dtype policy);
             empty or None: random initialisation (needs `model_name`).
         num_classes: the head size; None for the feature vector (pre-logits);
             `HEAD_FROM_CHECKPOINT` for the checkpoint's head, else the upstream default of
@@ -317,22 +319,16 @@ def build_model(
     """
     import bit_tf
     from bit_tf.class_names import released_head_class_names
-    from bit_tf.weights import (
-        CheckpointError,
-        assign_official_arrays,
-        describe_layout,
-        read_checkpoint,
-        resolve_checkpoint,
-    )
+    from bit_tf.timm_weights import read_weights
+    from bit_tf.weights import CheckpointError, assign_official_arrays, describe_layout
 
     if not model_name and not weights:
         raise ValueError("Give --model, --weights, or both.")
     if weights and weights.endswith(".keras"):
         return load_keras_file(weights, model_name, num_classes)
-    path = resolve_checkpoint(weights) if weights else None
-    arrays = layout = None
-    if path is not None:
-        arrays = read_checkpoint(path)  # read once: for the layout, then for the weights
+    path = arrays = layout = None
+    if weights:  # read once: for the layout, then for the weights (an .npz or timm's files)
+        path, arrays = read_weights(weights)
         layout = describe_layout({key: value.shape for key, value in arrays.items()})
     if num_classes == HEAD_FROM_CHECKPOINT:
         if layout is not None and layout["num_classes"] is not None:

@@ -10,6 +10,11 @@ Examples:
     # A fine-tuned classifier for TensorFlow Serving:
     bit-export --weights=flowers.keras --kind=classification --export_dir=exports/flowers \\
         --serving_dir=serving/flowers --image_size=128 --class_names=labels.txt
+
+    # The same classifier for PyTorch users: timm's model.safetensors and config.json, which
+    # timm.create_model("local-dir:exports/flowers_timm", pretrained=True) loads:
+    bit-export --weights=flowers.keras --kind=classification --format=timm \\
+        --export_dir=exports/flowers_timm --image_size=128
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ flags.DEFINE_string(
     "weights",
     None,
     "A released checkpoint name (BiT-M-R50x1, BiT-M-R50x1-ILSVRC2012, ...), a path or URL of "
-    "an official-layout .npz, or a .keras file saved after fine-tuning. Default: the released "
-    "weights of --model (--weights='' for random initialisation).",
+    "an official-layout .npz, timm's checkpoint (hf-hub:timm/resnetv2_50x1_bit.goog_in21k, any "
+    "hf-hub:<owner>/<name>[@revision], a timm release name, or a model.safetensors path), or a "
+    ".keras file saved after fine-tuning. Default: the released weights of --model "
+    "(--weights='' for random initialisation).",
 )
 flags.DEFINE_integer(
     "num_classes",
@@ -55,8 +62,19 @@ flags.DEFINE_enum(
     ["feature_vector", "classification"],
     "feature_vector: the module returns pre-logits; classification: it returns logits.",
 )
+flags.DEFINE_enum(
+    "format",
+    "hub",
+    ["hub", "timm"],
+    "hub: a TF-Hub module (SavedModel) in --export_dir; timm: timm's model.safetensors and "
+    "config.json in --export_dir, which timm.create_model('local-dir:<export_dir>', "
+    "pretrained=True) loads in PyTorch (bit_tf.save_timm_weights).",
+)
 flags.DEFINE_string(
-    "export_dir", "", "Where to write the hub module. Empty: exports/<weights name>_<kind>."
+    "export_dir",
+    "",
+    "Where to write the hub module (or timm's files). Empty: exports/<weights name>_<kind>, "
+    "with _timm appended for --format=timm.",
 )
 flags.DEFINE_string(
     "serving_dir",
@@ -72,7 +90,8 @@ flags.DEFINE_integer(
     f"at (BiT-HyperRule, bit_tf.hyperrule.get_resolution: {hyperrule_image_size(None, False)} "
     f"for images under 96x96 pixels, else {hyperrule_image_size()}, or "
     f"{hyperrule_image_size('R152x4')} for R152x4). 0: the model's fixed input size, else the "
-    "HyperRule's crop for images over 96x96 pixels.",
+    "HyperRule's crop for images over 96x96 pixels. --format=timm: the input size written in "
+    "config.json (0: the model's fixed size, else 224).",
 )
 flags.DEFINE_boolean(
     "fold_weight_standardization",
@@ -176,6 +195,25 @@ def _refuse_existing_targets(export_dir: str) -> None:
             )
 
 
+def _export_timm(model, export_dir: str, class_names: list[str] | None) -> None:
+    """Writes timm's files; --class_names (one per class) become config.json's label_names."""
+    from bit_tf.timm_weights import save_timm_weights
+
+    if class_names is not None and FLAGS.kind == "classification":
+        if len(class_names) != model.output_shape[-1]:
+            common.fail(
+                PROGRAM,
+                f"--class_names={FLAGS.class_names!r} gives {len(class_names)} class names for a "
+                f"model with {model.output_shape[-1]} classes; give exactly one name per class.",
+            )
+        model.class_names = class_names
+    path = save_timm_weights(
+        model, export_dir, image_size=FLAGS.image_size or None, overwrite=FLAGS.overwrite
+    )
+    logging.info("Wrote timm's model.safetensors and config.json to %s", export_dir)
+    print(f"timm: {path}")
+
+
 def _export(model, export_dir: str, stem: str, class_names: list[str] | None) -> None:
     import hub_export
 
@@ -224,8 +262,12 @@ def main(argv):
         raise app.UsageError("Give --model, --weights, or both.")
     if FLAGS.serving_dir and FLAGS.kind != "classification":
         raise app.UsageError("--serving_dir needs --kind=classification.")
+    timm = FLAGS.format == "timm"
+    if timm and (FLAGS.serving_dir or FLAGS.publish_to):
+        common.fail(PROGRAM, "--serving_dir and --publish_to are for --format=hub, not timm.")
     stem = common.weights_stem(weights or FLAGS.model)
-    export_dir = FLAGS.export_dir or os.path.join("exports", f"{stem}_{FLAGS.kind}")
+    folder = f"{stem}_{FLAGS.kind}" + ("_timm" if timm else "")
+    export_dir = FLAGS.export_dir or os.path.join("exports", folder)
     _check_flags(export_dir)
     if not FLAGS.overwrite:
         _refuse_existing_targets(export_dir)
@@ -236,8 +278,11 @@ def main(argv):
         model = load_model(FLAGS.model, weights, FLAGS.kind, FLAGS.num_classes)
     _check_serving(model, class_names)
     # An existing published version, or a target another writer created meanwhile: one line.
-    with common.user_errors("bit-export"):
-        _export(model, export_dir, stem, class_names)
+    with common.user_errors("bit-export", FileExistsError):
+        if timm:
+            _export_timm(model, export_dir, class_names)
+        else:
+            _export(model, export_dir, stem, class_names)
 
 
 def run():

@@ -40,6 +40,7 @@ from bit_tf.layers import (
 from bit_tf.models import create_model, list_models, resnet_v2
 from bit_tf.optimizers import FusedMomentumSGD  # registered for saved .keras files
 from bit_tf.registry import list_released_checkpoints
+from bit_tf.timm_weights import load_timm_weights, save_timm_weights
 from bit_tf.weights import CheckpointError, load_official_weights, save_official_weights
 
 __version__ = "0.1.0"
@@ -113,7 +114,9 @@ __all__ = [
     "list_models",
     "list_released_checkpoints",
     "load_official_weights",
+    "load_timm_weights",
     "resnet_v2",
     "save_official_weights",
+    "save_timm_weights",
     *_LAZY,
 ]

@@ -34,12 +34,8 @@ from bit_tf.registry import (  # noqa: F401 (the registry's names, as bit_tf.mod
     list_models,
     parse_model_name,
 )
-from bit_tf.weights import (
-    assign_official_arrays,
-    checkpoint_num_classes,
-    read_checkpoint,
-    resolve_checkpoint,
-)
+from bit_tf.timm_weights import read_weights
+from bit_tf.weights import assign_official_arrays, checkpoint_num_classes
 
 _DEFAULT = object()
 
@@ -205,12 +201,16 @@ def create_model(
     Args:
         name: "BiT-{S,M,L}-R{depth}x{width}", e.g. "BiT-M-R50x1" (see `list_models()`), or a
             released name such as "BiT-M-R50x1-ILSVRC2012", "BiT-M-R50x1-run0-caltech101" or
-            "BiT-R50x1-distilled-224" (see `list_released_checkpoints()`).
+            "BiT-R50x1-distilled-224" (see `list_released_checkpoints()`), or timm's name of
+            one, e.g. "resnetv2_50x1_bit.goog_in21k".
         num_classes: the head size; by default that of the checkpoint in `weights`, else that
             of the name (a release's head; S: 1000, M: 21843, L: 18291). None gives the
             feature-vector model (pre-logits).
         weights: None (random backbone, zero head), a released name such as "BiT-M-R50x1",
-            a path to an official-layout `.npz`, or an http(s) URL of one.
+            a path to an official-layout `.npz`, or an http(s) URL of one; or timm's
+            checkpoints (`bit_tf.timm_weights`): "hf-hub:timm/resnetv2_50x1_bit.goog_in21k"
+            (any "hf-hub:<owner>/<name>[@revision]"), a timm release name (see
+            `list_released_checkpoints("timm")`), or a path to a `.safetensors` file.
         input_shape: (height, width, 3); None for any size.
         **kwargs: passed to `resnet_v2` (normalization, weight_standardization, and dtype,
             e.g. "mixed_bfloat16" for bfloat16 computation with float32 weights).
@@ -223,12 +223,14 @@ def create_model(
         >>> probabilities = keras.ops.softmax(model(images))
         >>> bit_tf.create_model("BiT-M-R50x1", weights="BiT-M-R50x1-ILSVRC2012").output_shape
         (None, 1000)
+        >>> timm = "hf-hub:timm/resnetv2_50x1_bit.goog_in21k_ft_in1k"  # timm's copy, from the Hub
+        >>> bit_tf.create_model("BiT-M-R50x1", weights=timm).output_shape
+        (None, 1000)
     """
     depth, width = architecture(name)
     path = arrays = None
     if weights is not None:
-        path = resolve_checkpoint(weights)
-        arrays = read_checkpoint(path)
+        path, arrays = read_weights(weights)  # the authors' .npz or timm's .safetensors
     if num_classes is _DEFAULT:
         from_checkpoint = None if arrays is None else checkpoint_num_classes(arrays)
         num_classes = from_checkpoint or default_num_classes(name)
@@ -237,7 +239,7 @@ def create_model(
         width_factor=width,
         num_classes=num_classes,
         input_shape=input_shape,
-        name=name.replace("-", "_").lower(),
+        name=name.rsplit("/", 1)[-1].replace("-", "_").lower(),  # "hf-hub:timm/<name>": <name>
         **kwargs,
     )
     if arrays is not None:

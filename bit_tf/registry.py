@@ -162,21 +162,113 @@ RELEASES: dict[str, ReleasedCheckpoint] = _releases()
 RELEASED_CHECKPOINTS = tuple(RELEASES)
 
 
+# The authors' BiT checkpoints as timm (huggingface/pytorch-image-models, timm/models/resnetv2.py,
+# `default_cfgs`) publishes them on the Hugging Face Hub: repository `timm/<name>`, a
+# `model.safetensors` in timm's layout (`bit_tf.timm_weights`) and timm's `config.json`. Each is
+# one of the authors' files, converted: `same_as` names it. `input_size` is the square size of
+# timm's configuration (its evaluation size), `num_classes` the head.
+TIMM_GROUP = "timm"
+TIMM_ORGANIZATION = "timm"
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmRelease:
+    """One of timm's BiT checkpoints on the Hugging Face Hub.
+
+    Attributes:
+        name: timm's name, e.g. "resnetv2_50x1_bit.goog_in21k" (architecture.tag).
+        depth, width: the ResNetV2 architecture (50 and 1 for resnetv2_50x1_bit).
+        num_classes: the classes of its head.
+        input_size: the square input size of timm's configuration, e.g. 448.
+        same_as: the authors' release it was converted from, e.g. "BiT-M-R50x1".
+
+    Example:
+        >>> find_timm_release("resnetv2_50x1_bit.goog_in21k").repo_id
+        'timm/resnetv2_50x1_bit.goog_in21k'
+    """
+
+    name: str
+    depth: int
+    width: int
+    num_classes: int
+    input_size: int
+    same_as: str
+
+    @property
+    def repo_id(self) -> str:
+        """The Hugging Face Hub repository, e.g. "timm/resnetv2_50x1_bit.goog_in21k"."""
+        return f"{TIMM_ORGANIZATION}/{self.name}"
+
+
+#: timm's checkpoints of the distillation paper: name, depth, width, input size, same_as.
+_TIMM_DISTILLATION = (
+    ("resnetv2_50x1_bit.goog_distilled_in1k", 50, 1, 224, "BiT-R50x1-distilled-224"),
+    ("resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k", 152, 2, 224, "BiT-M-R152x2-teacher-224"),
+    ("resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k_384", 152, 2, 384, "BiT-M-R152x2-teacher-384"),
+)
+#: timm's input size of the ILSVRC-2012 fine-tuned BiT-M models: 448, but 480 for R152x4.
+_TIMM_ILSVRC2012_SIZES = {"R152x4": 480}
+
+
+def _timm_releases() -> dict[str, TimmRelease]:
+    releases = [
+        TimmRelease(name, depth, width, ILSVRC2012_CLASSES, size, same_as)
+        for name, depth, width, size, same_as in _TIMM_DISTILLATION
+    ]
+    for arch in RELEASED_ARCHITECTURES:
+        depth, width = _architecture(arch)
+        size = _TIMM_ILSVRC2012_SIZES.get(arch, 448)
+        name = f"resnetv2_{depth}x{width}_bit.goog_in21k_ft_in1k"
+        releases.append(
+            TimmRelease(name, depth, width, ILSVRC2012_CLASSES, size, f"BiT-M-{arch}-ILSVRC2012")
+        )
+    for arch in RELEASED_ARCHITECTURES:
+        depth, width = _architecture(arch)
+        name = f"resnetv2_{depth}x{width}_bit.goog_in21k"
+        classes = UPSTREAM["M"]["num_classes"]
+        releases.append(TimmRelease(name, depth, width, classes, 224, f"BiT-M-{arch}"))
+    return {release.name: release for release in releases}
+
+
+TIMM_RELEASES: dict[str, TimmRelease] = _timm_releases()
+#: How timm and bit_tf write a Hugging Face Hub repository as weights: "hf-hub:<owner>/<name>".
+HF_HUB_PREFIX = "hf-hub:"
+
+
+def find_timm_release(name: str) -> TimmRelease | None:
+    """timm's BiT checkpoint called `name` ("resnetv2_50x1_bit.goog_in21k", also written
+    "hf-hub:timm/resnetv2_50x1_bit.goog_in21k"), or None.
+
+    Example:
+        >>> find_timm_release("hf-hub:timm/resnetv2_152x4_bit.goog_in21k_ft_in1k").input_size
+        480
+    """
+    if not isinstance(name, str):
+        return None
+    return TIMM_RELEASES.get(name.removeprefix(f"{HF_HUB_PREFIX}{TIMM_ORGANIZATION}/"))
+
+
 def list_released_checkpoints(group: str | None = None) -> list[str]:
     """The names of the checkpoints the authors published, all or of one group.
 
     Groups: "upstream" (BiT-S, BiT-M), "ILSVRC2012" (BiT-M fine-tuned on ILSVRC-2012), "vtab"
     (BiT-M fine-tuned on each VTAB-1k task, 3 runs), "distilled" (BiT-R50x1 students distilled
-    from BiT-M-R152x2) and "teacher" (those BiT-M-R152x2 teachers).
+    from BiT-M-R152x2) and "teacher" (those BiT-M-R152x2 teachers); and "timm": the names of
+    timm's copies of them on the Hugging Face Hub (`TIMM_RELEASES`), which `weights=` takes too.
 
     Example:
         >>> list_released_checkpoints("distilled")
         ['BiT-R50x1-distilled-224', 'BiT-R50x1-distilled-160']
         >>> len(list_released_checkpoints("vtab"))
         285
+        >>> list_released_checkpoints("timm")[0]
+        'resnetv2_50x1_bit.goog_distilled_in1k'
     """
+    if group == TIMM_GROUP:
+        return list(TIMM_RELEASES)
     if group is not None and group not in RELEASE_GROUPS:
-        raise ValueError(f"Unknown release group {group!r}; choose one of {RELEASE_GROUPS}.")
+        groups = (*RELEASE_GROUPS, TIMM_GROUP)
+        raise ValueError(f"Unknown release group {group!r}; choose one of {groups}.")
     return [name for name, release in RELEASES.items() if group in (None, release.group)]
 
 
@@ -197,8 +289,10 @@ def architecture(name: str) -> tuple[int, int]:
     Example:
         >>> architecture("BiT-M-R152x2-teacher-384")
         (152, 2)
+        >>> architecture("resnetv2_101x3_bit.goog_in21k")  # timm's name (TIMM_RELEASES)
+        (101, 3)
     """
-    release = find_release(name)
+    release = find_release(name) or find_timm_release(name)
     if release is not None:
         return release.depth, release.width
     _, depth, width = parse_model_name(name)
@@ -212,7 +306,7 @@ def default_num_classes(name: str) -> int:
         >>> default_num_classes("BiT-M-R50x1"), default_num_classes("BiT-M-R50x1-ILSVRC2012")
         (21843, 1000)
     """
-    release = find_release(name)
+    release = find_release(name) or find_timm_release(name)
     if release is not None:
         return release.num_classes
     prefix, _, _ = parse_model_name(name)
