@@ -70,8 +70,8 @@ def lock_path(folder: str) -> str:
     renamed into place (an export) can be locked too.
 
     Example:
-        >>> lock_path("runs/pets")
-        'runs/.pets.lock'
+        >>> lock_path("/data/runs/pets")
+        '/data/runs/.pets.lock'
     """
     parent, name = os.path.split(os.path.abspath(folder))
     return os.path.join(parent, f".{name}.lock")

@@ -19,6 +19,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from test_reliability import ENVIRONMENT, REPO, run_command
 
 import bit_tf
 from bit_tf import run_lock
@@ -31,8 +32,6 @@ from bit_tf.finetune_checkpoints import (
     write_progress,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENVIRONMENT = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 RUN_LOCK_FILE = os.path.join(REPO, "bit_tf", "run_lock.py")
 
 # A process that holds a folder through bit_tf.run_lock (loaded from its file: it needs only the
@@ -68,17 +67,6 @@ def one_error_line(completed: subprocess.CompletedProcess, program: str) -> str:
     assert len(lines) == 1, completed.stderr[-3000:]
     assert completed.stderr.strip().splitlines()[-1] == lines[0]
     return lines[0]
-
-
-def run_command(module: str, *flags: str, cwd, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *flags],
-        cwd=cwd,
-        env=ENVIRONMENT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def snapshot(folder) -> dict:
