@@ -1,5 +1,8 @@
 """Command-line programs (absl) of bit-tf: the layer that composes bit_tf and hub_export.
 
+Ctrl-C while a command starts (TensorFlow loads for seconds) ends it with one line and status
+130 (`sys.excepthook`), as inside its main (`bit_cli.common.run`).
+
 Their first lines are their own. Importing this package, which every command does first, sets
 TensorFlow's C++ log level (`TF_CPP_MIN_LOG_LEVEL`) to `LOG_LEVEL` unless the user set it, and
 holds the lines TensorFlow logs while it loads to the same level: TensorFlow 2.21 writes those
@@ -93,6 +96,40 @@ def native_log_level_while_loading(level: int) -> Iterator[None]:
         # A child process started inside the block may hold the pipe open: don't wait for it.
         forwarder.join(timeout=10)
 
+
+def program_name() -> str:
+    """The running command's name, from `sys.argv[0]`: "bit-finetune" for the console script
+    and for `python -m bit_cli.finetune`; "bit-tf" where it cannot be told.
+
+    Example:
+        >>> program_name()  # under bit-export
+        'bit-export'
+    """
+    path = sys.argv[0] if sys.argv else ""
+    name = os.path.basename(path)
+    if name.endswith(".py") and os.path.basename(os.path.dirname(path)) == "bit_cli":
+        return "bit-" + name[: -len(".py")]
+    return name if name.startswith("bit-") else "bit-tf"
+
+
+def _stop_on_interrupt(kind, value, trace) -> None:
+    """`sys.excepthook`: Ctrl-C before a command's main runs (while TensorFlow loads) ends it
+    with one line and status 130, as `bit_cli.common.leave` does inside it; other errors go to
+    the hook before."""
+    if not issubclass(kind, KeyboardInterrupt):
+        _previous_excepthook(kind, value, trace)
+        return
+    if os.environ.get("BIT_TF_TRACEBACK", "") not in ("", "0"):
+        _previous_excepthook(kind, value, trace)
+    print(f"{program_name()}: stopped by SIGINT (Ctrl-C).", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+_previous_excepthook = sys.excepthook
+# Only for the commands (`python -m bit_cli.<name>` imports this package while sys.argv[0] is
+# still "-m"): in a Python session or a user's script Ctrl-C stays Python's.
+if sys.argv and (sys.argv[0] == "-m" or os.path.basename(sys.argv[0]).startswith("bit-")):
+    sys.excepthook = _stop_on_interrupt
 
 if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(LOG_LEVEL)

@@ -1,9 +1,11 @@
 """What the bit_cli commands share: absl start-up and `--help`, user errors, checkpoints.
 
 - `run`: a command's console-script entry point (`--help` lists the command's flags);
-- `user_errors`: a user's mistake (a checkpoint that does not fit, an existing target) ends the
-  command with one line on stderr, `<command>: error: <message>`, and exit status 2; with the
-  environment variable `BIT_TF_TRACEBACK=1` the traceback is printed above that line;
+- `user_errors`: a user's mistake (a checkpoint that does not fit, an existing target) or the
+  disk's state (full, read-only, forbidden) ends the command with one line on stderr,
+  `<command>: error: <message>`, and exit status 2; with the environment variable
+  `BIT_TF_TRACEBACK=1` the traceback is printed above that line. `run` applies it to the
+  whole command, with Ctrl-C ending it in one line and status 130 (`leave`);
 - `build_model`: the model for `--model` and `--weights`, the architecture read from the
   checkpoint when `--model` is not given (bit-export, bit-finetune and bit-predict);
 - `read_class_names`: the value of a `--class_names` flag (a names file or a list).
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Exit status for settings that cannot work, in every command.
 EXIT_BAD_SETTINGS = 2
+#: Exit status after Ctrl-C (128 + SIGINT), in every command.
+EXIT_INTERRUPTED = 130
 #: The environment variable that shows the traceback of a user error (`BIT_TF_TRACEBACK=1`).
 TRACEBACK_VARIABLE = "BIT_TF_TRACEBACK"
 #: `build_model`'s `num_classes` for "the checkpoint's head size, else --model's default".
@@ -63,19 +67,74 @@ def declare_main_module_flags(
         main.__doc__ = module.__doc__
 
 
-def run(main: Callable[[list[str]], int | None], module_name: str) -> None:
-    """Runs a command's `main` under absl, with `--help` listing the command's own flags.
+def run(
+    main: Callable[[list[str]], int | None],
+    module_name: str,
+    flags_parser: Callable[[list[str]], list[str]] | None = None,
+) -> None:
+    """Runs a command's `main` under absl, with `--help` listing the command's own flags, and
+    the shared ending (`with_shared_ending`).
 
     Args:
         main: the command's main function (absl's: takes argv, returns the exit status).
         module_name: the `__name__` of the module defining the command's flags.
+        flags_parser: absl's `flags_parser`, where the command parses its flags itself.
 
     Example:
         >>> def run() -> None:
         ...     common.run(main, __name__)
     """
     declare_main_module_flags(module_name)
-    app.run(main)
+    from bit_cli import program_name
+
+    # Under `python -m bit_cli.<name>` the module is __main__: its name is in sys.argv[0].
+    name = module_name.rsplit(".", 1)[-1]
+    program = program_name() if name == "__main__" else f"bit-{name}"
+    options = {} if flags_parser is None else {"flags_parser": flags_parser}
+    app.run(with_shared_ending(main, program), **options)
+
+
+def with_shared_ending(
+    main: Callable[[list[str]], int | None], program: str
+) -> Callable[[list[str]], int | None]:
+    """`main` with the ending every command shares: the user's errors and the disk's
+    (`user_errors`) in one line with status 2, and Ctrl-C (SIGINT) in one line with status 130
+    (`leave`), also where a library swallows the interruption or keeps threads running.
+
+    Example:
+        >>> app.run(with_shared_ending(main, "bit-export"))
+    """
+
+    def main_with_ending(argv: list[str]) -> int | None:
+        try:
+            with user_errors(program):
+                return main(argv)
+        except KeyboardInterrupt:
+            leave(program, "stopped by SIGINT (Ctrl-C).", EXIT_INTERRUPTED)
+
+    return main_with_ending
+
+
+def leave(program: str, message: str, status: int) -> NoReturn:
+    """Ends the command at once with `<program>: <message>` on stderr and exit `status`.
+
+    The run's folder locks are released first (`bit_tf.run_lock.release_all`). It leaves
+    with `os._exit`: after an interruption TensorFlow's runtime can hang at interpreter
+    shutdown, and a library's worker threads (TFDS' downloads retrying) would keep the process
+    alive until they end. Files being written are removed before this is reached (the
+    writers' `finally` blocks run as the exception unwinds).
+
+    Example:
+        >>> leave("bit-export", "stopped by SIGINT (Ctrl-C).", 130)
+    """
+    from bit_tf.run_lock import release_all
+
+    if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0") and sys.exc_info()[0]:
+        traceback.print_exc()
+    print(f"{program}: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    release_all()
+    os._exit(status)
 
 
 class HeadlessCheckpointError(ValueError):
@@ -86,18 +145,30 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """The errors that are a user's mistake, not a bug: reported in one line, no traceback.
 
     A checkpoint that is missing, damaged or does not fit the model, a download that failed,
-    an export target that exists, and a run folder that holds a run with other settings.
+    an export target that exists, a run folder that holds a run with other settings, is held
+    by another run or holds damaged files, and a file the disk could not take.
 
     Example:
         >>> bit_tf.CheckpointError in user_error_types()
         True
     """
     from bit_tf.download import DownloadError
+    from bit_tf.file_errors import FileWriteError
+    from bit_tf.finetune_checkpoints import DamagedRunFileError
+    from bit_tf.run_lock import RunLockedError
     from bit_tf.run_settings import RunSettingsError
     from bit_tf.weights import CheckpointError
     from hub_export.atomic import TargetExistsError
 
-    return (CheckpointError, DownloadError, TargetExistsError, RunSettingsError)
+    return (
+        CheckpointError,
+        DownloadError,
+        TargetExistsError,
+        RunSettingsError,
+        RunLockedError,
+        DamagedRunFileError,
+        FileWriteError,
+    )
 
 
 def fail(program: str, message: str | BaseException) -> NoReturn:
@@ -133,6 +204,34 @@ def user_errors(program: str, *more: type[BaseException]) -> Iterator[None]:
         yield
     except (*user_error_types(), *more) as error:
         fail(program, error)
+    except Exception as error:
+        # A full, read-only or forbidden disk, wherever it is met: the state of the machine.
+        message = disk_error_message(error)
+        if message is None:
+            raise
+        fail(program, message)
+
+
+def disk_error_message(error: BaseException) -> str | None:
+    """One sentence for an error that is the disk's state (full, read-only, forbidden:
+    `bit_tf.file_errors.disk_problem`), naming the path where the error has one; else None.
+
+    Example:
+        >>> disk_error_message(OSError(errno.EROFS, "Read-only file system", "out"))
+        'Could not write out: the file system is read-only. Choose a folder you can write to.'
+    """
+    from bit_tf.file_errors import FileWriteError, disk_problem
+
+    problem = disk_problem(error)
+    if problem is None:
+        return None
+    if isinstance(error, FileWriteError):
+        return str(error)
+    path = getattr(error, "filename", None)
+    if path:
+        return str(FileWriteError.of(error, os.fspath(path)))
+    detail = " ".join(str(getattr(error, "message", "") or error).split())[:300]
+    return f"{problem[0].upper()}{problem[1:]} ({type(error).__name__}: {detail})."
 
 
 def weights_stem(weights: str) -> str:
@@ -271,6 +370,28 @@ def load_keras_file(
             f"{num_classes}: leave out --num_classes to keep its head."
         )
     return model
+
+
+def check_model_file(program: str, path: str, checkpoint_dir: str) -> None:
+    """Ends the command with one line if the `model.keras` of a finished run, `path`, cannot be
+    read back, saying how to write it again from the run's checkpoint in `checkpoint_dir`.
+
+    Example:
+        >>> check_model_file("bit-finetune", "bit_finetune/model.keras",
+        ...                  "bit_finetune/checkpoints")
+    """
+    import keras
+
+    try:
+        keras.saving.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001 (a cut zip, damaged weights: the file's fault)
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        fail(
+            program,
+            f"{path} is damaged ({reason}). Delete it to write it again from "
+            f"{os.path.join(checkpoint_dir, 'last.keras')} (the finished run), or run with "
+            "--overwrite to train again.",
+        )
 
 
 def _backbone_layout(layout: dict) -> dict:

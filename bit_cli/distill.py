@@ -244,10 +244,19 @@ def main(argv):
     del argv
     _check_flags()
     logging.getLogger("bit_tf").setLevel(logging.INFO)
+    from bit_tf.run_lock import holding
+
+    # One run per folder: a second run into this --export_dir is refused while this one runs.
+    with holding(FLAGS.export_dir, program=PROGRAM, flag="--export_dir"):
+        _distill_and_write()
+
+
+def _distill_and_write() -> None:
     import tensorflow as tf
 
     from bit_tf import data
     from bit_tf.distill import TrainingDivergedError, TrainingInterruptedError, distill
+    from bit_tf.finetune_checkpoints import atomic_save
     from bit_tf.interruption import signals_deferred
 
     defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
@@ -312,11 +321,9 @@ def main(argv):
                 **options,
             )
     except TrainingInterruptedError as interrupted:
-        print(interrupted, file=sys.stderr, flush=True)
-        sys.stdout.flush()
         # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
         # shutdown after an interrupted fit).
-        os._exit(128 + interrupted.signal_number)
+        common.leave(PROGRAM, str(interrupted), 128 + interrupted.signal_number)
     except TrainingDivergedError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
@@ -327,15 +334,13 @@ def main(argv):
     with signals_deferred() as deferred:
         batches = data.eval_pipeline(validation, min(setting("batch_size") or 512, 256), crop)
         accuracy, teacher_accuracy, agreement = _agreement(student, teacher, batches)
-        partial = os.path.join(export_dir, "model.partial.keras")
-        student.save(partial)
-        os.replace(partial, path)
+        atomic_save(student, path)
     print(f"wrote {path}")
     if deferred.received is not None:
         name = signal.Signals(deferred.received).name
-        print(f"{name} received: stopped after writing {path}.", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(128 + deferred.received)
+        common.leave(
+            PROGRAM, f"{name} received: stopped after writing {path}.", 128 + deferred.received
+        )
     print(
         f"final validation accuracy: {accuracy:.4f} (teacher: {teacher_accuracy:.4f}, "
         f"agreement: {agreement:.4f})",

@@ -175,24 +175,77 @@ def _check_serving(model: keras.Model, class_names: list[str] | None) -> None:
         )
 
 
-def _refuse_existing_targets(export_dir: str) -> None:
-    """Ends the run, before any work, if the module or serving folder to write exists."""
-    import tensorflow as tf
-
+def _serving_version_dir() -> str | None:
+    """The serving version folder to write (<serving_dir>/<serving_version>), else None."""
     from hub_export.serving import serving_version_dir
 
-    targets = [(export_dir, "Module folder", "--export_dir")]
-    if FLAGS.serving_dir:
-        with common.user_errors("bit-export", ValueError):  # a --serving_version below 1
-            serving = serving_version_dir(FLAGS.serving_dir, FLAGS.serving_version)
-        targets.append((serving, "Serving version", "--serving_version or --serving_dir"))
-    for path, what, flag_names in targets:
-        if tf.io.gfile.exists(path):
-            common.fail(
-                "bit-export",
-                f"{what} {path} already exists; choose another {flag_names}, remove it, or pass "
-                "--overwrite to replace it.",
-            )
+    if not FLAGS.serving_dir:
+        return None
+    with common.user_errors("bit-export", ValueError):  # a --serving_version below 1
+        return serving_version_dir(FLAGS.serving_dir, FLAGS.serving_version)
+
+
+def _refuse_existing(path: str, what: str, flag_names: str) -> None:
+    common.fail(
+        PROGRAM,
+        f"{what} {path} already exists; choose another {flag_names}, remove it, or pass "
+        "--overwrite to replace it.",
+    )
+
+
+def _refuse_existing_serving() -> None:
+    """Ends the run, before any work, if the serving folder to write exists."""
+    import tensorflow as tf
+
+    serving = _serving_version_dir()
+    if serving is not None and tf.io.gfile.exists(serving):
+        _refuse_existing(serving, "Serving version", "--serving_version or --serving_dir")
+
+
+def _module_to_write(model, export_dir: str) -> bool:
+    """Whether the module is still to be written: False where `export_dir` already holds the
+    module of this very model and kind, left by a run that stopped before its serving export
+    or archive (a full disk, Ctrl-C); ends the run if it holds something else."""
+    import tensorflow as tf
+
+    if FLAGS.overwrite or not tf.io.gfile.exists(export_dir):
+        return True
+    if not holds_module_of(export_dir, model, FLAGS.kind):
+        _refuse_existing(export_dir, "Module folder", "--export_dir")
+    if not (FLAGS.serving_dir or FLAGS.publish_to):
+        print(f"module: {export_dir} (already written from these weights; nothing to do)")
+    else:
+        print(f"module: {export_dir} (already written from these weights; kept)")
+    return False
+
+
+def holds_module_of(export_dir: str, model: keras.Model, kind: str) -> bool:
+    """Whether `export_dir` holds a whole hub module of `kind` whose variables are `model`'s
+    (what `hub_export.export_module(model, export_dir, kind)` wrote).
+
+    Example:
+        >>> hub_export.export_module(model, "exports/pets", kind="classification")
+        >>> holds_module_of("exports/pets", model, "classification")
+        True
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from bit_tf.models import pre_logits_model
+    from bit_tf.weights import official_arrays, official_name
+    from hub_export.module import read_metadata
+
+    try:
+        if read_metadata(export_dir).get("kind") != kind:
+            return False
+        module = tf.saved_model.load(export_dir)
+    except Exception:  # noqa: BLE001 (not a whole module of ours: it is refused as it is)
+        return False
+    found = {official_name(v.name): v.numpy() for v in getattr(module, "variables", [])}
+    expected = official_arrays(model if kind == "classification" else pre_logits_model(model))
+    return set(found) == set(expected) and all(
+        np.array_equal(found[key].reshape(value.shape), value) for key, value in expected.items()
+    )
 
 
 def _export_timm(model, export_dir: str, class_names: list[str] | None) -> None:
@@ -217,9 +270,10 @@ def _export_timm(model, export_dir: str, class_names: list[str] | None) -> None:
 def _export(model, export_dir: str, stem: str, class_names: list[str] | None) -> None:
     import hub_export
 
-    hub_export.export_module(model, export_dir, kind=FLAGS.kind, overwrite=FLAGS.overwrite)
-    logging.info("Wrote the %s module to %s", FLAGS.kind, export_dir)
-    print(f"module: {export_dir}")
+    if _module_to_write(model, export_dir):
+        hub_export.export_module(model, export_dir, kind=FLAGS.kind, overwrite=FLAGS.overwrite)
+        logging.info("Wrote the %s module to %s", FLAGS.kind, export_dir)
+        print(f"module: {export_dir}")
 
     if FLAGS.serving_dir:
         if class_names is None and getattr(model, "class_names", None) is not None:
@@ -270,15 +324,23 @@ def main(argv):
     export_dir = FLAGS.export_dir or os.path.join("exports", folder)
     _check_flags(export_dir)
     if not FLAGS.overwrite:
-        _refuse_existing_targets(export_dir)
+        _refuse_existing_serving()
     with common.user_errors("bit-export", ValueError):  # an unreadable --class_names file
         class_names = common.read_class_names(FLAGS.class_names)
     # ValueError here: an unknown --model, a checkpoint without a head for --kind=classification.
     with common.user_errors("bit-export", ValueError):
         model = load_model(FLAGS.model, weights, FLAGS.kind, FLAGS.num_classes)
     _check_serving(model, class_names)
-    # An existing published version, or a target another writer created meanwhile: one line.
-    with common.user_errors("bit-export", FileExistsError):
+    from bit_tf.run_lock import holding
+
+    # One run per folder: another bit-export into these folders is refused while this one runs.
+    # An existing published version or timm file, a target another writer created meanwhile, a
+    # full or read-only disk, Ctrl-C: one line (the shared ending); nothing half-written is left.
+    with (
+        holding(export_dir, program=PROGRAM, flag="--export_dir"),
+        holding(None if timm else _serving_version_dir(), program=PROGRAM, flag="--serving_dir"),
+        common.user_errors("bit-export", FileExistsError),
+    ):
         if timm:
             _export_timm(model, export_dir, class_names)
         else:

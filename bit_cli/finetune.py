@@ -258,6 +258,14 @@ def main(argv):
     del argv
     _check_flags()
     logging.getLogger("bit_tf").setLevel(logging.INFO)
+    from bit_tf.run_lock import holding
+
+    # One run per folder: a second run into this --export_dir is refused while this one runs.
+    with holding(FLAGS.export_dir, program=PROGRAM, flag="--export_dir"):
+        _fine_tune_and_write()
+
+
+def _fine_tune_and_write() -> None:
     import tensorflow as tf
 
     from bit_tf.finetune import (
@@ -266,7 +274,6 @@ def main(argv):
         finetune,
         resolve_resolution,
     )
-    from bit_tf.run_settings import RunSettingsError
 
     defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
 
@@ -307,40 +314,43 @@ def main(argv):
             verbose=2,
             overwrite=FLAGS.overwrite,
         )
-    except RunSettingsError as error:
-        common.fail(PROGRAM, error)
     except TrainingInterruptedError as interrupted:
-        print(interrupted, file=sys.stderr, flush=True)
-        sys.stdout.flush()
         # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
         # shutdown after an interrupted fit).
-        os._exit(128 + interrupted.signal_number)
+        common.leave(PROGRAM, str(interrupted), 128 + interrupted.signal_number)
     except TrainingDivergedError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
+    _evaluate_and_write(model, history, validation, setting("batch_size", 512), crop)
 
+
+def _evaluate_and_write(model, history, validation, batch_size: int, crop: int) -> None:
+    """Evaluates the fine-tuned `model` and writes it to model.keras (a finished run's whole
+    model.keras is kept; a damaged one ends the command with the way out)."""
     from bit_tf import data
+    from bit_tf.finetune_checkpoints import atomic_save
     from bit_tf.interruption import signals_deferred
 
-    path = os.path.join(export_dir, "model.keras")
+    path = os.path.join(FLAGS.export_dir, "model.keras")
     # Nothing trained: the checkpoints hold this run, finished earlier.
     already_finished = not history.epoch
+    keep = already_finished and os.path.exists(path)
+    if keep:
+        common.check_model_file(PROGRAM, path, _checkpoint_dir())
     if already_finished:
-        print(f"{checkpoint_dir} holds this run, already finished; nothing to train")
+        print(f"{_checkpoint_dir()} holds this run, already finished; nothing to train")
     # A signal now waits for model.keras: the checkpoints already say the run is finished.
     with signals_deferred() as deferred:
-        batches = data.eval_pipeline(validation, min(setting("batch_size", 512), 256), crop)
+        batches = data.eval_pipeline(validation, min(batch_size, 256), crop)
         results = model.evaluate(batches, return_dict=True, verbose=0)
-        if not (already_finished and os.path.exists(path)):
-            partial = os.path.join(export_dir, "model.partial.keras")
-            model.save(partial)
-            os.replace(partial, path)
+        if not keep:
+            atomic_save(model, path)
             print(f"wrote {path}")
     if deferred.received is not None:
         name = signal.Signals(deferred.received).name
-        print(f"{name} received: stopped after writing {path}.", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(128 + deferred.received)
+        common.leave(
+            PROGRAM, f"{name} received: stopped after writing {path}.", 128 + deferred.received
+        )
     print(f"final validation accuracy: {results['accuracy']:.4f}", flush=True)
 
 

@@ -31,9 +31,8 @@ import json
 import logging
 import os
 import signal
-import sys
 
-from absl import app, flags
+from absl import flags
 
 from bit_cli import checks, common
 
@@ -273,14 +272,6 @@ def _export_hub(model, export_dir: str) -> None:
     logging.info("Wrote the TF-Hub feature-vector module to %s", export_dir)
 
 
-def _leave(status: int) -> None:
-    """Exits at once: TensorFlow's runtime can wait long at interpreter shutdown after an
-    interrupted run or a lost worker (its coordination service waits for the other workers)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-
-
 def main(argv) -> int:
     del argv
     check_flags()
@@ -294,19 +285,22 @@ def main(argv) -> int:
         pretrain,
     )
     from bit_tf.pretrain_data import DataError
+    from bit_tf.run_lock import holding
 
+    # One run per folder. Under multi_worker the library's chief holds it (the workers share it).
+    folder = None if FLAGS.strategy == "multi_worker" else FLAGS.checkpoint_dir
     # Signals wait (training's own handler takes over while it runs): none may break a write.
-    with signals_deferred() as deferred:
+    # Leaving at once after a stop: TensorFlow's runtime can wait long at interpreter shutdown
+    # after an interrupted run or a lost worker (its coordination service waits for the others).
+    with holding(folder, program=PROGRAM, flag="--checkpoint_dir"), signals_deferred() as deferred:
         try:
             if FLAGS.cpu_devices:
                 configure_cpu_devices(FLAGS.cpu_devices)
             result = pretrain(_config())
         except TrainingInterrupted as stop:
-            print(f"{PROGRAM}: {stop}", file=sys.stderr)
-            _leave(128 + int(stop.signal_number))
+            common.leave(PROGRAM, str(stop), 128 + int(stop.signal_number))
         except WorkerLost as lost:
-            print(f"{PROGRAM}: {lost}", file=sys.stderr)
-            _leave(EXIT_WORKER_LOST)
+            common.leave(PROGRAM, str(lost), EXIT_WORKER_LOST)
         except (StrategyError, DataError, ValueError) as error:
             common.fail(PROGRAM, error)
         if result.is_chief:
@@ -318,11 +312,8 @@ def main(argv) -> int:
             print(f"{PROGRAM}: done at step {result.step}; weights {result.weights_path}")
     if deferred.received is not None:
         name = signal.Signals(deferred.received).name
-        print(
-            f"{PROGRAM}: stopped by {name} after the run's last files were written.",
-            file=sys.stderr,
-        )
-        _leave(128 + deferred.received)
+        message = f"stopped by {name} after the run's last files were written."
+        common.leave(PROGRAM, message, 128 + deferred.received)
     return 0
 
 
@@ -337,8 +328,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
     """Console-script entry point of `bit-pretrain`."""
-    common.declare_main_module_flags(__name__)
-    app.run(main, flags_parser=_parse_flags)
+    common.run(main, __name__, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

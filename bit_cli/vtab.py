@@ -17,12 +17,15 @@ the last line of output is the overall mean (VTAB) or the accuracy per number of
 from __future__ import annotations
 
 import logging
+import os
 
 from absl import app, flags
 
-from bit_cli import checks, common
+from bit_cli import checks, common, datasets
 
 PROGRAM = "bit-vtab"
+#: Few-shot mode on digits or a folder: the fraction of every class held out for testing.
+FEW_SHOT_TEST_FRACTION = 0.2
 FLAGS = flags.FLAGS
 
 flags.DEFINE_enum("mode", "vtab", ["vtab", "few_shot"], "Run VTAB-1k or few-shot transfer.")
@@ -38,7 +41,9 @@ flags.DEFINE_list("tasks", [], "VTAB tasks to run (see bit_tf.vtab.TASKS); empty
 flags.DEFINE_string(
     "dataset",
     "oxford_iiit_pet",
-    "Few-shot mode: a TFDS image-classification dataset, or a VTAB task name.",
+    "Few-shot mode: a TFDS image-classification dataset, a VTAB task name, 'digits' "
+    "(scikit-learn's handwritten digits, offline) or a folder with one subfolder per class "
+    "(for these two, a fifth of every class is held out for testing).",
 )
 flags.DEFINE_string("train_split", "train", "Few-shot mode, TFDS dataset: the split to draw from.")
 flags.DEFINE_string("test_split", "test", "Few-shot mode, TFDS dataset: the split to test on.")
@@ -111,6 +116,7 @@ def _check_flags() -> None:
     if FLAGS.mode == "few_shot":
         _integers("shots", 1)
         _integers("seeds", 0)
+        datasets.check(PROGRAM, FLAGS.dataset)
     from bit_tf import vtab
 
     unknown = [name for name in FLAGS.tasks if name not in vtab.TASKS]
@@ -152,7 +158,7 @@ def main(argv) -> None:
 
 
 def _run() -> None:
-    from bit_tf import data, vtab
+    from bit_tf import vtab
 
     model, weights = _backbone_and_weights()
     settings = {
@@ -180,18 +186,7 @@ def _run() -> None:
         print(results.to_markdown())
         print(f"VTAB-1k overall mean accuracy: {results.means()['Overall']:.4f}")
         return
-    if FLAGS.dataset in vtab.TASKS:
-        splits = vtab.load_task(
-            FLAGS.dataset, data_dir=FLAGS.data_dir, download=FLAGS.download, train_examples=None
-        )
-        train, test = splits.train, splits.test
-    else:
-        train = data.from_tfds(
-            FLAGS.dataset, FLAGS.train_split, data_dir=FLAGS.data_dir, download=FLAGS.download
-        )
-        test = data.from_tfds(
-            FLAGS.dataset, FLAGS.test_split, data_dir=FLAGS.data_dir, download=FLAGS.download
-        )
+    train, test = _few_shot_splits()
     results = vtab.run_few_shot(
         model,
         train,
@@ -203,6 +198,36 @@ def _run() -> None:
     print(results.to_markdown())
     summary = ", ".join(f"{k}-shot {mean:.4f}" for k, (mean, _) in results.summary().items())
     print(f"few-shot mean accuracy: {summary}")
+
+
+def _few_shot_splits():
+    """(train, test) of few-shot mode's --dataset: a VTAB task, the embedded digits or a folder
+    (a `FEW_SHOT_TEST_FRACTION` of every class held out for testing), or a TFDS dataset."""
+    from bit_tf import data, vtab
+
+    if FLAGS.dataset in vtab.TASKS:
+        splits = vtab.load_task(
+            FLAGS.dataset, data_dir=FLAGS.data_dir, download=FLAGS.download, train_examples=None
+        )
+        return splits.train, splits.test
+    if FLAGS.dataset == datasets.DIGITS or os.path.isdir(FLAGS.dataset):
+        # ValueError here: a folder without images or classes.
+        with common.user_errors(PROGRAM, ValueError):
+            return datasets.load(PROGRAM, FLAGS.dataset, FEW_SHOT_TEST_FRACTION, seed=FLAGS.seed)
+    import tensorflow_datasets as tfds
+
+    try:
+        return tuple(
+            data.from_tfds(FLAGS.dataset, split, data_dir=FLAGS.data_dir, download=FLAGS.download)
+            for split in (FLAGS.train_split, FLAGS.test_split)
+        )
+    except tfds.core.registered.DatasetNotFoundError:
+        common.fail(
+            PROGRAM,
+            f"--dataset={FLAGS.dataset!r} is neither a VTAB task, '{datasets.DIGITS}', a folder "
+            "here, nor a TFDS dataset name: give one of those (tfds.list_builders() lists the "
+            "TFDS names).",
+        )
 
 
 def run() -> None:

@@ -61,9 +61,15 @@ from bit_tf.finetune import (
     _with_new_head,
     resolve_resolution,
 )
-from bit_tf.finetune_checkpoints import Checkpointer, RunProgress, find_resumable
+from bit_tf.finetune_checkpoints import (
+    Checkpointer,
+    RunProgress,
+    find_resumable,
+    load_resumable,
+)
 from bit_tf.models import create_model, resolve_dtype_policy
 from bit_tf.registry import find_release
+from bit_tf.run_lock import holding
 
 __all__ = [
     "DistillConfig",
@@ -101,7 +107,9 @@ class DistillConfig:
         min_crop_area: the smallest inception crop, as a fraction of the image (0.05).
         random_flip: flip at random; turn it off where a flip changes the label.
         dataset_size: training examples, only for a `tf.data.Dataset` train input.
-        seed: makes the input pipeline deterministic.
+        seed: makes the run repeatable: the input pipeline's order and augmentation, and the
+            initial weights of a student name (`keras.utils.set_random_seed(seed)`, which also
+            seeds Python's and NumPy's global generators); see `FinetuneConfig.seed` for GPUs.
 
     Schedule:
         steps: optimizer updates; None for the `patience` schedule for the train set's size.
@@ -121,7 +129,8 @@ class DistillConfig:
         checkpoint_dir: where `last.keras`, `best.keras` and `progress.json` go; a run with
             the same settings there is resumed (a finished one trains no further), one with
             other settings (teacher, student, dataset, steps, ...) is refused with
-            `RunSettingsError`. None: no checkpoints, no signals.
+            `RunSettingsError`. The run holds the folder while it runs (`bit_tf.run_lock`).
+            None: no checkpoints, no signals.
         overwrite: start again in a `checkpoint_dir` that holds a run with other settings,
             deleting its checkpoints.
         logdir: a TensorBoard log folder; None for none.
@@ -202,6 +211,9 @@ def distill(
         TrainingDivergedError: the loss became NaN or infinite.
         TrainingInterruptedError: SIGTERM or SIGINT arrived (with a checkpoint_dir); the
             checkpoint is written, run the same call again to resume.
+        RunLockedError: another run (another process) is writing into `checkpoint_dir`.
+        DamagedRunFileError: the `progress.json` of `checkpoint_dir` cannot be read, or
+            neither of its checkpoints can (one that can is resumed from, with a warning).
 
     Example:
         >>> student, history = bit_tf.distill(
@@ -209,6 +221,19 @@ def distill(
         ...     batch_size=64, checkpoint_dir="runs/distill")
     """
     config = _merged_config(config, overrides)
+    # One run per checkpoint folder, from before anything there is read until the run ends.
+    with holding(config.checkpoint_dir, program="bit_tf.distill", flag="checkpoint_dir"):
+        return _distill(teacher, student, train, validation, config)
+
+
+def _distill(
+    teacher: str | keras.Model,
+    student: str | keras.Model,
+    train: Any,
+    validation: Any,
+    config: DistillConfig,
+) -> tuple[keras.Model, keras.callbacks.History]:
+    """`distill` once its checkpoint folder is held."""
     train = _as_source(train, "train")
     validation = _as_source(validation, "validation")
     if train is None:
@@ -252,21 +277,11 @@ def distill(
     progress = {"settings": settings, "step": 0, "finished": False}
     with strategy.scope():
         if found is not None:
-            path, progress = found
-            distiller = keras.saving.load_model(path)
+            distiller, progress = load_resumable(*found, accumulation)
             distiller.set_teacher(teacher)
-            if progress.get("finished"):
-                log.warning(
-                    "%s holds this run, finished at step %d: nothing to train (overwrite=True "
-                    "starts it again).",
-                    config.checkpoint_dir,
-                    progress["step"],
-                )
-            else:
-                log.warning(
-                    "Resuming from %s at step %d of %d.", path, progress["step"], total_steps
-                )
         else:
+            if config.seed is not None:  # the same initial weights for a student name
+                keras.utils.set_random_seed(config.seed)
             student_model = _student_model(student, inputs.num_classes, train, config, policy)
             distiller = Distiller(student_model, teacher, temperature=config.temperature)
             optimizer = distillation_optimizer(

@@ -47,10 +47,12 @@ from bit_tf.finetune_checkpoints import (
     TrainingDivergedError,
     TrainingInterruptedError,
     find_resumable,
+    load_resumable,
     signals_caught,
 )
 from bit_tf.models import create_model, resolve_dtype_policy
 from bit_tf.optimizers import FusedMomentumSGD
+from bit_tf.run_lock import holding
 from bit_tf.run_settings import RunSettingsError
 
 __all__ = [
@@ -93,7 +95,12 @@ class FinetuneConfig:
         resize, crop: image sizes; None for the HyperRule's from the train images' size.
         mixup_alpha: None for the HyperRule's (0 below 20k examples, 0.1 above).
         dataset_size: training examples, only for a `tf.data.Dataset` train input.
-        seed: makes the input pipeline deterministic.
+        seed: makes the run repeatable: the input pipeline's order and augmentation, and the
+            initial weights of a model name (`keras.utils.set_random_seed(seed)`, which also
+            seeds Python's and NumPy's global generators). On CPUs the same call gives the same
+            losses and weights; on GPUs this also needs
+            `tf.config.experimental.enable_op_determinism()` (slower), and `jit_compile`
+            there picks kernels by timing them, which can differ from run to run.
         random_flip, random_crop: the training augmentation of an ImageSource input; turn one
             off where it changes the label (as VTAB does per task, `bit_tf.vtab.Task`).
 
@@ -109,8 +116,9 @@ class FinetuneConfig:
             cloned) in its scope, and `batch_size` is global.
         checkpoint_dir: where `last.keras`, `best.keras` and `progress.json` go; a run with
             the same settings found there is resumed (a finished one trains no further), one
-            with other settings is refused (`RunSettingsError`). None: no checkpoints, no
-            signal handling.
+            with other settings is refused (`RunSettingsError`). The run holds the folder while
+            it runs (`bit_tf.run_lock`): another process's run there is refused
+            (`RunLockedError`). None: no checkpoints, no signal handling.
         overwrite: start again in a `checkpoint_dir` that holds a run with other settings,
             deleting its checkpoints.
         logdir: a TensorBoard log folder; None for none.
@@ -185,6 +193,11 @@ def finetune(
         TrainingDivergedError: the loss became NaN or infinite.
         TrainingInterruptedError: SIGTERM or SIGINT arrived (with a checkpoint_dir); the
             checkpoint is written, run the same call again to resume.
+        RunLockedError: another run (another process) is writing into `checkpoint_dir`.
+        DamagedRunFileError: the `progress.json` of `checkpoint_dir` cannot be read, or
+            neither of its checkpoints can (one that can is resumed from, with a warning).
+        FileWriteError: a checkpoint could not be written (a full, read-only or forbidden
+            disk); the checkpoint before it is left whole.
 
     Example:
         >>> model, history = bit_tf.finetune(
@@ -192,6 +205,15 @@ def finetune(
         ...     gradient_accumulation_steps=4, checkpoint_dir="runs/pets")
     """
     config = _merged_config(config, overrides)
+    # One run per checkpoint folder, from before anything there is read until the run ends.
+    with holding(config.checkpoint_dir, program="bit_tf.finetune", flag="checkpoint_dir"):
+        return _finetune(model_or_name, train, validation, config)
+
+
+def _finetune(
+    model_or_name: str | keras.Model, train: Any, validation: Any, config: FinetuneConfig
+) -> tuple[keras.Model, keras.callbacks.History]:
+    """`finetune` once its checkpoint folder is held."""
     train = _as_source(train, "train")
     validation = _as_source(validation, "validation")
     if train is None:
@@ -220,23 +242,11 @@ def finetune(
     }
     progress, resumed = _progress_or_resumable(config.checkpoint_dir, settings, config.overwrite)
     with strategy.scope():
-        if resumed and progress.get("finished"):
-            model = keras.saving.load_model(resumed)
-            log.warning(
-                "%s holds this run, finished at step %d: nothing to train (overwrite=True "
-                "starts it again).",
-                config.checkpoint_dir,
-                progress["step"],
-            )
-        elif resumed:
-            model = keras.saving.load_model(resumed)
-            log.warning(
-                "Resuming from %s at step %d of %d.",
-                resumed,
-                progress["step"],
-                schedule.total_steps,
-            )
+        if resumed:
+            model, progress = load_resumable(resumed, progress, accumulation)
         else:
+            if config.seed is not None:  # the same initial weights for a model name
+                keras.utils.set_random_seed(config.seed)
             backbone = _backbone(model_or_name, config, policy)
             model = _with_new_head(backbone, inputs.num_classes, _class_names(train))
             _compile(model, config, schedule.boundaries, accumulation)

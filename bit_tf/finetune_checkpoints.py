@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,6 +29,7 @@ import threading
 import keras
 import numpy as np
 
+from bit_tf.file_errors import FileWriteError, disk_problem
 from bit_tf.interruption import StoppedBySignal
 from bit_tf.run_settings import check_same_run
 
@@ -74,28 +76,87 @@ def atomic_save(model: keras.Model, path: str) -> None:
     """Saves `model` to `path` (a `.keras` file) through a temporary file, so that `path`
     always holds a whole model.
 
+    Raises:
+        FileWriteError: the disk is full, read-only or forbidden; the temporary file is
+            removed and `path` left as it was.
+
     Example:
         >>> atomic_save(model, "runs/pets/last.keras")
     """
     temporary = path[: -len(".keras")] + ".partial.keras"
-    model.save(temporary)
-    os.replace(temporary, path)
+    _write_through(temporary, path, model.save)
+
+
+def _write_through(temporary: str, path: str, write) -> None:
+    """Calls `write(temporary)` and renames `temporary` onto `path`; on any failure the
+    temporary file is removed, and a disk's failure is raised as a `FileWriteError`."""
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException as error:
+        partial = os.path.exists(temporary)
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        if not isinstance(error, Exception) or disk_problem(error) is None:
+            raise
+        kept = "nothing was written there"
+        if os.path.exists(path):
+            kept = f"the previous {path} is left as it was"
+        if partial:
+            kept = f"the partial file was removed; {kept}"
+        raise FileWriteError.of(error, path, kept[0].upper() + kept[1:]) from error
 
 
 def write_progress(checkpoint_dir: str, progress: dict) -> None:
     """Writes `progress` to `checkpoint_dir/progress.json` atomically.
 
+    Raises:
+        FileWriteError: the disk is full, read-only or forbidden (the old file is kept).
+
     Example:
         >>> write_progress("runs/pets", {"settings": settings, "step": 50, "finished": False})
     """
     path = os.path.join(checkpoint_dir, PROGRESS_FILE)
-    with open(path + ".partial", "w") as file:
-        json.dump(progress, file, indent=1)
-    os.replace(path + ".partial", path)
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w") as file:
+            json.dump(progress, file, indent=1)
+
+    _write_through(path + ".partial", path, write)
+
+
+class DamagedRunFileError(ValueError):
+    """A file of a run folder (`progress.json`, the checkpoints) cannot be read; the message
+    names it, says what is wrong, and what to do.
+
+    Example:
+        >>> try:
+        ...     read_progress("runs/pets")
+        ... except DamagedRunFileError as error:
+        ...     print(error)  # runs/pets/progress.json is damaged (...): ...
+    """
+
+
+_START_AGAIN = (
+    "start the run again there with overwrite=True (the commands' --overwrite), which "
+    "replaces its checkpoints, or use another folder"
+)
+
+#: The fields of progress.json, with their types and whether every run has them.
+_PROGRESS_FIELDS = {
+    "settings": (dict, True),
+    "step": (int, True),
+    "finished": (bool, True),
+    "best_val_accuracy": ((int, float), False),
+    "best_step": (int, False),
+}
 
 
 def read_progress(checkpoint_dir: str) -> dict | None:
     """The `progress.json` of `checkpoint_dir`, or None where there is none.
+
+    Raises:
+        DamagedRunFileError: the file is cut, not JSON, or holds fields of the wrong type.
 
     Example:
         >>> read_progress("runs/pets")["step"]
@@ -104,8 +165,43 @@ def read_progress(checkpoint_dir: str) -> dict | None:
     path = os.path.join(checkpoint_dir, PROGRESS_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as file:
-        return json.load(file)
+    try:
+        with open(path, encoding="utf-8") as file:
+            progress = json.load(file)
+    except (UnicodeDecodeError, ValueError) as error:
+        what = "it is empty" if os.path.getsize(path) == 0 else f"not JSON: {error}"
+        raise DamagedRunFileError(
+            f"{path} is damaged ({what}); it records the run in {checkpoint_dir}: {_START_AGAIN}."
+        ) from None
+    problem = _progress_problem(progress)
+    if problem:
+        raise DamagedRunFileError(
+            f"{path} is damaged ({problem}); it records the run in {checkpoint_dir}: "
+            f"{_START_AGAIN}."
+        )
+    return progress
+
+
+def _progress_problem(progress) -> str | None:
+    """What is wrong with the contents of a progress.json, else None."""
+    if not isinstance(progress, dict):
+        return f"it holds a {type(progress).__name__}, not an object of the run's fields"
+    for name, (kinds, required) in _PROGRESS_FIELDS.items():
+        if name not in progress:
+            if required:
+                return f"it has no {name!r}"
+            continue
+        value = progress[name]
+        # True and False are ints to Python, but no step count.
+        wrong_bool = isinstance(value, bool) and kinds is not bool
+        if wrong_bool or not isinstance(value, kinds):
+            return f"{name!r} is {value!r}, not {_KIND_NAMES.get(kinds, 'a number')}"
+        if name in ("step", "best_step") and value < 0:
+            return f"{name!r} is {value}, a negative step"
+    return None
+
+
+_KIND_NAMES = {dict: "an object", int: "a whole number", bool: "true or false"}
 
 
 def find_resumable(
@@ -121,6 +217,7 @@ def find_resumable(
     Raises:
         RunSettingsError: the run there has other settings (another dataset, other steps...);
             the message names each difference.
+        DamagedRunFileError: its `progress.json` cannot be read.
 
     Example:
         >>> path, progress = find_resumable("runs/pets", settings)
@@ -139,9 +236,91 @@ def find_resumable(
     # Compared as JSON holds them (tuples become lists).
     check_same_run(checkpoint_dir, found.get("settings", {}), json.loads(json.dumps(settings)))
     last_path = os.path.join(checkpoint_dir, LAST_CHECKPOINT)
-    if not os.path.exists(last_path):
+    best_path = os.path.join(checkpoint_dir, BEST_CHECKPOINT)
+    if not os.path.exists(last_path) and not os.path.exists(best_path):
         return None
     return last_path, found
+
+
+def load_resumable(path: str, progress: dict, accumulation: int = 1) -> tuple[keras.Model, dict]:
+    """(model, progress) to resume a run from its checkpoint `path` (`find_resumable`'s),
+    logging what it resumes (or that the run is finished).
+
+    Where `last.keras` cannot be read (damaged, cut, missing), the run resumes from
+    `best.keras` beside it, at the step it holds, with a warning saying so. The step is the
+    one the model's optimizer counted (a run stopped between writing `last.keras` and
+    `progress.json` resumes where its model is).
+
+    Raises:
+        DamagedRunFileError: neither checkpoint can be read: names both and the way out.
+
+    Example:
+        >>> model, progress = load_resumable("runs/pets/last.keras", progress)
+    """
+    checkpoint_dir = os.path.dirname(path)
+    problems = []
+    candidates = [(path, progress)]
+    if progress.get("best_step") is not None:
+        best = dict(progress, step=progress["best_step"], finished=False)
+        candidates.append((os.path.join(checkpoint_dir, BEST_CHECKPOINT), best))
+    for candidate, candidate_progress in candidates:
+        try:
+            model = _load_checkpoint(candidate)
+        except DamagedRunFileError as error:
+            problems.append(str(error))
+            continue
+        if problems:
+            log.warning("%s Using %s instead.", problems[0], candidate)
+        candidate_progress = _with_model_step(model, candidate, candidate_progress, accumulation)
+        _log_resumption(checkpoint_dir, candidate, candidate_progress)
+        return model, candidate_progress
+    raise DamagedRunFileError(
+        f"{' '.join(problems)} No whole checkpoint is left in {checkpoint_dir}: {_START_AGAIN}."
+    )
+
+
+def _log_resumption(checkpoint_dir: str, path: str, progress: dict) -> None:
+    if progress.get("finished"):
+        log.warning(
+            "%s holds this run, finished at step %d: nothing to train (overwrite=True "
+            "starts it again).",
+            checkpoint_dir,
+            progress["step"],
+        )
+    else:
+        total = progress["settings"].get("total_steps")
+        log.warning("Resuming from %s at step %d of %s.", path, progress["step"], total)
+
+
+def _load_checkpoint(path: str) -> keras.Model:
+    """The model in the checkpoint `path`, or DamagedRunFileError saying why it cannot be."""
+    if not os.path.isfile(path):
+        raise DamagedRunFileError(f"{path} is missing.")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # noqa: BLE001 (a damaged zip, cut weights: the file's fault)
+        # Keras says "File not found" for a file that is there but not a whole zip.
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        raise DamagedRunFileError(f"{path} cannot be read ({reason}).") from error
+
+
+def _with_model_step(model: keras.Model, path: str, progress: dict, accumulation: int) -> dict:
+    """`progress` with the step the checkpoint's optimizer counted, where that differs."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return progress
+    step = int(keras.ops.convert_to_numpy(optimizer.iterations)) // max(1, accumulation)
+    if step == progress["step"]:
+        return progress
+    log.warning(
+        "%s holds step %d, but its progress.json says %d (a run stopped between the two "
+        "writes): resuming from step %d.",
+        path,
+        step,
+        progress["step"],
+        step,
+    )
+    return dict(progress, step=step, finished=False)
 
 
 @dataclasses.dataclass

@@ -51,6 +51,7 @@ from bit_tf.pretrain_loop import make_train_loop, make_train_step, top1_hits, up
 from bit_tf.pretrain_progress import RunProgress
 from bit_tf.pretrain_schedule import DEFAULT_GLOBAL_BATCH_SIZE, WARMUP_STEPS, upstream_schedule
 from bit_tf.pretrain_workers import WorkerLost, configure_heartbeat_timeout, worker_lost_error
+from bit_tf.run_lock import holding
 from bit_tf.weights import save_official_weights
 
 __all__ = [
@@ -459,6 +460,7 @@ def pretrain(
         WorkerLost: another worker of a multi-worker run is gone (crashed, or silent for the
             heartbeat timeout); its message says which and from which step a restart resumes.
         StrategyError, DataError, ValueError: bad settings, with what to change.
+        RunLockedError: another run (another process) holds `checkpoint_dir` (the chief's).
 
     Example:
         >>> result = pretrain(PretrainConfig(model="BiT-S-R50x1", dataset="/data/train-*",
@@ -476,6 +478,15 @@ def _pretrain(config: PretrainConfig, strategy, signals: _StopSignals) -> Pretra
         strategy = make_strategy(config.strategy, config.tpu, config.heartbeat_timeout)
     _check_batch(strategy, config.global_batch_size)
     is_chief, task_id = _worker_role(strategy)
+    # One run per checkpoint folder: the chief holds it (the other workers write throw-away
+    # copies under it, and would find it held by their own chief).
+    folder = config.checkpoint_dir if is_chief else None
+    with holding(folder, program="bit_tf.pretrain", flag="checkpoint_dir"):
+        return _train(config, strategy, signals, is_chief, task_id)
+
+
+def _train(config: PretrainConfig, strategy, signals: _StopSignals, is_chief, task_id):
+    """`_pretrain` once the chief holds the checkpoint folder."""
     source = open_source(config.dataset, config.data_dir, config.split)
     num_classes = config.num_classes
     if num_classes is None:

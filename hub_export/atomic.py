@@ -19,6 +19,8 @@ import uuid
 
 import tensorflow as tf
 
+from bit_tf.file_errors import FileWriteError, disk_problem
+
 
 class TargetExistsError(FileExistsError):
     """The export or publish target exists and overwriting was not asked for."""
@@ -61,10 +63,11 @@ def refuse_existing(path: str, what: str, overwrite: bool) -> None:
 def atomic_path(target: str, overwrite: bool = False, what: str = "Target"):
     """Yields a temporary sibling path; on success renames it onto `target`.
 
-    The caller writes a file or a folder at the yielded path. On an exception the temporary
-    is removed and `target` is untouched. With `overwrite=True` an existing target is
-    replaced; otherwise `TargetExistsError` is raised, before any work and again at the
-    rename (in case another writer got there first).
+    The caller writes a file or a folder at the yielded path. On an exception (Ctrl-C too)
+    the temporary is removed and `target` is untouched; a full, read-only or forbidden disk is
+    raised as `bit_tf.file_errors.FileWriteError`, naming `target`. With `overwrite=True` an
+    existing target is replaced; otherwise `TargetExistsError` is raised, before any work and
+    again at the rename (in case another writer got there first).
 
     Example:
         >>> with atomic_path("out/model.tar.gz") as temporary:
@@ -72,17 +75,39 @@ def atomic_path(target: str, overwrite: bool = False, what: str = "Target"):
     """
     refuse_existing(target, what, overwrite)
     parent, name = split(target)
-    tf.io.gfile.makedirs(parent)
     temporary = join(parent, f".{name}.partial-{uuid.uuid4().hex[:12]}")
     try:
-        yield temporary
-        if tf.io.gfile.isdir(temporary):
-            _rename_folder(temporary, target, overwrite, what)
-        else:
-            refuse_existing(target, what, overwrite)
-            tf.io.gfile.rename(temporary, target, overwrite=overwrite)
+        with _disk_errors_named(target, temporary):
+            tf.io.gfile.makedirs(parent)
+            yield temporary
+            if tf.io.gfile.isdir(temporary):
+                _rename_folder(temporary, target, overwrite, what)
+            else:
+                refuse_existing(target, what, overwrite)
+                tf.io.gfile.rename(temporary, target, overwrite=overwrite)
     finally:
-        remove(temporary)
+        # Quietly: a read-only disk's error was raised above, and there is nothing to remove.
+        with contextlib.suppress(OSError, tf.errors.OpError):
+            remove(temporary)
+
+
+@contextlib.contextmanager
+def _disk_errors_named(target: str, temporary: str):
+    """Raises a full, read-only or forbidden disk met inside the block as a `FileWriteError`
+    naming `target` (TensorFlow's own error names a temporary file inside it); `temporary` is
+    removed as the error leaves `atomic_path`."""
+    try:
+        yield
+    except Exception as error:
+        if disk_problem(error) is None:
+            raise
+        kept = "nothing was written there"
+        if tf.io.gfile.exists(target):
+            kept = f"the existing {target} is left as it was"
+        if tf.io.gfile.exists(temporary):
+            kind = "folder" if tf.io.gfile.isdir(temporary) else "file"
+            kept = f"the partial {kind} was removed; {kept}"
+        raise FileWriteError.of(error, target, kept[0].upper() + kept[1:]) from error
 
 
 def _rename_folder(temporary: str, target: str, overwrite: bool, what: str) -> None:

@@ -1,6 +1,7 @@
 """finetune: the loss goes down, accumulation and MirroredStrategy match one device, NaN stops
 training with the last checkpoint intact, SIGINT checkpoints and the rerun resumes; a
-FinetuneConfig and keywords give the same run, and an unknown keyword is refused."""
+FinetuneConfig and keywords give the same run, the same run twice gives the same losses and
+weights, and an unknown keyword is refused."""
 
 import dataclasses
 import json
@@ -341,6 +342,20 @@ def test_a_config_and_keywords_give_the_same_run(tmp_path):
     for label in ("config", "config and keywords"):
         for ours, theirs in zip(weights[label], weights["keywords"], strict=True):
             np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_same_run_twice_gives_the_same_losses_and_weights():
+    # A model name: its initial weights come from the seed, as do the input's order, crops,
+    # flips and MixUp.
+    runs = []
+    for _ in range(2):
+        model, history = finetune(
+            "BiT-S-R18x1", stripes(32), batch_size=8, steps=3, mixup_alpha=0.2, **FAST
+        )
+        runs.append((history.history["loss"], model.get_weights()))
+    assert runs[0][0] == runs[1][0]
+    for first, second in zip(runs[0][1], runs[1][1], strict=True):
+        np.testing.assert_array_equal(first, second)
 
 
 def test_an_unknown_keyword_or_config_is_a_type_error_naming_it():

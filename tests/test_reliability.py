@@ -191,6 +191,34 @@ def test_a_finished_run_is_reported_and_a_changed_rerun_refused(interrupted_run)
 
 
 @pytest.mark.slow
+def test_a_finished_run_whose_model_file_is_damaged_says_how_to_write_it_again(
+    interrupted_run, tmp_path
+):
+    assert interrupted_run["rerun"]["returncode"] == 0, interrupted_run["rerun"]["stderr"][-3000:]
+    export_dir = tmp_path / "out"
+    (export_dir / "checkpoints").mkdir(parents=True)
+    for name in ("last.keras", "best.keras"):  # linked, unchanged: nothing writes them here
+        os.link(
+            interrupted_run["export_dir"] / "checkpoints" / name, export_dir / "checkpoints" / name
+        )
+    progress = (interrupted_run["export_dir"] / "checkpoints" / "progress.json").read_bytes()
+    (export_dir / "checkpoints" / "progress.json").write_bytes(progress)
+    whole = (interrupted_run["export_dir"] / "model.keras").read_bytes()
+    (export_dir / "model.keras").write_bytes(whole[: len(whole) // 2])  # cut in half
+    command = ["bit_cli.finetune", "--export_dir=out", "--steps=8", *SHORT]
+
+    damaged = run_command(*command, cwd=tmp_path)
+    assert damaged.returncode == 2, damaged.stderr[-3000:]
+    assert "Traceback" not in damaged.stderr and "already finished" not in damaged.stdout
+    line = damaged.stderr.strip().splitlines()[-1]
+    assert line.startswith("bit-finetune: error: out/model.keras is damaged (")
+    assert line.endswith(
+        "Delete it to write it again from out/checkpoints/last.keras (the finished run), or run "
+        "with --overwrite to train again."
+    )
+
+
+@pytest.mark.slow
 def test_bit_vtab_takes_a_fine_tuned_keras_file_as_weights(interrupted_run, tmp_path):
     assert interrupted_run["rerun"]["returncode"] == 0, interrupted_run["rerun"]["stderr"][-3000:]
     weights = interrupted_run["export_dir"] / "model.keras"
