@@ -333,7 +333,7 @@ def build_model(
     arrays = layout = None
     if path is not None:
         arrays = read_checkpoint(path)  # read once: for the layout, then for the weights
-        layout = describe_layout({key: value.shape for key, value in arrays.items()})
+        layout = describe_layout(arrays.shapes)  # from the headers: no array is read twice
     if num_classes == HEAD_FROM_CHECKPOINT:
         if layout is not None and layout["num_classes"] is not None:
             num_classes = layout["num_classes"]

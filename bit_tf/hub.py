@@ -243,25 +243,28 @@ def from_hub(handle: str, input_shape: tuple = (None, None, 3), name: str = "bit
         (None, 2048)
     """
     module = _load(handle)
-    arrays = {}
-    for variable in _module_variables(module):
-        arrays[official_name(variable.name)] = np.asarray(variable.numpy())
-    layout = describe_layout({key: value.shape for key, value in arrays.items()})
+    # The module's variables by official name; their values are copied one at a time.
+    sources = {official_name(variable.name): variable for variable in _module_variables(module)}
+    shapes = {key: tuple(variable.shape) for key, variable in sources.items()}
+    layout = describe_layout(shapes)
     model = resnet_v2(None, input_shape=input_shape, name=name, **layout)
     expected = official_variables(model)
-    missing = sorted(set(expected) - set(arrays))
+    missing = sorted(set(expected) - set(sources))
     if missing:
         raise CheckpointError(
             f"Hub module {handle!r} lacks {len(missing)} BiT variable(s), e.g. {missing[:5]}."
         )
     for key, variable in expected.items():
-        value = arrays[key]
-        if key == HEAD_KERNEL and value.ndim == 4:
-            value = value.reshape(value.shape[-2:])
-        if tuple(value.shape) != tuple(variable.shape):
+        shape = shapes[key]
+        if key == HEAD_KERNEL and len(shape) == 4:
+            shape = shape[-2:]
+        if shape != tuple(variable.shape):
             raise CheckpointError(
-                f"Hub module {handle!r} variable {key} has shape {value.shape}, the rebuilt "
+                f"Hub module {handle!r} variable {key} has shape {shapes[key]}, the rebuilt "
                 f"model expects {tuple(variable.shape)}."
             )
-        variable.assign(value.astype("float32"))
+    for key, variable in expected.items():
+        value = np.asarray(sources[key].numpy(), dtype="float32")
+        variable.assign(value.reshape(tuple(variable.shape)))
+        del value
     return model

@@ -1,0 +1,63 @@
+"""Checkpoints are written, read and exported array by array: the memory this costs on top of the
+model stays a fraction of the file, measured in a fresh process (its resident high-water mark)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Builds a BiT-S-R18x1 (a 45 MB checkpoint), then writes its checkpoint, loads it back into a
+# new model and builds the export's named variables, each step's growth of the high-water mark
+# over the resident size just before it (the mark reset through /proc/self/clear_refs).
+MEASURE = textwrap.dedent(
+    """
+    import json, os, sys
+    import bit_tf
+    from bit_tf import weights
+    from hub_export.tracing import OfficialForward
+
+    def status(field):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+
+    def growth(step):
+        before = status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        result = step()
+        return status("VmHWM") - before, result
+
+    path = sys.argv[1]
+    model = bit_tf.create_model("BiT-S-R18x1")
+    target = bit_tf.create_model("BiT-S-R18x1")
+    saved, _ = growth(lambda: weights.save_official_weights(model, path))
+    loaded, _ = growth(lambda: weights.load_official_weights(target, path))
+    exported, forward = growth(lambda: OfficialForward(target, trainable=False))
+    print(json.dumps({"file": os.path.getsize(path), "save": saved, "load": loaded,
+                      "export_variables": exported}))
+    """
+)
+
+
+def test_save_load_and_export_hold_no_copy_of_the_weights(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(tmp_path / "r18.npz")],
+        cwd=REPOSITORY,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    figures = json.loads(completed.stdout.strip().splitlines()[-1])
+    size = figures["file"]
+    assert size > 40e6
+    # Reading or writing the whole file at once (as numpy.load and numpy.savez do), or a copy
+    # of every weight, would each cost the file's size at least.
+    for step in ("save", "load", "export_variables"):
+        assert figures[step] < 0.5 * size, (step, figures)
