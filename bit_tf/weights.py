@@ -24,11 +24,11 @@ from collections.abc import Iterator, Mapping
 import keras
 import numpy as np
 
-from bit_tf import file_kinds
+from bit_tf import file_kinds, registry
 from bit_tf.download import download
 from bit_tf.layers import PreActBasic, PreActBottleneck, StandardizedConv2D
 from bit_tf.npz_file import READ_ERRORS, NpzError, NpzFile
-from bit_tf.registry import RELEASES, find_release, parse_model_name
+from bit_tf.registry import RELEASES, depth_of, find_release, parse_model_name
 
 log = logging.getLogger(__name__)
 
@@ -482,7 +482,15 @@ def released_url(name: str) -> str:
 def resolve_checkpoint(path_or_url: str) -> str:
     """Turns a released name, a URL or a path into a local file path, downloading if needed.
 
-    Released names (`bit_tf.list_released_checkpoints()`) are cached under their own name.
+    Downloads are cached by their whole URL (`bit_tf.download`); released names from the
+    authors' bucket keep their own name in the cache (`~/.keras/models/bit_tf/BiT-M-R50x1.npz`),
+    those from a `BIT_TF_WEIGHTS_URL` mirror go under their URL's key. A released name's file
+    must hold what the name says (`check_release`) before it is cached, and a cached file must
+    still be the one downloaded (its recorded sha256) on every use.
+
+    Raises:
+        CheckpointError: an unknown name, or a file that is not the release it is served as.
+        bit_tf.download.DownloadError: the file cannot be had, or has changed on the server.
 
     Example:
         >>> resolve_checkpoint("BiT-M-R50x1")   # downloads once, then reads the cache
@@ -511,7 +519,67 @@ def resolve_checkpoint(path_or_url: str) -> str:
             f"Weights {name!r} {reason}. The {len(RELEASES)} released names (e.g. {examples}) "
             "are listed by bit_tf.list_released_checkpoints()."
         )
-    return download(released_url(name), file_name=f"{name}.npz")
+    url = released_url(name)
+    from_the_authors = url.startswith(OFFICIAL_BASE_URL + "/")
+    return download(
+        url,
+        file_name=f"{name}.npz" if from_the_authors else None,
+        verify=lambda path: check_release(path, name, url),
+    )
+
+
+def check_release(path: str, name: str, source: str | None = None) -> None:
+    """Checks that the checkpoint at `path` is what the released `name` must hold: its
+    architecture (the depth, from the units per block and their kind, and the width), GroupNorm
+    with weight standardization, and the head size.
+
+    Raises:
+        CheckpointError: one line naming the file's architecture and head and the name's.
+
+    Example:
+        >>> check_release("downloads/BiT-S-R50x1.npz", "BiT-S-R50x1")  # passes, or raises:
+        CheckpointError: The file served as BiT-S-R50x1 (downloads/BiT-S-R50x1.npz) is not that
+        checkpoint: it holds an R18x1 with a 10-class head, where BiT-S-R50x1 is an R50x1 with a
+        1000-class head. Nothing was cached.
+    """
+    release = find_release(name)
+    served = f"The file served as {name} ({source or path})"
+    try:
+        with read_checkpoint(path) as arrays:
+            layout = describe_layout(arrays.shapes)
+    except CheckpointError as error:
+        raise CheckpointError(f"{served} is not a BiT checkpoint: {error}") from None
+    needed = {
+        "units_per_block": registry.UNITS_PER_BLOCK[release.depth],
+        "unit": "basic" if release.depth in registry.BASIC_DEPTHS else "bottleneck",
+        "width_factor": release.width,
+        "num_classes": release.num_classes,
+        "normalization": "group",
+        "weight_standardization": True,
+    }
+    if any(layout[key] != value for key, value in needed.items()):
+        raise CheckpointError(
+            f"{served} is not that checkpoint: it holds {_architecture_words(layout)}, where "
+            f"{name} is {_architecture_words(needed)}. Nothing was cached."
+        )
+
+
+def _architecture_words(layout: dict) -> str:
+    """ "an R18x1 with a 10-class head", "a ResNetV2 with (1, 1, 1, 1) bottleneck units ..." """
+    depth = depth_of(layout["units_per_block"], layout["unit"])
+    if depth is not None:
+        words = f"an R{depth}x{layout['width_factor']}"
+    else:
+        words = (
+            f"a ResNetV2 with {tuple(layout['units_per_block'])} {layout['unit']} units per "
+            f"block, width {layout['width_factor']}"
+        )
+    if layout["normalization"] != "group":
+        words += f" with {layout['normalization']} normalization"
+    if not layout["weight_standardization"]:
+        words += " without weight standardization"
+    classes = layout["num_classes"]
+    return words + (f" with a {classes}-class head" if classes is not None else " without a head")
 
 
 def _list(items: list) -> str:
