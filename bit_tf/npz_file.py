@@ -20,7 +20,6 @@ import math
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -146,39 +145,6 @@ class NpzFile:
                 raise NpzError(f"array {key!r} holds more bytes than its header says")
         flat = buffer[start : start + size].view(dtype)
         return flat.reshape(shape, order="F" if fortran_order else "C")
-
-    def in_c_order(self, key: str) -> bool:
-        """Whether the array is stored in C order (row by row), which `read_blocks` needs."""
-        return not self._headers[key][1]
-
-    def read_blocks(self, key: str, elements_per_block: int) -> Iterator[np.ndarray]:
-        """A C-order array as consecutive flat blocks of `elements_per_block` elements (the
-        last may be shorter), each in a buffer of its own: a large array is read without ever
-        holding it whole.
-
-        Example:
-            >>> blocks = list(arrays.read_blocks("resnet/head/conv2d/kernel", 1 << 20))
-        """
-        shape, fortran_order, dtype, header_bytes = self._headers[key]
-        if fortran_order:
-            raise NpzError(f"array {key!r} is in Fortran order, not read in blocks")
-        remaining = math.prod(shape)
-        with self._zip.open(self._members[key]) as stream:
-            stream.read(header_bytes)
-            while remaining:
-                count = min(elements_per_block, remaining)
-                block = np.empty(count, dtype)
-                view = memoryview(block.view(np.uint8))
-                filled = 0
-                while filled < view.nbytes:
-                    read = stream.readinto(view[filled:])
-                    if not read:
-                        raise EOFError(f"array {key!r} ends before its header says")
-                    filled += read
-                remaining -= count
-                yield block
-            if stream.read(1):
-                raise NpzError(f"array {key!r} holds more bytes than its header says")
 
     def verify(self) -> None:
         """Reads every member once, in chunks, so that a damaged one fails here (its checksum)

@@ -232,36 +232,6 @@ class Checkpoint(Mapping):
             ) from None
         return array.reshape(shape).astype(np.float32, copy=False)
 
-    def row_blocks(
-        self, key: str, shape: tuple, max_bytes: int
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """The array of `key`, seen with `shape` (of the same size), as (first row, float32
-        block of whole rows along the first axis) pairs of at most about `max_bytes` each:
-        a large array read without ever holding it whole.
-
-        Example:
-            >>> for first, block in arrays.row_blocks(HEAD_KERNEL, (2048, 21843), 1 << 24):
-            ...     head_kernel[first : first + len(block)].assign(block)
-        """
-        source, _ = self._plan[key]
-        row = math.prod(shape[1:])
-        rows_per_block = max(1, max_bytes // (4 * row))
-        first = 0
-        try:
-            for block in self._npz.read_blocks(source, rows_per_block * row):
-                block = block.reshape((-1, *shape[1:])).astype(np.float32, copy=False)
-                yield first, block
-                first += len(block)
-        except READ_ERRORS as error:
-            raise CheckpointError(
-                f"Checkpoint {self.path!r} is damaged: array {source!r} cannot be read "
-                f"({type(error).__name__}: {error}); download it again."
-            ) from None
-
-    def in_c_order(self, key: str) -> bool:
-        """Whether `row_blocks` can read `key` (stored row by row)."""
-        return self._npz.in_c_order(self._plan[key][0])
-
     def __iter__(self) -> Iterator[str]:
         return iter(self._plan)
 
@@ -656,49 +626,38 @@ def assign_official_arrays(model: keras.Model, arrays: Mapping, path: str) -> ke
     return model
 
 
-#: Arrays larger than this are read and assigned in blocks of rows of about this size.
+#: Variables larger than this are written in blocks of rows of about this size.
 _BLOCK_BYTES = 4 << 20
 
 
 def _assign(variable, arrays: Mapping, key: str) -> None:
-    """Fills `variable` with the checkpoint's array `key` (of the same size).
+    """Fills `variable` with the checkpoint's array `key` (of the same size), read now: the
+    array and its tensor are the only copies held besides the model, and only until the
+    variable holds it.
 
-    On the TensorFlow backend a large array goes in blocks of rows, each written into its slice
-    of the variable in place, so that neither the whole array nor a second copy of it is ever
-    held; otherwise the array is read whole and assigned.
+    (A variable's slices are not assigned in place: on TensorFlow that switches it to copying
+    its whole value on every read.)
     """
-    shape = tuple(variable.shape)
-    in_place = _sliceable(variable)
-    if (
-        in_place is not None
-        and isinstance(arrays, Checkpoint)
-        and len(shape) >= 1
-        and math.prod(shape) * 4 > _BLOCK_BYTES
-        and arrays.in_c_order(key)
-    ):
-        for first, block in arrays.row_blocks(key, shape, _BLOCK_BYTES):
-            in_place[first : first + len(block)].assign(block.astype(variable.dtype, copy=False))
-        return
-    value = np.reshape(arrays[key], shape)
+    value = np.reshape(arrays[key], tuple(variable.shape))
     variable.assign(value.astype(variable.dtype, copy=False))
 
 
 def _value_blocks(variable) -> Iterator[np.ndarray]:
     """A variable's value as blocks of rows (its first axis), in order: slices of about
-    `_BLOCK_BYTES` where `_sliceable` allows, else the whole value at once."""
+    `_BLOCK_BYTES` where `_tensorflow_variable` allows, else the whole value at once."""
     shape = tuple(variable.shape)
-    in_place = _sliceable(variable)
-    if in_place is None or not shape or math.prod(shape) * 4 <= _BLOCK_BYTES:
+    tensorflow_variable = _tensorflow_variable(variable)
+    if tensorflow_variable is None or not shape or math.prod(shape) * 4 <= _BLOCK_BYTES:
         yield keras.ops.convert_to_numpy(variable)
         return
     rows_per_block = max(1, _BLOCK_BYTES // (4 * math.prod(shape[1:])))
     for first in range(0, shape[0], rows_per_block):
-        yield in_place[first : first + rows_per_block].numpy()
+        yield tensorflow_variable[first : first + rows_per_block].numpy()
 
 
-def _sliceable(variable):
-    """The TensorFlow variable behind a Keras variable, when its slices can be assigned in
-    place (the TensorFlow backend, outside a tf.distribute strategy); else None."""
+def _tensorflow_variable(variable):
+    """The TensorFlow variable behind a Keras variable, whose slices can be read without a
+    copy of the whole (the TensorFlow backend, outside a tf.distribute strategy); else None."""
     if keras.backend.backend() != "tensorflow":
         return None
     import tensorflow as tf

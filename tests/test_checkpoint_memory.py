@@ -1,5 +1,6 @@
 """Checkpoints are written, read and exported array by array: the memory this costs on top of the
-model stays a fraction of the file, measured in a fresh process (its resident high-water mark)."""
+model is a few times its largest array, not the file's size, measured in a fresh process (its
+resident high-water mark)."""
 
 import json
 import os
@@ -14,7 +15,7 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # over the resident size just before it (the mark reset through /proc/self/clear_refs).
 MEASURE = textwrap.dedent(
     """
-    import json, os, sys
+    import json, math, os, sys
     import bit_tf
     from bit_tf import weights
     from hub_export.tracing import OfficialForward
@@ -38,8 +39,12 @@ MEASURE = textwrap.dedent(
     saved, _ = growth(lambda: weights.save_official_weights(model, path))
     loaded, _ = growth(lambda: weights.load_official_weights(target, path))
     exported, forward = growth(lambda: OfficialForward(target, trainable=False))
+    # Reading a loaded variable shares its buffer (no variable left copying on every read).
+    largest = max(target.weights, key=lambda variable: math.prod(variable.shape))
+    reread, values = growth(lambda: [largest.value.read_value() for _ in range(4)])
     print(json.dumps({"file": os.path.getsize(path), "save": saved, "load": loaded,
-                      "export_variables": exported}))
+                      "export_variables": exported, "reread": reread,
+                      "largest": 4 * math.prod(largest.shape)}))
     """
 )
 
@@ -58,6 +63,9 @@ def test_save_load_and_export_hold_no_copy_of_the_weights(tmp_path):
     size = figures["file"]
     assert size > 40e6
     # Reading or writing the whole file at once (as numpy.load and numpy.savez do), or a copy
-    # of every weight, would each cost the file's size at least.
+    # of every weight, would each cost the file's size at least; one array at a time costs a
+    # few times the largest array (here a fifth of the file).
+    largest = figures["largest"]
     for step in ("save", "load", "export_variables"):
-        assert figures[step] < 0.5 * size, (step, figures)
+        assert figures[step] < min(0.8 * size, 3.5 * largest), (step, figures)
+    assert figures["reread"] < largest, figures  # four reads of a loaded variable, no copy

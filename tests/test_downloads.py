@@ -133,6 +133,17 @@ def test_a_trickling_server_fails_within_the_window_and_leaves_nothing(server, k
     assert cached_files(keras_home) == []
 
 
+def test_a_silent_server_times_out_and_is_retried(bucket, keras_home, caplog):
+    with serve(bucket, trickle_seconds=30) as url:  # headers, then nothing for 30 s
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="bit_tf.download"):
+            with pytest.raises(DownloadError, match="timed out"):
+                download(f"{url}/trickle/r14.npz", timeout=0.5, retries=1, backoff_seconds=0.01)
+    assert time.monotonic() - started < 5
+    assert "retrying in" in caplog.text
+    assert cached_files(keras_home) == []
+
+
 def test_a_changed_file_is_named_downloaded_again_or_refused(server, bucket, keras_home, caplog):
     url = f"{server}/r14.npz"
     path = download(url)
