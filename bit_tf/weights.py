@@ -631,15 +631,48 @@ _BLOCK_BYTES = 4 << 20
 
 
 def _assign(variable, arrays: Mapping, key: str) -> None:
-    """Fills `variable` with the checkpoint's array `key` (of the same size), read now: the
-    array and its tensor are the only copies held besides the model, and only until the
-    variable holds it.
+    """Fills `variable` with the checkpoint's array `key` (of the same size), read now.
 
+    A large array (above `_HAND_OVER_BYTES`) is handed to the variable on the TensorFlow backend
+    through DLPack, its own buffer (aligned, as `NpzFile` reads it) becoming the variable's,
+    without a copy; a smaller one is copied into TensorFlow's memory, which reuses what the
+    values it replaces free. Either way no more than one array is held besides the model.
     (A variable's slices are not assigned in place: on TensorFlow that switches it to copying
     its whole value on every read.)
     """
     value = np.reshape(arrays[key], tuple(variable.shape))
+    if (
+        value.nbytes > _HAND_OVER_BYTES
+        and _tensorflow_variable(variable) is not None
+        and _can_share(value, variable.dtype)
+    ):
+        import tensorflow as tf
+
+        variable.assign(tf.experimental.dlpack.from_dlpack(value.__dlpack__()))
+        return
     variable.assign(value.astype(variable.dtype, copy=False))
+
+
+#: Arrays above this size are handed to their variable without a copy (`_assign`).
+_HAND_OVER_BYTES = 32 << 20
+#: The alignment TensorFlow's CPU kernels expect of a buffer they are handed.
+_TENSORFLOW_ALIGNMENT = 64
+
+
+def _can_share(value: np.ndarray, dtype) -> bool:
+    """Whether `value` can become a variable's buffer as it is: the variable's dtype, one
+    C-ordered block, writable, and aligned for TensorFlow."""
+    try:
+        same_dtype = value.dtype == np.dtype(dtype)
+    except TypeError:  # a dtype NumPy does not know by that name ("bfloat16")
+        return False
+    return (
+        same_dtype
+        and value.size > 0
+        and value.flags.c_contiguous
+        and value.flags.writeable
+        and value.ctypes.data % _TENSORFLOW_ALIGNMENT == 0
+    )
 
 
 def _value_blocks(variable) -> Iterator[np.ndarray]:
