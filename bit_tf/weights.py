@@ -535,7 +535,9 @@ def check_release(path: str, name: str, source: str | None = None) -> None:
 
 
 def _architecture_words(layout: dict) -> str:
-    """ "an R18x1 with a 10-class head", "a ResNetV2 with (1, 1, 1, 1) bottleneck units ..." """
+    """A layout (`describe_layout`) in words: "an R18x1 with a 10-class head", or "a ResNetV2
+    with (1, 1, 1, 1) bottleneck units per block, width 1 without a head" for a depth that has
+    no name."""
     depth = depth_of(layout["units_per_block"], layout["unit"])
     if depth is not None:
         words = f"an R{depth}x{layout['width_factor']}"

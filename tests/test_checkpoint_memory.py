@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Builds a BiT-M-R18x1 (a 90 MB checkpoint, half of it the 21843-class head, which is large enough
@@ -80,3 +82,29 @@ def test_save_load_and_export_hold_no_copy_of_the_weights(tmp_path):
         assert figures[step] < min(size, 3.5 * largest), (step, figures)
     assert figures["reread"] < largest, figures  # four reads of a loaded variable, no copy
     assert figures["same"] and figures["updated"], figures
+
+
+@pytest.mark.slow
+def test_the_checkpoint_memory_benchmark_writes_its_table_and_data_file(tmp_path):
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/checkpoint_memory.py",
+            "--models=BiT-S-R18x1",
+            f"--results_dir={tmp_path / 'results'}",
+            f"--output={tmp_path / 'table.md'}",
+        ],
+        cwd=REPOSITORY,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    row = (tmp_path / "table.md").read_text().splitlines()[-1]
+    assert row.startswith("| BiT-S-R18x1 | 45 MiB |") and row.count("x)") == 4, row
+    (data_file,) = (tmp_path / "results").iterdir()
+    run = json.loads(data_file.read_text())
+    assert run["benchmark"] == "checkpoint-memory" and run["rows"][0]["file_bytes"] > 40e6
+    for step in ("random", "load", "build", "export"):
+        assert run["rows"][0][step]["load_peak"] > run["rows"][0][step]["baseline_rss"]
