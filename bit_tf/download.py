@@ -296,7 +296,8 @@ def download(
     target = cache_path(url, file_name, subdir)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     file_name = os.path.basename(target)
-    recorded = recorded_sha256(target)
+    # A published sha256 is the reference where there is one; else the first download's.
+    recorded = recorded_sha256(target) if sha256 is None else None
     if os.path.exists(target):
         problem = _cached_file_problem(target, file_name, sha256, recorded, verify)
         if problem is None:
