@@ -61,16 +61,22 @@ MEASURE = textwrap.dedent(
 )
 
 
-def test_save_load_and_export_hold_no_copy_of_the_weights(tmp_path):
+def run_python(*arguments) -> subprocess.CompletedProcess:
+    """Python in a fresh process (on the CPU), from the repository; it must succeed."""
     completed = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(tmp_path / "r18.npz")],
+        [sys.executable, *arguments],
         cwd=REPOSITORY,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+def test_save_load_and_export_hold_no_copy_of_the_weights(tmp_path):
+    completed = run_python("-c", MEASURE, str(tmp_path / "r18.npz"))
     figures = json.loads(completed.stdout.strip().splitlines()[-1])
     size = figures["file"]
     assert size > 40e6
@@ -86,21 +92,12 @@ def test_save_load_and_export_hold_no_copy_of_the_weights(tmp_path):
 
 @pytest.mark.slow
 def test_the_checkpoint_memory_benchmark_writes_its_table_and_data_file(tmp_path):
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/checkpoint_memory.py",
-            "--models=BiT-S-R18x1",
-            f"--results_dir={tmp_path / 'results'}",
-            f"--output={tmp_path / 'table.md'}",
-        ],
-        cwd=REPOSITORY,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_python(
+        "benchmarks/checkpoint_memory.py",
+        "--models=BiT-S-R18x1",
+        f"--results_dir={tmp_path / 'results'}",
+        f"--output={tmp_path / 'table.md'}",
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
     row = (tmp_path / "table.md").read_text().splitlines()[-1]
     assert row.startswith("| BiT-S-R18x1 | 45 MiB |") and row.count("x)") == 4, row
     (data_file,) = (tmp_path / "results").iterdir()
