@@ -450,7 +450,9 @@ def build_model(
     path = arrays = layout = None
     if weights:  # read once: for the layout, then for the weights (an .npz or timm's files)
         path, arrays = read_weights(weights)
-        layout = describe_layout({key: value.shape for key, value in arrays.items()})
+        # An .npz's shapes come from its headers, so no array is read twice.
+        shapes = getattr(arrays, "shapes", None) or {k: v.shape for k, v in arrays.items()}
+        layout = describe_layout(shapes)
     if num_classes == HEAD_FROM_CHECKPOINT:
         if layout is not None and layout["num_classes"] is not None:
             num_classes = layout["num_classes"]

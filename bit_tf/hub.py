@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
-import shutil
-import tarfile
-import tempfile
 import urllib.parse
 
 import keras
 import numpy as np
 
 from bit_tf import input_scale
+from bit_tf.archives import UnsafeArchiveError as UnsafeArchiveError  # re-exported
+from bit_tf.archives import extract_archive_safely
 from bit_tf.models import resnet_v2
 from bit_tf.weights import (
     HEAD_KERNEL,
@@ -42,94 +40,6 @@ from bit_tf.weights import (
 )
 
 _CACHE_ENV = "BIT_TF_HUB_CACHE"
-
-
-class UnsafeArchiveError(ValueError):
-    """An archive holds a member that would land outside the folder it is unpacked into."""
-
-
-def _is_within(folder: str, path: str) -> bool:
-    folder = os.path.realpath(folder)
-    return os.path.commonpath([folder, os.path.realpath(path)]) == folder
-
-
-def extract_archive_safely(archive_path: str, target_dir: str) -> str:
-    """Unpacks a `.tar`/`.tar.gz` into `target_dir`, refusing anything that could escape it.
-
-    Every member is checked before anything is written: absolute names, `..` components,
-    symbolic or hard links pointing outside the target, device files and FIFOs are refused.
-    Unpacking goes to a temporary folder beside the target, renamed into place at the end,
-    so a failure leaves no half-unpacked target.
-
-    Raises:
-        UnsafeArchiveError: a member would escape `target_dir`, or is not a file/folder/link.
-        ValueError: the file is not a readable tar archive.
-
-    Example:
-        >>> extract_archive_safely("bit_m-r50x1.tar.gz", "/tmp/bit_m-r50x1")
-        '/tmp/bit_m-r50x1'
-    """
-    target_dir = os.path.abspath(target_dir)
-    if os.path.exists(target_dir):
-        raise FileExistsError(f"Extraction target {target_dir!r} exists; choose a new folder.")
-    parent = os.path.dirname(target_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".partial-extract-", dir=parent)
-    try:
-        try:
-            archive = tarfile.open(archive_path, "r:*")
-        except (tarfile.TarError, OSError, EOFError) as error:
-            raise ValueError(
-                f"{archive_path!r} is not a readable .tar/.tar.gz archive ({error})."
-            ) from None
-        with archive:
-            members = archive.getmembers()
-            for member in members:
-                _check_member(archive_path, member, staging)
-            for member in members:
-                if member.issym():
-                    # Checked above to stay inside; created as-is, relative to its folder.
-                    destination = os.path.join(staging, member.name)
-                    os.makedirs(os.path.dirname(destination), exist_ok=True)
-                    os.symlink(member.linkname, destination)
-                elif member.islnk():
-                    destination = os.path.join(staging, member.name)
-                    os.makedirs(os.path.dirname(destination), exist_ok=True)
-                    shutil.copyfile(os.path.join(staging, member.linkname), destination)
-                else:
-                    archive.extract(member, staging, set_attrs=False, filter="data")
-        os.rename(staging, target_dir)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-    return target_dir
-
-
-def _check_member(archive_path: str, member: tarfile.TarInfo, root: str) -> None:
-    name = member.name
-
-    def refuse(reason: str):
-        raise UnsafeArchiveError(
-            f"Refusing to unpack {archive_path!r}: member {name!r} {reason}. "
-            "The archive may be malicious; do not use it."
-        )
-
-    if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        refuse("has an absolute path")
-    if ".." in re.split(r"[\\/]", name):
-        refuse("contains '..'")
-    destination = os.path.join(root, name)
-    if not _is_within(root, destination):
-        refuse("would be written outside the target folder")
-    if member.issym():
-        link_target = os.path.join(os.path.dirname(destination), member.linkname)
-        if os.path.isabs(member.linkname) or not _is_within(root, link_target):
-            refuse(f"is a symbolic link to {member.linkname!r}, outside the target folder")
-    elif member.islnk():
-        if os.path.isabs(member.linkname) or ".." in re.split(r"[\\/]", member.linkname):
-            refuse(f"is a hard link to {member.linkname!r}, outside the target folder")
-    elif not (member.isfile() or member.isdir()):
-        refuse("is a device, FIFO or other special file")
 
 
 def resolve_handle(handle: str) -> str:
@@ -333,25 +243,28 @@ def from_hub(handle: str, input_shape: tuple = (None, None, 3), name: str = "bit
         (None, 2048)
     """
     module = _load(handle)
-    arrays = {}
-    for variable in _module_variables(module):
-        arrays[official_name(variable.name)] = np.asarray(variable.numpy())
-    layout = describe_layout({key: value.shape for key, value in arrays.items()})
+    # The module's variables by official name; their values are copied one at a time.
+    sources = {official_name(variable.name): variable for variable in _module_variables(module)}
+    shapes = {key: tuple(variable.shape) for key, variable in sources.items()}
+    layout = describe_layout(shapes)
     model = resnet_v2(None, input_shape=input_shape, name=name, **layout)
     expected = official_variables(model)
-    missing = sorted(set(expected) - set(arrays))
+    missing = sorted(set(expected) - set(sources))
     if missing:
         raise CheckpointError(
             f"Hub module {handle!r} lacks {len(missing)} BiT variable(s), e.g. {missing[:5]}."
         )
     for key, variable in expected.items():
-        value = arrays[key]
-        if key == HEAD_KERNEL and value.ndim == 4:
-            value = value.reshape(value.shape[-2:])
-        if tuple(value.shape) != tuple(variable.shape):
+        shape = shapes[key]
+        if key == HEAD_KERNEL and len(shape) == 4:
+            shape = shape[-2:]
+        if shape != tuple(variable.shape):
             raise CheckpointError(
-                f"Hub module {handle!r} variable {key} has shape {value.shape}, the rebuilt "
+                f"Hub module {handle!r} variable {key} has shape {shapes[key]}, the rebuilt "
                 f"model expects {tuple(variable.shape)}."
             )
-        variable.assign(value.astype("float32"))
+    for key, variable in expected.items():
+        value = np.asarray(sources[key].numpy(), dtype="float32")
+        variable.assign(value.reshape(tuple(variable.shape)))
+        del value
     return model

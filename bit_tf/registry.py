@@ -313,6 +313,20 @@ def default_num_classes(name: str) -> int:
     return UPSTREAM[prefix]["num_classes"]
 
 
+def depth_of(units_per_block: tuple, unit: str) -> int | None:
+    """The depth of a ResNetV2 with these units per block and unit kind ("bottleneck" or
+    "basic"), or None when it is not one of `UNITS_PER_BLOCK`.
+
+    Example:
+        >>> depth_of((2, 2, 2, 2), "basic"), depth_of((2, 2, 2, 2), "bottleneck")
+        (18, 26)
+    """
+    for depth, units in UNITS_PER_BLOCK.items():
+        if tuple(units) == tuple(units_per_block) and (depth in BASIC_DEPTHS) == (unit == "basic"):
+            return depth
+    return None
+
+
 def list_models() -> list[str]:
     """All model names that `create_model` knows, e.g. "BiT-M-R50x1".
 

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from bit_tf import kernels
 from bit_tf.input_scale import integer_scale
-from bit_tf.weights import HEAD_KERNEL, describe_layout, official_arrays, official_variables
+from bit_tf.weights import HEAD_KERNEL, describe_layout, official_variables
 
 
 def _run_with(model: keras.Model, keras_variables: dict, weights: dict, trainable: bool):
@@ -59,6 +59,18 @@ def unit_scale_images(images, where: str = "a BiT export") -> tf.Tensor:
     return images if scale is None else images / scale
 
 
+def official_shape(key: str, variable) -> tuple[int, ...]:
+    """The shape of a model variable in the official layout: the head kernel as a (1, 1,
+    features, classes) convolution, the others as they are.
+
+    Example:
+        >>> official_shape(HEAD_KERNEL, model.get_layer("head").kernel)
+        (1, 1, 2048, 1000)
+    """
+    shape = tuple(variable.shape)
+    return (1, 1, *shape) if key == HEAD_KERNEL else shape
+
+
 class OfficialForward(tf.Module):
     """A bit_tf model's forward pass over `tf.Variable`s named by the official keys.
 
@@ -86,16 +98,18 @@ class OfficialForward(tf.Module):
                 f"Model {model.name!r} has weights without an official BiT key ({unnamed[:3]}); "
                 "export models built by bit_tf (create_model, resnet_v2, finetune)."
             )
-        arrays = official_arrays(model)
-        self.layout = describe_layout({key: value.shape for key, value in arrays.items()})
-        self.has_head = HEAD_KERNEL in arrays
+        shapes = {key: official_shape(key, variable) for key, variable in keras_variables.items()}
+        self.layout = describe_layout(shapes)
+        self.has_head = HEAD_KERNEL in shapes
+        # One variable at a time, straight from the model's: no copy of all the weights besides
+        # the model and these variables.
         self.weights = {
             key: tf.Variable(
-                arrays[key],
+                tf.reshape(tf.cast(keras_variables[key].value, tf.float32), shapes[key]),
                 name=key,
                 trainable=trainable and keras_variables[key].trainable,
             )
-            for key in sorted(arrays)
+            for key in sorted(shapes)
         }
         # A closure, so that the Keras model is not tracked (and saved) with the variables.
         self._forward = _run_with(model, keras_variables, self.weights, trainable)

@@ -54,3 +54,11 @@ def test_vtab_release_tasks_are_the_19_vtab_tasks_with_their_classes():
 def test_unknown_names_say_where_to_find_the_known_ones():
     with pytest.raises(ValueError, match="list_released_checkpoints"):
         registry.architecture("BiT-M-R50x1-run3-caltech101")
+
+
+def test_the_depth_is_read_from_the_units_and_their_kind():
+    for depth, units in registry.UNITS_PER_BLOCK.items():
+        unit = "basic" if depth in registry.BASIC_DEPTHS else "bottleneck"
+        assert registry.depth_of(units, unit) == depth
+    assert registry.depth_of((1, 1, 1, 1), "bottleneck") is None
+    assert registry.depth_of((3, 4, 6, 3), "basic") == 34

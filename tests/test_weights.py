@@ -1,29 +1,28 @@
 """Official checkpoints: loading, saving, clear errors, and downloads from a loopback server."""
 
-import functools
-import http.server
 import itertools
 import os
-import pty
 import re
-import select
 import shutil
-import threading
-import time
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
+from loopback_server import LOGIN_PAGE, serve
 
 import bit_tf
 from bit_tf import registry
-from bit_tf.download import DownloadError, download
+from bit_tf.download import cache_path, recorded_sha256, sha256_of
 from bit_tf.weights import (
     HEAD_BIAS,
     HEAD_KERNEL,
+    OFFICIAL_BASE_URL,
     CheckpointError,
     official_variables,
     read_checkpoint,
+    released_url,
     resolve_checkpoint,
 )
 
@@ -138,97 +137,39 @@ def test_unreleased_and_unknown_names_are_explained():
         resolve_checkpoint("ResNet50")
 
 
-class _FlakyHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; the first request for each file is cut off half-way."""
-
-    cut_once: set = set()
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):  # noqa: N802 - the http.server API
-        path = self.translate_path(self.path)
-        if self.path.startswith("/flaky/") and self.path not in self.cut_once:
-            self.cut_once.add(self.path)
-            body = open(path.replace("/flaky/", "/"), "rb").read()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        if self.path.startswith("/flaky/"):
-            self.path = self.path.replace("/flaky/", "/")
-        super().do_GET()
-
-
-@pytest.fixture()
-def weights_server(official_checkpoint, tmp_path):
-    folder = tmp_path / "bucket"
-    folder.mkdir()
-    data = open(official_checkpoint, "rb").read()
-    (folder / "BiT-M-R50x1.npz").write_bytes(data)
-    (folder / "r14.npz").write_bytes(data)
-    handler = functools.partial(_FlakyHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.fixture()
 def keras_home(tmp_path, monkeypatch):
     home = tmp_path / "keras_home"
     monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.delenv("BIT_TF_WEIGHTS_URL", raising=False)
     return home / "models" / "bit_tf"
 
 
-def test_weights_by_url_load_and_match(weights_server, keras_home, reference_outputs):
-    model = bit_tf.load_official_weights(fixture_model(), f"{weights_server}/r14.npz")
+def test_weights_by_url_load_and_match(
+    official_checkpoint, tmp_path, keras_home, reference_outputs
+):
+    shutil.copyfile(official_checkpoint, tmp_path / "r14.npz")
+    with serve(tmp_path) as url:
+        model = bit_tf.load_official_weights(fixture_model(), f"{url}/r14.npz")
     logits = keras.ops.convert_to_numpy(model(reference_outputs["images"]))
     np.testing.assert_allclose(logits, reference_outputs["logits"], atol=1e-4)
-    assert os.listdir(keras_home) == ["r14.npz"]
+    folder = os.path.dirname(cache_path(f"{url}/r14.npz"))
+    assert sorted(os.listdir(folder)) == ["r14.npz", "r14.npz.sha256"]
 
 
-def test_released_name_downloads_from_the_mirror_once(weights_server, keras_home, monkeypatch):
-    monkeypatch.setenv("BIT_TF_WEIGHTS_URL", weights_server)
-    path = resolve_checkpoint("BiT-M-R50x1")
-    assert path == str(keras_home / "BiT-M-R50x1.npz")
-    modified = os.path.getmtime(path)
-    assert resolve_checkpoint("BiT-M-R50x1") == path  # served from the cache
-    assert os.path.getmtime(path) == modified
-
-
-def test_a_cut_download_is_retried_and_never_left_partial(weights_server, keras_home):
-    path = download(f"{weights_server}/flaky/r14.npz", backoff_seconds=0.05)
-    assert read_checkpoint(path)
-    assert os.listdir(keras_home) == ["r14.npz"]
-
-
-def test_a_wrong_sha256_caches_nothing(weights_server, keras_home):
-    with pytest.raises(DownloadError, match="sha256 is .* expected 00"):
-        download(f"{weights_server}/r14.npz", sha256="00" * 32)
-    assert os.listdir(keras_home) == []
-
-
-def test_without_network_it_fails_at_once_and_says_what_to_do(keras_home):
-    started = time.monotonic()
-    with pytest.raises(DownloadError, match="pass its local path instead"):
-        download("http://does-not-exist.invalid/BiT-M-R50x1.npz")
-    with pytest.raises(DownloadError, match="pass its local path instead"):
-        download("http://127.0.0.1:9/BiT-M-R50x1.npz", retries=1, backoff_seconds=0.05)
-    assert time.monotonic() - started < 20
-    assert os.listdir(keras_home) == []
-
-
-def test_a_missing_file_is_not_retried(weights_server, keras_home):
-    started = time.monotonic()
-    with pytest.raises(DownloadError, match="404"):
-        download(f"{weights_server}/BiT-S-R50x1.npz", backoff_seconds=5)
-    assert time.monotonic() - started < 5
+def test_a_keras_model_or_a_web_page_under_an_npz_name_is_named(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.save(tmp_path / "model.keras")
+    os.rename(tmp_path / "model.keras", tmp_path / "model.npz")
+    with pytest.raises(CheckpointError, match=r"model.npz' is a Keras model file \(.keras"):
+        read_checkpoint(str(tmp_path / "model.npz"))
+    (tmp_path / "page.npz").write_bytes(LOGIN_PAGE)
+    with pytest.raises(CheckpointError, match="page.npz' is an HTML page, not a checkpoint"):
+        read_checkpoint(str(tmp_path / "page.npz"))
+    np.save(tmp_path / "single.npy", np.ones(3))
+    os.rename(tmp_path / "single.npy", tmp_path / "single.npz")
+    with pytest.raises(CheckpointError, match="single .npy array, not an .npz archive"):
+        read_checkpoint(str(tmp_path / "single.npz"))
 
 
 # --- Every release by name, from a loopback mirror of the authors' bucket ------------------
@@ -292,32 +233,40 @@ def in_big_vision_layout(arrays: dict) -> dict:
     return converted
 
 
+def random_checkpoint(path, name: str, num_classes: int) -> str:
+    """A checkpoint of random weights with the architecture of `name` and `num_classes`."""
+    return bit_tf.save_official_weights(bit_tf.create_model(name, num_classes=num_classes), path)
+
+
 @pytest.fixture(scope="module")
 def authors_mirror(official_checkpoint, tmp_path_factory):
-    """A loopback server holding every published file at the authors' paths: random weights of
-    the R14x1 fixture (one unit per block) with the right width, and the right head where a test
-    loads the file."""
+    """A loopback server holding every published file at the authors' paths. The files a test
+    loads by name have the release's architecture and head (random weights); the distilled
+    student of 224 px is the fixture in big_vision's layout (loaded by URL); BiT-S-R50x1 is a
+    10-class R18x1, the wrong file under a released name; the others are links to the fixture."""
     folder = tmp_path_factory.mktemp("bit_models")
     original = checkpoint_arrays(official_checkpoint)
     shutil.copyfile(official_checkpoint, folder / "fixture.npz")
     for file in PUBLISHED_FILES:
         (folder / file).parent.mkdir(parents=True, exist_ok=True)
         os.link(folder / "fixture.npz", folder / file)  # hard links: no copies of the bytes
-    written = {
-        "vtab/BiT-M-R50x1-run0-caltech101.npz": with_head(original, 102, seed=1),
-        "BiT-M-R50x1-ILSVRC2012.npz": with_head(original, 1000, seed=2),
-        "distill/R50x1_224.npz": in_big_vision_layout(with_head(original, 1000, seed=3)),
-    }
-    for file, arrays in written.items():
+    for file in (
+        "vtab/BiT-M-R50x1-run0-caltech101.npz",
+        "BiT-M-R50x1-ILSVRC2012.npz",
+        "distill/R50x1_160.npz",
+        "distill/R50x1_224.npz",
+        "BiT-S-R50x1.npz",
+    ):
         os.remove(folder / file)
-        write_checkpoint(folder / file, arrays)
-    handler = functools.partial(_FlakyHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", folder
-    server.shutdown()
-    server.server_close()
+    random_checkpoint(folder / "vtab/BiT-M-R50x1-run0-caltech101.npz", "BiT-M-R50x1", 102)
+    random_checkpoint(folder / "BiT-M-R50x1-ILSVRC2012.npz", "BiT-M-R50x1", 1000)
+    os.link(folder / "BiT-M-R50x1-ILSVRC2012.npz", folder / "distill/R50x1_160.npz")
+    random_checkpoint(folder / "BiT-S-R50x1.npz", "BiT-S-R18x1", 10)
+    write_checkpoint(
+        folder / "distill/R50x1_224.npz", in_big_vision_layout(with_head(original, 1000, seed=3))
+    )
+    with serve(folder) as url:
+        yield url, folder
 
 
 def test_every_published_file_has_a_name_and_every_name_a_file():
@@ -330,33 +279,77 @@ def test_a_vtab_checkpoint_loads_by_name_with_its_head(authors_mirror, keras_hom
     url, folder = authors_mirror
     monkeypatch.setenv("BIT_TF_WEIGHTS_URL", url)
     name = "BiT-M-R50x1-run0-caltech101"
-    model = bit_tf.create_model(name, weights=name, units_per_block=(1, 1, 1, 1))
+    model = bit_tf.create_model(name, weights=name)
     assert model.output_shape == (None, 102)
     stored = checkpoint_arrays(folder / "vtab" / f"{name}.npz")
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(model.get_layer("head").kernel), stored[HEAD_KERNEL][0, 0]
     )
-    assert os.listdir(keras_home) == [f"{name}.npz"]
+    path = cache_path(f"{url}/vtab/{name}.npz")  # a mirror's file: under its URL's key
+    assert sorted(os.listdir(os.path.dirname(path))) == [f"{name}.npz", f"{name}.npz.sha256"]
     # ILSVRC-2012 fine-tuned: the 1000-class head, also for the upstream model's name.
-    imagenet = bit_tf.create_model(
-        "BiT-M-R50x1", weights="BiT-M-R50x1-ILSVRC2012", units_per_block=(1, 1, 1, 1)
-    )
+    imagenet = bit_tf.create_model("BiT-M-R50x1", weights="BiT-M-R50x1-ILSVRC2012")
     assert imagenet.output_shape == (None, 1000)
 
 
+def test_a_released_name_serving_another_architecture_is_refused(
+    authors_mirror, keras_home, monkeypatch
+):
+    url, _ = authors_mirror
+    monkeypatch.setenv("BIT_TF_WEIGHTS_URL", url)
+    with pytest.raises(CheckpointError) as error:
+        resolve_checkpoint("BiT-S-R50x1")
+    assert str(error.value) == (
+        f"The file served as BiT-S-R50x1 ({url}/BiT-S-R50x1.npz) is not that checkpoint: it "
+        "holds an R18x1 with a 10-class head, where BiT-S-R50x1 is an R50x1 with a 1000-class "
+        "head. Nothing was cached."
+    )
+    assert [files for _, _, files in os.walk(keras_home) if files] == []
+    # From a command: that line, status 2, nothing written.
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bit_cli.export",
+            "--weights=BiT-S-R50x1",
+            f"--export_dir={keras_home.parent / 'export'}",
+        ],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 2, completed.stderr
+    lines = completed.stderr.strip().splitlines()  # an INFO line says what is downloaded
+    assert lines[-1] == f"bit-export: error: {error.value}", completed.stderr
+    assert "Traceback" not in completed.stderr and len(lines) <= 2, completed.stderr
+    assert not (keras_home.parent / "export").exists()
+
+
+def test_a_released_file_cached_before_the_records_is_checked_and_kept(authors_mirror, keras_home):
+    _, folder = authors_mirror
+    keras_home.mkdir(parents=True)
+    # Where earlier versions cached the authors' files; checked and kept without a download
+    # (the authors' bucket is not reachable from the tests).
+    shutil.copyfile(folder / "distill/R50x1_160.npz", keras_home / "BiT-R50x1-distilled-160.npz")
+    path = resolve_checkpoint("BiT-R50x1-distilled-160")
+    assert path == str(keras_home / "BiT-R50x1-distilled-160.npz")
+    assert recorded_sha256(path) == sha256_of(path)
+
+
 def test_a_distilled_student_in_big_vision_layout_matches_the_reference(
-    authors_mirror, keras_home, monkeypatch, reference_outputs
+    authors_mirror, keras_home, reference_outputs
 ):
     url, folder = authors_mirror
-    monkeypatch.setenv("BIT_TF_WEIGHTS_URL", url)
     name = "BiT-R50x1-distilled-224"
-    model = bit_tf.create_model(name, weights=name, units_per_block=(1, 1, 1, 1))
+    model = bit_tf.create_model(
+        name, weights=f"{url}/distill/R50x1_224.npz", units_per_block=(1, 1, 1, 1)
+    )
     stored = checkpoint_arrays(folder / "distill" / "R50x1_224.npz")
     assert "root_block/conv_root/kernel" in stored and "head/kernel" in stored
     expected = reference_outputs["features"] @ stored["head/kernel"] + stored["head/bias"]
     logits = keras.ops.convert_to_numpy(model(reference_outputs["images"]))
     np.testing.assert_allclose(logits, expected, rtol=2e-2, atol=2e-2 * np.abs(expected).max())
-    assert os.listdir(keras_home) == [f"{name}.npz"]
 
 
 def test_teachers_and_students_resolve_to_the_authors_files(
@@ -369,39 +362,10 @@ def test_teachers_and_students_resolve_to_the_authors_files(
         ("BiT-R50x1-distilled-160", "distill/R50x1_160.npz"),
         ("BiT-M-R152x4-run2-dsprites-xpos", "vtab/BiT-M-R152x4-run2-dsprites-xpos.npz"),
     ]:
-        path = resolve_checkpoint(name)
-        assert path == str(keras_home / f"{name}.npz")
-        assert open(path, "rb").read() == (folder / file).read_bytes()
-
-
-def test_download_progress_is_drawn_on_a_terminal_only(weights_server, keras_home, tmp_path):
-    leader, follower = pty.openpty()
-    with open(follower, "w") as terminal:
-        download(f"{weights_server}/r14.npz", progress_stream=terminal)
-    shown = _read_everything_written(leader)
-    size = os.path.getsize(keras_home / "r14.npz")
-    assert f"r14.npz: {size / 2**20:.1f} MiB of {size / 2**20:.1f} MiB (100%)" in shown
-    assert "/s, 0 s left" in shown
-    os.remove(keras_home / "r14.npz")
-    with open(tmp_path / "log.txt", "w") as log_file:
-        download(f"{weights_server}/r14.npz", progress_stream=log_file)
-    assert (tmp_path / "log.txt").read_text() == ""
-
-
-def _read_everything_written(leader: int) -> str:
-    """What the download drew, up to its final newline.
-
-    A pseudo-terminal passes writes on to its leader asynchronously, so one read can return
-    only the first of them; this reads until the closing newline arrives (or 10 s pass).
-    """
-    chunks = b""
-    deadline = time.monotonic() + 10
-    while b"\n" not in chunks and time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.5)
-        if ready:
-            try:
-                chunks += os.read(leader, 1 << 16)
-            except OSError:  # EIO: the follower is closed and everything was read
-                break
-    os.close(leader)
-    return chunks.decode()
+        assert released_url(name) == f"{url}/{file}"
+    path = resolve_checkpoint("BiT-R50x1-distilled-160")
+    assert path == cache_path(f"{url}/distill/R50x1_160.npz")
+    assert open(path, "rb").read() == (folder / "distill/R50x1_160.npz").read_bytes()
+    monkeypatch.delenv("BIT_TF_WEIGHTS_URL")
+    teacher = released_url("BiT-M-R152x2-teacher-384")
+    assert teacher == f"{OFFICIAL_BASE_URL}/distill/R152x2_T_384.npz"
