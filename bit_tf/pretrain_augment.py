@@ -17,6 +17,9 @@ import dataclasses
 
 import tensorflow as tf
 
+from bit_tf.image_bytes import jpeg_segments
+from bit_tf.orientation import apply_orientation, exif_orientation, stored_window, upright_shape
+
 #: Inception crop: fraction of the image area, and aspect ratio range (big_vision's defaults).
 CROP_AREA_RANGE = (0.05, 1.0)
 CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
@@ -51,7 +54,11 @@ def crop_and_flip_seeds(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 def decode_and_crop(image_bytes: tf.Tensor, crop_seed: tf.Tensor) -> tf.Tensor:
     """The decoding half of `inception_crop`: uint8 pixels of the random crop window.
 
-    JPEGs decode only the window (`decode_and_crop_jpeg`), so the window is drawn here too.
+    The window is drawn on the upright image (the EXIF orientation applied,
+    `bit_tf.orientation`), and its pixels are returned upright. JPEGs decode only the window
+    (`decode_and_crop_jpeg`), so the window is drawn here too, then mapped onto the stored
+    pixels and the decoded window turned upright: the same pixels as cropping the upright
+    image. A photo without orientation (or orientation 1) gets the same window as ever.
 
     Example:
         >>> pixels = decode_and_crop(tf.io.read_file("cat.jpg"), crop_seed)  # uint8 (h, w, 3)
@@ -71,12 +78,18 @@ def decode_and_crop(image_bytes: tf.Tensor, crop_seed: tf.Tensor) -> tf.Tensor:
         return begin, size
 
     def crop_jpeg():
-        begin, size = window(tf.image.extract_jpeg_shape(image_bytes))
+        segments = jpeg_segments(image_bytes)
+        orientation = exif_orientation(image_bytes, (segments.exif_start, segments.exif_end))
+        stored_shape = tf.image.extract_jpeg_shape(image_bytes)
+        begin, size = window(upright_shape(stored_shape, orientation))
+        begin, size = stored_window(begin, size, stored_shape, orientation)
         crop_window = tf.stack([begin[0], begin[1], size[0], size[1]])
-        return tf.image.decode_and_crop_jpeg(image_bytes, crop_window, channels=3)
+        crop = tf.image.decode_and_crop_jpeg(image_bytes, crop_window, channels=3)
+        return apply_orientation(crop, orientation)
 
     def crop_other():
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        image = apply_orientation(image, exif_orientation(image_bytes))
         begin, size = window(tf.shape(image))
         return tf.slice(image, begin, size)
 
