@@ -139,7 +139,7 @@ class KerasClassifier:
         """The file as a float32 image in [0, 1], resized; or why it cannot be."""
         import tensorflow as tf
 
-        from hub_export.serving import declared_sizes, decode_images_with_reasons
+        from hub_export.image_decoding import declared_sizes, decode_images_with_reasons
 
         data = _read(path)
         if isinstance(data, str):
