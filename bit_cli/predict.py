@@ -11,8 +11,13 @@ bit-export --serving_dir. Files (JPEG, PNG, GIF or BMP, any size, grayscale or R
 and resized as the serving signature does, at the BiT-HyperRule's evaluation crop for each
 file's size unless --image_size says otherwise.
 
+Photos are read upright (their EXIF orientation applied), as the training folder reader reads
+them.
+
 Output: per file, the top classes with their ids, names and probabilities: a table, or one JSON
-object per line with --format=json. A file that cannot be read or decoded is reported on its
+object per line with --format=json, printed as each batch of --batch_size files is answered, in
+the order of the files. On a terminal, stderr shows how many files are done and the time left;
+in a pipe or a log it stays quiet. A file that cannot be read or decoded is reported on its
 line, and the others are answered; the exit status is then 1. Settings that cannot work end
 with one line on stderr and status 2.
 """
@@ -20,11 +25,14 @@ with one line on stderr and status 2.
 from __future__ import annotations
 
 import sys
+import time
+from typing import TextIO
 
 from absl import flags
 
 from bit_cli import common
-from bit_cli.answers import format_json_line, format_table
+from bit_cli.answers import format_json_line, table_header, table_rows, table_width
+from bit_tf.download_progress import REDRAW_SECONDS, format_seconds
 
 PROGRAM = "bit-predict"
 FLAGS = flags.FLAGS
@@ -55,7 +63,109 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "format", "table", ["table", "json"], "table: for reading; json: one JSON object per line."
 )
-flags.DEFINE_integer("batch_size", 16, "Files per forward pass of a Keras model or checkpoint.")
+flags.DEFINE_integer(
+    "batch_size",
+    16,
+    "Files per forward pass of a Keras model or checkpoint, or per request to a serving "
+    "SavedModel; each batch's answers are printed when it is done.",
+)
+
+
+def is_terminal(stream: TextIO | None) -> bool:
+    """Whether `stream` is a terminal (False for pipes, files, closed or missing streams).
+
+    Example:
+        >>> is_terminal(open("log.txt", "w"))
+        False
+    """
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+class FileProgress:
+    """How far bit-predict is, on stderr when it is a terminal, redrawn in place as
+    `bit_tf.download_progress` draws downloads: "bit-predict: 120 of 2,000 files (6%), 7.1
+    files/s, 4 min 24 s left". Nothing is drawn elsewhere (pipes, logs).
+
+    Example:
+        >>> progress = FileProgress(2000, sys.stderr)
+        >>> progress.update(16)
+        >>> progress.close()
+    """
+
+    def __init__(self, total_files: int, stream: TextIO):
+        self.total_files = total_files
+        self.done = 0
+        self.stream = stream
+        self.enabled = is_terminal(stream)
+        self._started = time.monotonic()
+        self._drawn_at = 0.0
+
+    def line(self) -> str:
+        """The progress line as it stands."""
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = self.done / elapsed
+        percent = 100 * self.done / max(self.total_files, 1)
+        parts = [
+            f"{PROGRAM}: {self.done:,} of {self.total_files:,} files ({percent:.0f}%)",
+            f"{rate:.1f} files/s",
+        ]
+        if rate > 0:
+            parts.append(f"{format_seconds((self.total_files - self.done) / rate)} left")
+        return ", ".join(parts)
+
+    def clear(self) -> None:
+        """Takes the line off the terminal, so that answers printed there start on a clean line."""
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+    def update(self, count: int, force: bool = False) -> None:
+        """Adds `count` answered files; redraws if it is time to (or `force`)."""
+        self.done += count
+        now = time.monotonic()
+        if self.enabled and (force or now - self._drawn_at >= REDRAW_SECONDS):
+            self._drawn_at = now
+            self.stream.write("\r" + self.line() + "\033[K")
+            self.stream.flush()
+
+    def close(self) -> None:
+        """Draws the final line and ends it."""
+        if self.enabled:
+            self.update(0, force=True)
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def print_answers(classifier, paths: list[str], top_k: int, json_lines: bool) -> bool:
+    """Prints the answers of `paths` on stdout batch by batch, in their order, with a progress
+    line on a terminal's stderr; returns whether every file was answered (none had an error).
+
+    Example:
+        >>> print_answers(classifier, ["cat.jpg", "dog.png"], top_k=3, json_lines=True)
+        True
+    """
+    progress = FileProgress(len(paths), sys.stderr)
+    # Answers printed on the progress line's terminal go above it: the line is taken off first
+    # and drawn again after them.
+    shared_terminal = progress.enabled and is_terminal(sys.stdout)
+    width = table_width(paths)
+    if not json_lines:
+        print(table_header(width), flush=True)
+    all_answered = True
+    for answers in classifier.answer_batches(paths, top_k):
+        if shared_terminal:
+            progress.clear()
+        for answer in answers:
+            all_answered &= answer.error is None
+            lines = [format_json_line(answer)] if json_lines else table_rows(answer, width)
+            print("\n".join(lines))
+        sys.stdout.flush()
+        progress.update(len(answers), force=shared_terminal)
+    progress.close()
+    return all_answered
 
 
 def main(argv):
@@ -73,14 +183,8 @@ def main(argv):
         classifier = load_classifier(
             FLAGS.model, class_names, FLAGS.image_size or None, FLAGS.batch_size
         )
-    answers = classifier.classify(paths, FLAGS.top_k)
-    if FLAGS.format == "json":
-        for answer in answers:
-            print(format_json_line(answer))
-    else:
-        print(format_table(answers))
-    sys.stdout.flush()
-    return 1 if any(answer.error is not None for answer in answers) else 0
+    all_answered = print_answers(classifier, paths, FLAGS.top_k, FLAGS.format == "json")
+    return 0 if all_answered else 1
 
 
 def run():

@@ -38,7 +38,7 @@ import functools
 
 import tensorflow as tf
 
-from bit_tf.image_bytes import JpegSegments, bytes_at, jpeg_segments, unsigned
+from bit_tf.image_bytes import bytes_at, jpeg_segments, unsigned
 from bit_tf.orientation import apply_orientation, exif_orientation
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -52,7 +52,7 @@ IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
 _JPEG, _PNG, _GIF, _BMP, _WEBP = range(len(IMAGE_FORMATS))
 #: The bytes each format needs before its size can be read.
 _HEADER_BYTES = (
-    len(JPEG_SIGNATURE),  # the frame header is found by walking the segments
+    len(JPEG_SIGNATURE),  # the frame header is found by extract_jpeg_shape
     24,  # signature (8), IHDR length and type (8), width (4), height (4)
     10,  # signature (6), width (2), height (2), little-endian
     26,  # file header (14), info header size (4), width (4), height (4)
@@ -109,16 +109,9 @@ def _png_size(data):
     return unsigned(raw, 4, 4, big_endian=True), unsigned(raw, 0, 4, big_endian=True)
 
 
-def _jpeg_size(data, segments: JpegSegments):
-    """The frame header's size, found by `jpeg_segments`; where the walk did not reach one (a
-    header with stray bytes, which the decoder skips), the decoder's own reading of it."""
-
-    def read_by_decoder():
-        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
-        return shape[0], shape[1]
-
-    found = (segments.height > 0) | segments.truncated
-    return tf.cond(found, lambda: (segments.height, segments.width), read_by_decoder)
+def _jpeg_size(data):
+    shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+    return shape[0], shape[1]
 
 
 def _gif_size(data):
@@ -220,12 +213,12 @@ def _image_format(data):
     return tf.where(tf.equal(_header_problems(data, image_format), _OK), image_format, -1)
 
 
-def _declared_size(data, image_format, segments: JpegSegments):
+def _declared_size(data, image_format):
     zero = tf.constant(0, tf.int64)
     return tf.switch_case(
         image_format,
         branch_fns={
-            _JPEG: lambda: _jpeg_size(data, segments),
+            _JPEG: lambda: _jpeg_size(data),
             _PNG: lambda: _png_size(data),
             _GIF: lambda: _gif_size(data),
             _BMP: lambda: _bmp_size(data),
@@ -251,6 +244,26 @@ def _looks_truncated(data, image_format):
         declared = raw[:, 0] + raw[:, 1] * 2**8 + raw[:, 2] * 2**16 + raw[:, 3] * 2**24 + extra
         truncated |= tf.equal(image_format, number) & (length < declared)
     return truncated
+
+
+def _cut_jpegs(data, image_format):
+    """Per item (elementwise): whether it is a JPEG cut short (`bit_tf.image_bytes.jpeg_segments`),
+    which neither `extract_jpeg_shape` nor the decoder may see: both write a line to stderr for
+    such a file. Only the JPEGs that do not end with an end-of-image marker are walked: cut
+    ones, and those with data appended (a motion photo's video)."""
+    ends = tf.equal(_last_bytes(data, 2), b"\xff\xd9")
+    suspects = tf.equal(image_format, _JPEG) & ~ends
+
+    def walk():
+        indices = tf.where(suspects)
+        cut = tf.map_fn(
+            lambda item: jpeg_segments(item).truncated,
+            tf.gather_nd(data, indices),
+            fn_output_signature=tf.bool,
+        )
+        return tf.scatter_nd(indices, cut, tf.shape(suspects, out_type=tf.int64))
+
+    return tf.cond(tf.reduce_any(suspects), walk, lambda: tf.zeros_like(suspects))
 
 
 def _bmp_rgb(data):
@@ -293,7 +306,7 @@ def declared_sizes(image_bytes):
     """The (heights, widths) that a string batch of image files declare in their headers.
 
     Nothing is decoded. An item of none of the formats (`IMAGE_FORMATS`), or too short to hold
-    its header, declares (0, 0), and so does a JPEG cut before its frame header. A JPEG whose
+    its header, declares (0, 0), and so does a JPEG that is cut short. A JPEG whose
     header the decoder cannot read fails the whole batch with `tf.errors.InvalidArgumentError`
     (`decode_images` flags it instead). Sizes are as stored, before any EXIF orientation.
 
@@ -303,12 +316,12 @@ def declared_sizes(image_bytes):
         (array([40,  0]), array([30,  0]))
     """
 
-    def size(data):
-        return tf.stack(_declared_size(data, _image_format(data), jpeg_segments(data)))
-
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    image_format = _image_format(image_bytes)
+    image_format = tf.where(_cut_jpegs(image_bytes, image_format), -1, image_format)
     sizes = tf.map_fn(
-        size,
-        tf.convert_to_tensor(image_bytes, tf.string),
+        lambda item: tf.stack(_declared_size(*item)),
+        (image_bytes, image_format),
         fn_output_signature=tf.TensorSpec([2], tf.int64),
     )
     return sizes[:, 0], sizes[:, 1]
@@ -353,23 +366,19 @@ def decode_images_with_reasons(image_bytes, image_size: int, max_pixels: int = D
     count = tf.shape(image_bytes)[0]
     image_format = _signature_format(image_bytes)
     problems = _header_problems(image_bytes, image_format)
+    # A JPEG cut short is flagged here: given to the decoder, it would write a line to stderr.
+    cut = _cut_jpegs(image_bytes, image_format)
+    problems = tf.where(tf.equal(problems, _OK) & cut, _TRUNCATED, problems)
     decodable_format = tf.where(tf.equal(problems, _OK), image_format, -1)
+    # Read for the whole batch at once: ops in the tf.data map below run once per item.
+    orientations = exif_orientation(image_bytes)
 
-    def prepare(index, data, image_format):
-        is_jpeg = tf.equal(image_format, _JPEG)
-        segments = jpeg_segments(data)  # found nothing in other formats
-        height, width = _declared_size(data, image_format, segments)
+    def prepare(index, data, image_format, orientation):
+        height, width = _declared_size(data, image_format)
         problem = tf.where(height * width > 0, _OK, _NO_PIXELS)
         # Divide rather than multiply: no overflow for any declared size.
         problem = tf.where(height > max_pixels // tf.maximum(width, 1), _TOO_MANY, problem)
-        # A JPEG cut short is not given to the decoder, which would log an error line for it.
-        problem = tf.where(is_jpeg & segments.truncated, _TRUNCATED, problem)
         problem = tf.where(image_format < 0, _UNKNOWN, problem)  # already flagged: kept below
-        orientation = tf.cond(
-            is_jpeg,
-            lambda: exif_orientation(data, (segments.exif_start, segments.exif_end)),
-            lambda: exif_orientation(data),
-        )
         image = tf.cond(
             tf.equal(problem, _OK),
             lambda: _decode(data, image_format, image_size, orientation),
@@ -381,7 +390,9 @@ def decode_images_with_reasons(image_bytes, image_size: int, max_pixels: int = D
     # of failing the request, without a log line; the items that come through are put back in
     # their places.
     decoded = (
-        tf.data.Dataset.from_tensor_slices((tf.range(count), image_bytes, decodable_format))
+        tf.data.Dataset.from_tensor_slices(
+            (tf.range(count), image_bytes, decodable_format, orientations)
+        )
         .map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .ignore_errors(log_warning=False)
     )
