@@ -4,11 +4,11 @@ Exports a classifier (random weights) with `hub_export.export_serving` once per 
 size, writes one photo-like JPEG, then for each batch size and each N starts a fresh process
 that loads the SavedModel and answers one `serving_default` request of N copies of the photo,
 and records that process's resident memory after loading and its high-water mark (`VmHWM`)
-after the request. "whole" exports a batch size of the largest N: the whole request in one
-batch, as every serving export did before requests were split.
+after the request. "whole" exports a batch size of `--whole_up_to`: requests up to that size
+in one batch, as every serving export answered them before requests were split.
 
     python benchmarks/serving_memory.py                          # R50x1 at 384, 2000x2000 JPEGs
-    python benchmarks/serving_memory.py --counts=16,64,256 --batch_sizes=16,whole
+    python benchmarks/serving_memory.py --counts=16,64,256 --whole_up_to=64
 
 Writes benchmarks/results/<UTC time>-serving-memory.json (`--results_dir=` for none).
 """
@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--photo_size", type=int, default=2000, help="side of the photos")
     parser.add_argument("--counts", default="16,64", help="photos per request")
     parser.add_argument("--batch_sizes", default="16,whole", help="serving batch sizes")
+    parser.add_argument(
+        "--whole_up_to", type=int, default=64, help="the largest request served as one batch"
+    )
     parser.add_argument("--results_dir", default=None)
     parser.add_argument("--serve", nargs=3, metavar=("VERSION_DIR", "PHOTO", "COUNT"))
     arguments = parser.parse_args()
@@ -93,7 +96,7 @@ def main() -> None:
     model = bit_tf.create_model(arguments.model, num_classes=1000)
     exports = {}
     for batch_size in batch_sizes:
-        size = max(counts) if batch_size == "whole" else int(batch_size)
+        size = arguments.whole_up_to if batch_size == "whole" else int(batch_size)
         exports[batch_size] = hub_export.export_serving(
             model,
             os.path.join(folder.name, f"batch_{batch_size}"),
@@ -104,6 +107,8 @@ def main() -> None:
     rows = []
     for batch_size, version_dir in exports.items():
         for count in counts:
+            if batch_size == "whole" and count > arguments.whole_up_to:
+                continue  # its memory grows with the request: kept within the machine's
             completed = subprocess.run(
                 [sys.executable, __file__, "--serve", version_dir, photo, str(count)],
                 capture_output=True,

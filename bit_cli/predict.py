@@ -32,7 +32,7 @@ from absl import flags
 
 from bit_cli import common
 from bit_cli.answers import format_json_line, table_header, table_rows, table_width
-from bit_tf.download_progress import REDRAW_SECONDS, format_seconds
+from bit_tf.download_progress import DownloadProgress, format_seconds
 
 PROGRAM = "bit-predict"
 FLAGS = flags.FLAGS
@@ -71,23 +71,10 @@ flags.DEFINE_integer(
 )
 
 
-def is_terminal(stream: TextIO | None) -> bool:
-    """Whether `stream` is a terminal (False for pipes, files, closed or missing streams).
-
-    Example:
-        >>> is_terminal(open("log.txt", "w"))
-        False
-    """
-    try:
-        return stream is not None and stream.isatty()
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
-
-
-class FileProgress:
-    """How far bit-predict is, on stderr when it is a terminal, redrawn in place as
-    `bit_tf.download_progress` draws downloads: "bit-predict: 120 of 2,000 files (6%), 7.1
-    files/s, 4 min 24 s left". Nothing is drawn elsewhere (pipes, logs).
+class FileProgress(DownloadProgress):
+    """How far bit-predict is, drawn on stderr as `bit_tf.download_progress` draws a download
+    (in place, on a terminal only): "bit-predict: 120 of 2,000 files (6%), 7.1 files/s,
+    4 min 24 s left". `update` counts files.
 
     Example:
         >>> progress = FileProgress(2000, sys.stderr)
@@ -95,48 +82,39 @@ class FileProgress:
         >>> progress.close()
     """
 
-    def __init__(self, total_files: int, stream: TextIO):
-        self.total_files = total_files
-        self.done = 0
-        self.stream = stream
-        self.enabled = is_terminal(stream)
-        self._started = time.monotonic()
-        self._drawn_at = 0.0
+    def __init__(self, total_files: int, stream: TextIO | None):
+        super().__init__(PROGRAM, total_files, stream)
+        self.started = time.monotonic()
 
-    def line(self) -> str:
+    def line(self, now: float | None = None) -> str:
         """The progress line as it stands."""
-        elapsed = max(time.monotonic() - self._started, 1e-6)
-        rate = self.done / elapsed
-        percent = 100 * self.done / max(self.total_files, 1)
-        parts = [
-            f"{PROGRAM}: {self.done:,} of {self.total_files:,} files ({percent:.0f}%)",
-            f"{rate:.1f} files/s",
-        ]
+        elapsed = max((time.monotonic() if now is None else now) - self.started, 1e-6)
+        done, total = self.received, self.total_bytes
+        rate = done / elapsed
+        parts = [f"{PROGRAM}: {done:,} of {total:,} files ({100 * done / max(total, 1):.0f}%)"]
+        parts.append(f"{rate:.1f} files/s")
         if rate > 0:
-            parts.append(f"{format_seconds((self.total_files - self.done) / rate)} left")
+            parts.append(f"{format_seconds((total - done) / rate)} left")
         return ", ".join(parts)
 
     def clear(self) -> None:
-        """Takes the line off the terminal, so that answers printed there start on a clean line."""
+        """Takes the line off the terminal, so that what is printed there next starts clean."""
         if self.enabled:
             self.stream.write("\r\033[K")
             self.stream.flush()
 
-    def update(self, count: int, force: bool = False) -> None:
-        """Adds `count` answered files; redraws if it is time to (or `force`)."""
-        self.done += count
-        now = time.monotonic()
-        if self.enabled and (force or now - self._drawn_at >= REDRAW_SECONDS):
-            self._drawn_at = now
+    def redraw(self) -> None:
+        """Draws the line now (after `clear`)."""
+        if self.enabled:
             self.stream.write("\r" + self.line() + "\033[K")
             self.stream.flush()
 
-    def close(self) -> None:
-        """Draws the final line and ends it."""
-        if self.enabled:
-            self.update(0, force=True)
-            self.stream.write("\n")
-            self.stream.flush()
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def print_answers(classifier, paths: list[str], top_k: int, json_lines: bool) -> bool:
@@ -150,7 +128,7 @@ def print_answers(classifier, paths: list[str], top_k: int, json_lines: bool) ->
     progress = FileProgress(len(paths), sys.stderr)
     # Answers printed on the progress line's terminal go above it: the line is taken off first
     # and drawn again after them.
-    shared_terminal = progress.enabled and is_terminal(sys.stdout)
+    shared_terminal = progress.enabled and _is_terminal(sys.stdout)
     width = table_width(paths)
     if not json_lines:
         print(table_header(width), flush=True)
@@ -163,7 +141,9 @@ def print_answers(classifier, paths: list[str], top_k: int, json_lines: bool) ->
             lines = [format_json_line(answer)] if json_lines else table_rows(answer, width)
             print("\n".join(lines))
         sys.stdout.flush()
-        progress.update(len(answers), force=shared_terminal)
+        progress.update(len(answers))
+        if shared_terminal:
+            progress.redraw()
     progress.close()
     return all_answered
 

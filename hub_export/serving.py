@@ -60,6 +60,9 @@ DEFAULT_BATCH_SIZE = 16
 class ServingModule(tf.Module):
     """The object `export_serving` saves: preprocessing, the BiT forward pass, the top-k.
 
+    Its arguments are `export_serving`'s; every signature answers its input `batch_size`
+    images at a time.
+
     Example:
         >>> module = ServingModule(model, image_size=128, class_names=["cat", "dog"])
         >>> module.predict_images(images)["top_k_class_names"]
