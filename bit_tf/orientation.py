@@ -9,10 +9,10 @@ the `predict` helpers and the serving export read every photo the same way up.
 `eXIf` chunk) or a WebP (an `EXIF` chunk), in either TIFF byte order, where cameras and photo
 tools write it (see there). Files without one (GIF, BMP, most PNGs), and blocks that are damaged
 (cut, a wrong byte order mark, offsets outside the block, a value outside 1-8), read as
-orientation 1: as stored. XMP metadata is not read. Everything is a TensorFlow op without
-control flow, elementwise over a batch of files: it runs in `tf.data` pipelines and in exported
+orientation 1: as stored. XMP metadata is not read. Everything is a TensorFlow op, without
+graph loops, elementwise over a batch of files: it runs in `tf.data` pipelines and in exported
 SavedModels, on any device, and costs least when given a batch of files at once (a `tf.data`
-map calls its ops once per file).
+map runs its ops once per file).
 
 Example:
     >>> data = tf.io.read_file("phone_photo.jpg")

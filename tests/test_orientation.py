@@ -86,6 +86,31 @@ def test_files_without_orientation_read_as_stored():
     assert int(orientation.exif_orientation(with_exif(tiff_block(8, False, kind=4)))) == 8
 
 
+def segments_of(data):
+    """A JPEG's marker segments before its first scan, and the rest (from the scan on)."""
+    segments, position = [], 2
+    while data[position + 1] != 0xDA:
+        end = position + 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        segments.append(data[position:end])
+        position = end
+    return segments, data[position:]
+
+
+def test_the_exif_segment_is_found_among_the_first_segments():
+    """Cameras put it first, PIL after JFIF's APP0, photo tools after an ICC profile (APP2) too:
+    found among the first `SEGMENTS_SEARCHED` segments, as documented."""
+    segments, rest = segments_of(stored_file(6))
+    app1 = next(segment for segment in segments if segment[1] == 0xE1)
+    others = [segment for segment in segments if segment[1] != 0xE1]
+    icc = b"\xff\xe2" + (2 + 300).to_bytes(2, "big") + b"ICC_PROFILE\0" + b"\x07" * 288
+    for before in range(orientation.SEGMENTS_SEARCHED + 1):
+        layout = others[:1] + [icc] * before + [app1] + others[1:]
+        data = b"\xff\xd8" + b"".join(layout) + rest
+        expected = 6 if before + 2 <= orientation.SEGMENTS_SEARCHED else 1
+        assert int(orientation.exif_orientation(data)) == expected, before
+        assert exif_transposed(data).shape == (48, 64, 3)  # PIL reads each upright
+
+
 def test_jpeg_segments_find_the_frame_and_a_cut():
     data = stored_file(6)
     segments = jpeg_segments(data)
