@@ -9,10 +9,10 @@ the `predict` helpers and the serving export read every photo the same way up.
 `eXIf` chunk) or a WebP (an `EXIF` chunk), in either TIFF byte order, where cameras and photo
 tools write it (see there). Files without one (GIF, BMP, most PNGs), and blocks that are damaged
 (cut, a wrong byte order mark, offsets outside the block, a value outside 1-8), read as
-orientation 1: as stored. XMP metadata is not read. Everything is a TensorFlow op, without
-graph loops, elementwise over a batch of files: it runs in `tf.data` pipelines and in exported
-SavedModels, on any device, and costs least when given a batch of files at once (a `tf.data`
-map runs its ops once per file).
+orientation 1: as stored, as PIL reads them. XMP metadata is not read. Everything is a
+TensorFlow op, without graph loops, elementwise over a batch of files: it runs in `tf.data`
+pipelines and in exported SavedModels, on any device, and costs least when given a batch of
+files at once (a `tf.data` map runs its ops once per file).
 
 Example:
     >>> data = tf.io.read_file("phone_photo.jpg")
@@ -63,7 +63,6 @@ def _tiff_orientation(data: tf.Tensor, start: tf.Tensor, end: tf.Tensor) -> tf.T
     header = bytes_at(data, start, 8)
     little = tf.equal(header[..., 0], ord("I")) & tf.equal(header[..., 1], ord("I"))
     big = tf.equal(header[..., 0], ord("M")) & tf.equal(header[..., 1], ord("M"))
-    magic = tf.equal(unsigned(header, 2, 2, big), 42)
     directory = start + unsigned(header, 4, 4, big)
     count = unsigned(bytes_at(data, directory, 2), 0, 2, big)
     entries = bytes_at(data, directory + 2, MAX_DIRECTORY_ENTRIES * 12)
@@ -85,7 +84,8 @@ def _tiff_orientation(data: tf.Tensor, start: tf.Tensor, end: tf.Tensor) -> tf.T
         unsigned(entries, 8, 4, big_entries),
     )
     value = _first_found(matches, values)
-    known = (start >= 0) & (little | big) & magic & (value >= 1) & (value <= 8)
+    # Not checked, as PIL does not check it: the TIFF magic number 42 after the byte order.
+    known = (start >= 0) & (little | big) & (value >= 1) & (value <= 8)
     return tf.where(known, tf.cast(value, tf.int32), 1)
 
 

@@ -240,7 +240,7 @@ def test_keras_classifier_reads_every_format_and_reports_bad_files(
             assert top.name == f"class {top.class_id}"
             assert top.probability == pytest.approx(expected[top.class_id], abs=1e-5)
     # bit-predict prints them batch by batch: the table of all of them, row for row.
-    from bit_cli.predict import print_answers
+    from bit_cli.answer_printing import print_answers
 
     assert print_answers(classifier, paths, 3, json_lines=False) is False  # some errors
     assert capsys.readouterr().out == format_table(answers) + "\n"
