@@ -90,10 +90,10 @@ def _tiff_orientation(data: tf.Tensor, start: tf.Tensor, end: tf.Tensor) -> tf.T
 
 
 def _head(data: tf.Tensor) -> tf.Tensor:
-    """The first `HEAD_BYTES` bytes of each file, int64 [..., HEAD_BYTES], zeros past its end."""
+    """The first `HEAD_BYTES` bytes of each file, uint8 [..., HEAD_BYTES], zeros past its end."""
     padded = tf.strings.join([tf.strings.substr(data, 0, HEAD_BYTES), b"\0" * HEAD_BYTES])
     head = tf.io.decode_raw(tf.strings.substr(padded, 0, HEAD_BYTES), tf.uint8)
-    return tf.cast(tf.reshape(head, tf.concat([tf.shape(data), [HEAD_BYTES]], 0)), tf.int64)
+    return tf.reshape(head, tf.concat([tf.shape(data), [HEAD_BYTES]], 0))
 
 
 def _first_block(
@@ -112,28 +112,29 @@ def _first_block(
 
     The segments follow each other from `first`: a segment's big-endian size of `size_bytes`
     bytes at `size_at`, plus `overhead`, is where the next one starts; its data start after the
-    name and end at `data_at` plus its size. A few gathers, no graph loop."""
+    name and end at `data_at` plus its size. A few small gathers, no graph loop."""
     rank = head.shape.rank - 1
-    last = HEAD_BYTES - size_at - size_bytes
-    # The size a segment starting at each offset would have.
-    sizes = sum(
-        head[..., size_at + index : HEAD_BYTES - size_bytes + index + 1]
-        * 256 ** (size_bytes - 1 - index)
-        for index in range(size_bytes)
+    last = HEAD_BYTES - 1
+    weights = tf.constant(
+        [256 ** (size_bytes - 1 - index) for index in range(size_bytes)], tf.int64
     )
+    size_offsets = tf.range(size_at, size_at + size_bytes, dtype=tf.int64)
+
+    def size(position):
+        indices = tf.minimum(position[..., None] + size_offsets, last)
+        digits = tf.cast(tf.gather(head, indices, batch_dims=rank), tf.int64)
+        return tf.reduce_sum(digits * weights, axis=-1)
+
     positions = [tf.fill(tf.shape(head)[:-1], tf.constant(first, tf.int64))]
     for _ in range(SEGMENTS_SEARCHED - 1):
-        following = positions[-1] + overhead + tf.gather(sizes, positions[-1], batch_dims=rank)
-        positions.append(tf.minimum(following, last))
+        positions.append(tf.minimum(positions[-1] + overhead + size(positions[-1]), last))
     positions = tf.stack(positions, axis=-1)
     window = tf.range(name_at, name_at + len(name), dtype=tf.int64)
-    names = tf.gather(
-        head, tf.minimum(positions[..., None] + window, HEAD_BYTES - 1), batch_dims=rank
-    )
-    chosen = _first_found(tf.reduce_all(tf.equal(names, list(name)), axis=-1), positions)
-    size = tf.gather(sizes, tf.maximum(chosen, 0), batch_dims=rank)
+    names = tf.gather(head, tf.minimum(positions[..., None] + window, last), batch_dims=rank)
+    found = tf.reduce_all(tf.equal(names, tf.constant(list(name), tf.uint8)), axis=-1)
+    chosen = _first_found(found, positions)
     start = tf.where(chosen >= 0, chosen + name_at + len(name), _MISSING)
-    return start, tf.where(chosen >= 0, chosen + data_at + size, _MISSING)
+    return start, tf.where(chosen >= 0, chosen + data_at + size(tf.maximum(chosen, 0)), _MISSING)
 
 
 def _webp_exif_block(data: tf.Tensor, head: tf.Tensor):
@@ -142,7 +143,8 @@ def _webp_exif_block(data: tf.Tensor, head: tf.Tensor):
     `MAX_WEBP_CHUNKS` chunks; -1 where there is none (elementwise). The chunks are walked only
     when a file of the batch declares one."""
     signature = tf.concat([head[..., :4], head[..., 8:16]], axis=-1)
-    has_exif = tf.reduce_all(tf.equal(signature, list(b"RIFFWEBPVP8X")), axis=-1) & tf.not_equal(
+    expected = tf.constant(list(b"RIFFWEBPVP8X"), tf.uint8)
+    has_exif = tf.reduce_all(tf.equal(signature, expected), axis=-1) & tf.not_equal(
         tf.bitwise.bitwise_and(head[..., 20], _WEBP_EXIF_FLAG), 0
     )
     missing = tf.fill(tf.shape(data), tf.constant(_MISSING, tf.int64))
@@ -186,7 +188,7 @@ def exif_orientation(data: tf.Tensor) -> tf.Tensor:
     head = _head(data)
     rank = head.shape.rank - 1
     is_jpeg = tf.equal(head[..., 0], 0xFF) & tf.equal(head[..., 1], 0xD8)
-    is_png = tf.reduce_all(tf.equal(head[..., :8], list(_PNG_SIGNATURE)), axis=-1)
+    is_png = tf.reduce_all(tf.equal(head[..., :8], tf.constant(list(_PNG_SIGNATURE), tf.uint8)), -1)
     # JPEG: marker (2 bytes), big-endian length (2, counting itself), "Exif\0\0" in front.
     jpeg_start, jpeg_end = _first_block(head, 2, 2, 2, 2, 4, _EXIF_PREFIX, data_at=2)
     app1 = tf.gather(head, tf.maximum(jpeg_start - 10, 0)[..., None] + [0, 1], batch_dims=rank)
