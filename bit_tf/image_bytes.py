@@ -10,8 +10,8 @@ values that the callers refuse, never an error.
 decoder does, and says where its frame header and its first scan are, how many pixels the
 frame declares, and whether the file is cut short; the serving export
 (`hub_export.image_decoding`) uses it to flag cut files before its decoder sees (and logs) them.
-It is a graph loop: cheap in a `tf.function`, but some 0.5 ms per file in a `tf.data` map, where
-it is best kept to the files that need it (those that do not end with an end-of-image marker).
+It is a graph loop: cheap in a `tf.function`, costly once per file in a `tf.data` map, so it is
+best kept to the files that need it (those that do not end with an end-of-image marker).
 
 Example:
     >>> segments = jpeg_segments(tf.io.read_file("photo.jpg"))
