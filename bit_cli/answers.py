@@ -1,5 +1,8 @@
 """bit-predict's answers: a file's top classes, and how they print (a table, JSON lines).
 
+A table can be printed as the answers come: `table_header` first (its width from all the
+file names), then `table_rows` of each answer.
+
 Example:
     >>> answer = Answer("cat.jpg", (TopClass(0, "cat", 0.9), TopClass(1, "dog", 0.1)))
     >>> print(format_json_line(answer))
@@ -39,6 +42,42 @@ def _name(top_class: TopClass) -> str:
     return top_class.name if top_class.name is not None else ""
 
 
+def table_width(paths: Sequence[str]) -> int:
+    """The width of a table's file column for these file names.
+
+    Example:
+        >>> table_width(["cat.jpg", "a/longer/name.png"])
+        17
+    """
+    return max([len("file"), *(len(path) for path in paths)])
+
+
+def table_header(width: int) -> str:
+    """The header row of a table whose file column is `width` wide.
+
+    Example:
+        >>> table_header(7)
+        'file     rank  class  probability  name'
+    """
+    return f"{'file':<{width}}  rank  class  probability  name"
+
+
+def table_rows(answer: Answer, width: int) -> list[str]:
+    """An answer's rows of a table: a row per class, the file named on the first; or its error.
+
+    Example:
+        >>> table_rows(Answer("cat.jpg", (TopClass(0, "cat", 0.9),)), 7)
+        ['cat.jpg     1      0       0.9000  cat']
+    """
+    if answer.error is not None:
+        return [f"{answer.path:<{width}}  error: {answer.error}"]
+    return [
+        f"{answer.path if rank == 1 else '':<{width}}  {rank:>4}  {top_class.class_id:>5}  "
+        f"{top_class.probability:>11.4f}  {_name(top_class)}".rstrip()
+        for rank, top_class in enumerate(answer.top_classes, start=1)
+    ]
+
+
 def format_table(answers: Sequence[Answer]) -> str:
     """The answers as a table: a row per class, the file named on its first row.
 
@@ -47,18 +86,10 @@ def format_table(answers: Sequence[Answer]) -> str:
         file     rank  class  probability  name
         cat.jpg     1      0       0.9000  cat
     """
-    width = max([len("file"), *(len(answer.path) for answer in answers)])
-    rows = [f"{'file':<{width}}  rank  class  probability  name"]
+    width = table_width([answer.path for answer in answers])
+    rows = [table_header(width)]
     for answer in answers:
-        if answer.error is not None:
-            rows.append(f"{answer.path:<{width}}  error: {answer.error}")
-            continue
-        for rank, top_class in enumerate(answer.top_classes, start=1):
-            path = answer.path if rank == 1 else ""
-            rows.append(
-                f"{path:<{width}}  {rank:>4}  {top_class.class_id:>5}  "
-                f"{top_class.probability:>11.4f}  {_name(top_class)}".rstrip()
-            )
+        rows += table_rows(answer, width)
     return "\n".join(rows)
 
 

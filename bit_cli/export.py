@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from absl import app, flags, logging
 
 from bit_cli import checks, common
+from hub_export.serving import DEFAULT_BATCH_SIZE as DEFAULT_SERVING_BATCH_SIZE
 from hub_export.serving import hyperrule_image_size
 
 if TYPE_CHECKING:
@@ -83,6 +84,13 @@ flags.DEFINE_string(
     "(classification only). Empty: skip.",
 )
 flags.DEFINE_integer("serving_version", 1, "Version folder for --serving_dir.")
+flags.DEFINE_integer(
+    "serving_batch_size",
+    DEFAULT_SERVING_BATCH_SIZE,
+    "Serving export: the most images it decodes and runs through the model at once; a larger "
+    "request is answered batch after batch (the same answers), so a server's memory is that of "
+    "one batch.",
+)
 flags.DEFINE_integer(
     "image_size",
     0,
@@ -149,6 +157,7 @@ def _check_flags(export_dir: str) -> None:
             f"{FLAGS.image_size}.",
         )
     checks.positive(PROGRAM, publish_version=FLAGS.publish_version)
+    checks.positive(PROGRAM, serving_batch_size=FLAGS.serving_batch_size)
     checks.model_name(PROGRAM, FLAGS.model)
     checks.folder_to_write(PROGRAM, "export_dir", export_dir)
     checks.folder_to_write(PROGRAM, "serving_dir", FLAGS.serving_dir)
@@ -292,6 +301,7 @@ def _export(model, export_dir: str, stem: str, class_names: list[str] | None) ->
             image_size=image_size,
             fold_weight_standardization=FLAGS.fold_weight_standardization,
             overwrite=FLAGS.overwrite,
+            batch_size=FLAGS.serving_batch_size,
         )
         print(f"serving: {version_dir}")
 

@@ -11,20 +11,23 @@ bit-export --serving_dir. Files (JPEG, PNG, GIF or BMP, any size, grayscale or R
 and resized as the serving signature does, at the BiT-HyperRule's evaluation crop for each
 file's size unless --image_size says otherwise.
 
+Photos are read upright (their EXIF orientation applied), as the training folder reader reads
+them.
+
 Output: per file, the top classes with their ids, names and probabilities: a table, or one JSON
-object per line with --format=json. A file that cannot be read or decoded is reported on its
+object per line with --format=json, printed as each batch of --batch_size files is answered, in
+the order of the files. On a terminal, stderr shows how many files are done and the time left;
+in a pipe or a log it stays quiet. A file that cannot be read or decoded is reported on its
 line, and the others are answered; the exit status is then 1. Settings that cannot work end
 with one line on stderr and status 2.
 """
 
 from __future__ import annotations
 
-import sys
-
 from absl import flags
 
 from bit_cli import common
-from bit_cli.answers import format_json_line, format_table
+from bit_cli.answer_printing import print_answers
 
 PROGRAM = "bit-predict"
 FLAGS = flags.FLAGS
@@ -55,7 +58,12 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "format", "table", ["table", "json"], "table: for reading; json: one JSON object per line."
 )
-flags.DEFINE_integer("batch_size", 16, "Files per forward pass of a Keras model or checkpoint.")
+flags.DEFINE_integer(
+    "batch_size",
+    16,
+    "Files per forward pass of a Keras model or checkpoint, or per request to a serving "
+    "SavedModel; each batch's answers are printed when it is done.",
+)
 
 
 def main(argv):
@@ -73,14 +81,8 @@ def main(argv):
         classifier = load_classifier(
             FLAGS.model, class_names, FLAGS.image_size or None, FLAGS.batch_size
         )
-    answers = classifier.classify(paths, FLAGS.top_k)
-    if FLAGS.format == "json":
-        for answer in answers:
-            print(format_json_line(answer))
-    else:
-        print(format_table(answers))
-    sys.stdout.flush()
-    return 1 if any(answer.error is not None for answer in answers) else 0
+    all_answered = print_answers(classifier, paths, FLAGS.top_k, FLAGS.format == "json")
+    return 0 if all_answered else 1
 
 
 def run():

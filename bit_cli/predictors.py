@@ -9,21 +9,27 @@
   file's bytes go to its `serving_default` signature, which decodes and resizes them in its
   graph, at the size it was exported at.
 
-`load_classifier` picks one for a `--model` value. A file that cannot be read or decoded (not
-an image, truncated, damaged) gets an `Answer` with a one-line `error`; the other files are
-answered as they would be alone.
+`load_classifier` picks one for a `--model` value. Both read photos upright (their EXIF
+orientation applied, `bit_tf.orientation`). A file that cannot be read or decoded (not an
+image, truncated, damaged) gets an `Answer` with a one-line `error`; the other files are
+answered as they would be alone. `answer_batches` answers a list of files a batch at a time,
+reading each batch's files only when it comes to it, so the first answers come before the last
+file is read and memory does not grow with the number of files.
 
 Example:
     >>> classifier = load_classifier("photos_run/model.keras")
     >>> answer = classifier.classify(["cat.jpg", "dog.png"], top_k=2)[0]
     >>> answer.top_classes[0].name, answer.error
     ('cat', None)
+    >>> for answers in classifier.answer_batches(many_paths, top_k=5):
+    ...     print(*(answer.path for answer in answers))
 """
 
 from __future__ import annotations
 
+import abc
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -84,7 +90,37 @@ def _problem(reason: str) -> str:
     return f"cannot decode the image: {reason}"
 
 
-class KerasClassifier:
+class _BatchedClassifier(abc.ABC):
+    """What both classifiers share: files answered `batch_size` at a time, in order."""
+
+    batch_size: int
+
+    def answer_batches(self, paths: Sequence[str], top_k: int) -> Iterator[list[Answer]]:
+        """The answers of `paths`, in their order, one list per batch of `batch_size` files; a
+        batch's files are read only when it is its turn.
+
+        Example:
+            >>> for answers in classifier.answer_batches(["a.jpg", "b.jpg", "c.jpg"], top_k=1):
+            ...     print([answer.path for answer in answers])
+        """
+        for start in range(0, len(paths), self.batch_size):
+            yield self._classify_batch(paths[start : start + self.batch_size], top_k)
+
+    def classify(self, paths: Sequence[str], top_k: int) -> list[Answer]:
+        """The top `top_k` classes of each file, in the order of `paths`.
+
+        Example:
+            >>> [answer.error for answer in classifier.classify(["cat.jpg", "notes.txt"], 3)]
+            [None, 'not a JPEG, PNG, GIF, BMP or WebP image']
+        """
+        return [answer for answers in self.answer_batches(paths, top_k) for answer in answers]
+
+    @abc.abstractmethod
+    def _classify_batch(self, paths: Sequence[str], top_k: int) -> list[Answer]:
+        """The answers of one batch of files, in their order."""
+
+
+class KerasClassifier(_BatchedClassifier):
     """A bit_tf Keras classifier on image files, decoded as the serving signature decodes them.
 
     Args:
@@ -139,7 +175,7 @@ class KerasClassifier:
         """The file as a float32 image in [0, 1], resized; or why it cannot be."""
         import tensorflow as tf
 
-        from hub_export.serving import declared_sizes, decode_images_with_reasons
+        from hub_export.image_decoding import declared_sizes, decode_images_with_reasons
 
         data = _read(path)
         if isinstance(data, str):
@@ -155,18 +191,6 @@ class KerasClassifier:
         if not bool(valid[0]):
             return _problem(reasons[0].numpy().decode("utf-8"))
         return images[0].numpy()
-
-    def classify(self, paths: Sequence[str], top_k: int) -> list[Answer]:
-        """The top `top_k` classes of each file, in the order of `paths`.
-
-        Example:
-            >>> [answer.error for answer in classifier.classify(["cat.jpg", "notes.txt"], 3)]
-            [None, 'not a JPEG, PNG, GIF, BMP or WebP image']
-        """
-        answers = []
-        for start in range(0, len(paths), self.batch_size):
-            answers += self._classify_batch(paths[start : start + self.batch_size], top_k)
-        return answers
 
     def _classify_batch(self, paths: Sequence[str], top_k: int) -> list[Answer]:
         decoded = [self._decode(path) for path in paths]
@@ -208,13 +232,14 @@ def serving_version_folder(folder: str) -> str | None:
     return os.path.join(folder, str(max(versions))) if versions else None
 
 
-class ServingClassifier:
+class ServingClassifier(_BatchedClassifier):
     """A serving SavedModel of `hub_export.export_serving` on image files, through its
-    `serving_default` signature (the bytes of one file per call).
+    `serving_default` signature (the bytes of `batch_size` files per request).
 
     Args:
         folder: the SavedModel folder, or the base folder of its numeric versions (the newest).
         class_names: one name per class, in class-id order, instead of those exported with it.
+        batch_size: files per request.
 
     Example:
         >>> classifier = ServingClassifier("serving/flowers")
@@ -222,7 +247,7 @@ class ServingClassifier:
         'rose'
     """
 
-    def __init__(self, folder: str, class_names: Sequence[str] | None = None):
+    def __init__(self, folder: str, class_names: Sequence[str] | None = None, batch_size: int = 16):
         import tensorflow as tf
 
         version_folder = serving_version_folder(folder)
@@ -247,34 +272,51 @@ class ServingClassifier:
         if class_names is None and exported is not None:
             class_names = [name.decode("utf-8") for name in exported.numpy()]
         self.class_names = _checked_names(class_names, self.num_classes)
+        self.batch_size = batch_size
 
-    def classify(self, paths: Sequence[str], top_k: int) -> list[Answer]:
-        """The top `top_k` classes of each file, in the order of `paths`.
-
-        Example:
-            >>> classifier.classify(["rose.jpg", "notes.txt"], top_k=1)[1].error
-            'not a JPEG, PNG, GIF, BMP or WebP image'
-        """
-        return [self._classify_file(path, top_k) for path in paths]
-
-    def _classify_file(self, path: str, top_k: int) -> Answer:
+    def _classify_batch(self, paths: Sequence[str], top_k: int) -> list[Answer]:
         import tensorflow as tf
 
-        data = _read(path)
-        if isinstance(data, str):
-            return Answer(path, error=data)
-        try:
-            outputs = self.signature(image_bytes=tf.constant([data]))
-        except tf.errors.OpError as error:
-            return Answer(path, error=f"cannot decode the image: {_decoder_message(error)}")
-        if not bool(outputs["valid"].numpy()[0]):
+        answers: list[Answer | None] = [None] * len(paths)
+        readable = {}
+        for index, path in enumerate(paths):
+            data = _read(path)
+            if isinstance(data, str):
+                answers[index] = Answer(path, error=data)
+            else:
+                readable[index] = data
+        if len(readable) > 1:
+            try:
+                outputs = self.signature(image_bytes=tf.constant(list(readable.values())))
+                outputs = {key: value.numpy() for key, value in outputs.items()}
+            except tf.errors.OpError:  # older exports fail a whole request on some bytes
+                outputs = None
+            if outputs is not None:
+                for row, index in enumerate(readable):
+                    answers[index] = self._answer(paths[index], outputs, row, top_k)
+                return answers
+        for index, data in readable.items():
+            try:
+                outputs = self.signature(image_bytes=tf.constant([data]))
+                outputs = {key: value.numpy() for key, value in outputs.items()}
+            except tf.errors.OpError as error:
+                message = f"cannot decode the image: {_decoder_message(error)}"
+                answers[index] = Answer(paths[index], error=message)
+                continue
+            answers[index] = self._answer(paths[index], outputs, 0, top_k)
+        return answers
+
+    def _answer(self, path: str, outputs: dict, row: int, top_k: int) -> Answer:
+        """The answer of the request's item `row` (`outputs`: the signature's, as arrays)."""
+        if not bool(outputs["valid"][row]):
             if "reason" in outputs:  # exports since the reason output
-                return Answer(path, error=_problem(outputs["reason"].numpy()[0].decode("utf-8")))
+                reason = outputs["reason"][row].decode("utf-8")
+                return Answer(path, error=_problem(reason))
             return Answer(
                 path,
                 error=f"not a {FORMATS} image that this serving model reads, or too many pixels",
             )
-        probabilities = outputs["probabilities"].numpy()[0].astype("float64")
+        probabilities = outputs["probabilities"][row].astype("float64")
         return Answer(path, _top_classes(probabilities, top_k, self.class_names))
 
 
@@ -301,7 +343,7 @@ def load_classifier(
                 f"--image_size={image_size}: a serving SavedModel resizes in its graph, to the "
                 "size it was exported at; leave --image_size out."
             )
-        return ServingClassifier(model, class_names)
+        return ServingClassifier(model, class_names, batch_size)
     try:  # a .keras file, a released name, an .npz path or URL
         keras_model = common.build_model("", model, num_classes=common.HEAD_FROM_CHECKPOINT)
     except common.HeadlessCheckpointError:

@@ -18,6 +18,9 @@ Images go in on the scale of `bit_tf.input_scale`: uint8 pixels are divided by 2
 float images whose largest value is above 1.5 (pixel values in 0-255) with a `ValueError`.
 Inside compiled graphs (`fit`, `predict` on datasets, `tf.function`) floats are not checked.
 
+`predict` and `predict_on_batch` on zero images return arrays of zero rows (shape
+`(0, classes)`) without running the model.
+
 Its predict step declares `bit_tf.kernels.local_inference()`: the graph runs in this process
 only, so the kernels may use bit_tf's C++ kernels for it. For XLA compilation of predict, use
 Keras' own switch: `model.jit_compile = True` (or `model.compile(..., jit_compile=True)`).
@@ -133,8 +136,17 @@ class BitModel(keras.Model):
             batch = x[: batch_size or 32]
             input_scale.check_call_arguments((batch,), {}, f"model {self.name!r}")
 
+    def _empty_outputs(self, x):
+        """The outputs of zero images: arrays of zero rows, of the outputs' shapes and dtypes."""
+        shape = tuple(x.shape)
+        dtype = keras.backend.standardize_dtype(x.dtype)
+        outputs = self.compute_output_spec(keras.KerasTensor(shape, dtype))
+        return keras.tree.map_structure(lambda spec: np.zeros(spec.shape, spec.dtype), outputs)
+
     def predict_on_batch(self, x):
         self._check_first_batch(x, len(x) if _is_in_memory(x) else None)
+        if self._takes_one_input() and _is_in_memory(x) and len(x) == 0:
+            return self._empty_outputs(x)
         return super().predict_on_batch(x)
 
     def predict_step(self, *arguments):
@@ -144,13 +156,9 @@ class BitModel(keras.Model):
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         self._check_first_batch(x, batch_size if isinstance(batch_size, int) else None)
-        if (
-            steps is not None
-            or callbacks
-            or not _is_in_memory(x)
-            or len(x) == 0
-            or _replicas(self) > 1
-        ):
+        if steps is None and self._takes_one_input() and _is_in_memory(x) and len(x) == 0:
+            return self._empty_outputs(x)  # Keras' own path fails on zero images
+        if steps is not None or callbacks or not _is_in_memory(x) or _replicas(self) > 1:
             return super().predict(
                 x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
             )

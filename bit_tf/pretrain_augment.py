@@ -17,6 +17,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from bit_tf.orientation import exif_orientation, stored_window, turn, upright_shape
+
 #: Inception crop: fraction of the image area, and aspect ratio range (big_vision's defaults).
 CROP_AREA_RANGE = (0.05, 1.0)
 CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
@@ -48,10 +50,23 @@ def crop_and_flip_seeds(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.unstack(tf.random.experimental.stateless_split(seed, 2))
 
 
-def decode_and_crop(image_bytes: tf.Tensor, crop_seed: tf.Tensor) -> tf.Tensor:
+def decode_and_crop(
+    image_bytes: tf.Tensor, crop_seed: tf.Tensor, orientation: tf.Tensor | None = None
+) -> tf.Tensor:
     """The decoding half of `inception_crop`: uint8 pixels of the random crop window.
 
-    JPEGs decode only the window (`decode_and_crop_jpeg`), so the window is drawn here too.
+    The window is drawn on the upright image (the EXIF orientation applied,
+    `bit_tf.orientation`), and its pixels are returned upright. JPEGs decode only the window
+    (`decode_and_crop_jpeg`), so the window is drawn here too, then mapped onto the stored
+    pixels and the decoded window turned upright: the same pixels as cropping the upright
+    image. A photo without orientation (or orientation 1) gets the same window as ever.
+
+    Args:
+        image_bytes: a JPEG, PNG, GIF, BMP or WebP file (scalar string).
+        crop_seed: the stateless seed of the window (shape [2]).
+        orientation: the file's `bit_tf.orientation.exif_orientation`, where the caller read it
+            for a batch of files at once (cheaper than once per file in a `tf.data` map);
+            None: read here.
 
     Example:
         >>> pixels = decode_and_crop(tf.io.read_file("cat.jpg"), crop_seed)  # uint8 (h, w, 3)
@@ -70,13 +85,28 @@ def decode_and_crop(image_bytes: tf.Tensor, crop_seed: tf.Tensor) -> tf.Tensor:
         )
         return begin, size
 
+    if orientation is None:
+        orientation = exif_orientation(image_bytes)
+
+    upright = tf.equal(orientation, 1)  # stored upright: the crop as ever, nothing turned
+
     def crop_jpeg():
-        begin, size = window(tf.image.extract_jpeg_shape(image_bytes))
-        crop_window = tf.stack([begin[0], begin[1], size[0], size[1]])
-        return tf.image.decode_and_crop_jpeg(image_bytes, crop_window, channels=3)
+        stored_shape = tf.image.extract_jpeg_shape(image_bytes)
+
+        def crop(begin, size):
+            crop_window = tf.stack([begin[0], begin[1], size[0], size[1]])
+            return tf.image.decode_and_crop_jpeg(image_bytes, crop_window, channels=3)
+
+        def crop_upright():
+            begin, size = window(upright_shape(stored_shape, orientation))
+            begin, size = stored_window(begin, size, stored_shape, orientation)
+            return turn(crop(begin, size), orientation)
+
+        return tf.cond(upright, lambda: crop(*window(stored_shape)), crop_upright)
 
     def crop_other():
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        image = tf.cond(upright, lambda: image, lambda: turn(image, orientation))
         begin, size = window(tf.shape(image))
         return tf.slice(image, begin, size)
 

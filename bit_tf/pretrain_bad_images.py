@@ -22,6 +22,7 @@ import sys
 
 import tensorflow as tf
 
+from bit_tf.orientation import exif_orientation
 from bit_tf.pretrain_augment import ExampleAugmentation, decode_and_crop, resize_and_flip
 from bit_tf.pretrain_labels import LabelEncoder
 
@@ -106,9 +107,13 @@ def _augment_chunk(
     the augmentation and of labels (after `ignore_errors`) are never swallowed.
     """
     count = tf.shape(epochs)[0]
-    rows = tf.data.Dataset.from_tensor_slices((tf.range(count), encoded, crop_seeds))
+    orientations = exif_orientation(encoded)  # for the chunk at once: cheaper than per image
+    rows = tf.data.Dataset.from_tensor_slices((tf.range(count), encoded, crop_seeds, orientations))
     decoded_rows = rows.map(
-        lambda row, image_bytes, crop_seed: (row, decode_and_crop(image_bytes, crop_seed))
+        lambda row, image_bytes, crop_seed, orientation: (
+            row,
+            decode_and_crop(image_bytes, crop_seed, orientation),
+        )
     )
     decoded_rows = decoded_rows.ignore_errors(log_warning=True)
 

@@ -13,10 +13,11 @@ Example:
 
 from bit_tf.hub import UnsafeArchiveError, extract_archive_safely
 from hub_export.atomic import TargetExistsError
+from hub_export.image_decoding import DEFAULT_MAX_PIXELS, decode_images
 from hub_export.model_card import model_card
 from hub_export.module import KINDS, build_module, export_module, read_metadata
 from hub_export.publish import publish, write_archive
-from hub_export.serving import DEFAULT_MAX_PIXELS, ServingModule, decode_images, export_serving
+from hub_export.serving import ServingModule, export_serving
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

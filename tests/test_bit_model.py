@@ -35,6 +35,18 @@ def test_predict_on_arrays_equals_keras_predict(model, count, batch_size):
     np.testing.assert_allclose(model.predict(tensor, verbose=0), ours, rtol=1e-5, atol=1e-5)
 
 
+def test_predict_on_zero_images_returns_zero_rows(model):
+    for images in (
+        np.zeros((0, 32, 32, 3), "float32"),
+        np.zeros((0, 20, 24, 3), "uint8"),
+        keras.ops.zeros((0, 16, 16, 3)),
+    ):
+        for outputs in (model.predict(images, verbose=0), model.predict_on_batch(images)):
+            assert outputs.shape == (0, 3) and outputs.dtype == np.float32
+    backbone = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=None)
+    assert backbone.predict(np.zeros((0, 32, 32, 3), "float32"), verbose=0).shape == (0, 2048)
+
+
 def test_predict_shows_progress_and_rejects_a_bad_batch_size(model, capsys):
     images = np.zeros((5, 32, 32, 3), "float32")
     model.predict(images, batch_size=2, verbose=1)

@@ -4,9 +4,13 @@ bit-export into the serving SavedModel, and bit-predict classifies image files b
 import io
 import json
 import os
+import pty
+import queue
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +21,8 @@ import bit_tf
 from bit_cli import predictors
 from bit_cli.answers import format_table
 from bit_tf import class_names
+
+from exif_photos import stored_file
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENVIRONMENT = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPOSITORY}
@@ -121,6 +127,7 @@ def test_folder_names_travel_to_the_serving_model_and_bit_predict(tmp_path, offi
         "--kind=classification",
         "--export_dir=module",
         "--serving_dir=serving",
+        "--serving_batch_size=5",  # the request of 12 files below: batches of 5, 5 and 2
         f"--image_size={IMAGE_SIZE}",
         "--publish_to=hub",
         "--publish_name=photos/r14x1",
@@ -152,6 +159,7 @@ def test_folder_names_travel_to_the_serving_model_and_bit_predict(tmp_path, offi
         cwd=tmp_path,
     )
     assert predicted.returncode == 1, predicted.stderr[-3000:]  # one file was not an image
+    assert "files (" not in predicted.stderr  # no progress line where stderr is no terminal
     answers = [json.loads(line) for line in predicted.stdout.splitlines()]
     assert [answer["file"] for answer in answers] == [*files, "notes.txt"]
     assert answers[-1]["error"] == "not a JPEG, PNG, GIF, BMP or WebP image"
@@ -188,7 +196,9 @@ def encode(pixels: np.ndarray, image_format: str, mode: str | None = None) -> by
     return stream.getvalue()
 
 
-def test_keras_classifier_reads_every_format_and_reports_bad_files(tmp_path, official_checkpoint):
+def test_keras_classifier_reads_every_format_and_reports_bad_files(
+    tmp_path, official_checkpoint, capsys
+):
     model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=10)
     bit_tf.load_official_weights(model, official_checkpoint)
     model.class_names = [f"class {index}" for index in range(10)]
@@ -229,6 +239,11 @@ def test_keras_classifier_reads_every_format_and_reports_bad_files(tmp_path, off
         for top in answer.top_classes:
             assert top.name == f"class {top.class_id}"
             assert top.probability == pytest.approx(expected[top.class_id], abs=1e-5)
+    # bit-predict prints them batch by batch: the table of all of them, row for row.
+    from bit_cli.answer_printing import print_answers
+
+    assert print_answers(classifier, paths, 3, json_lines=False) is False  # some errors
+    assert capsys.readouterr().out == format_table(answers) + "\n"
     # Without --image_size: the HyperRule's evaluation crop for each file's size.
     default = predictors.KerasClassifier(model)
     assert (default.image_size_for(30, 40), default.image_size_for(480, 640)) == (128, 384)
@@ -260,3 +275,91 @@ def test_settings_that_cannot_work_are_one_line_errors(tmp_path):
     assert completed.stderr.strip().splitlines()[-1] == (
         "bit-predict: error: Model file 'missing.keras' does not exist."
     )
+
+
+def _lines_of(stream, lines: queue.Queue) -> None:
+    for line in iter(stream.readline, b""):
+        lines.put(line.decode())
+    lines.put(None)
+
+
+def _everything_written(leader: int, chunks: list) -> None:
+    """What the command drew on its terminal, until it closed it (EIO)."""
+    while True:
+        try:
+            chunk = os.read(leader, 1 << 16)
+        except OSError:
+            return
+        if not chunk:
+            return
+        chunks.append(chunk)
+
+
+def _open_for_writing(fifo: str, seconds: float) -> int:
+    """The FIFO opened for writing once its reader has opened it (ENXIO until then)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_bit_predict_answers_batch_by_batch_with_a_progress_line_on_a_terminal(
+    tmp_path, official_checkpoint
+):
+    """The first batches are printed while the last file has not been read (a FIFO that
+    gets its bytes only then); the progress line goes to stderr on a terminal; the same photo
+    in its 8 EXIF orientations gets one answer."""
+    model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=10)
+    bit_tf.load_official_weights(model, official_checkpoint)
+    model.save(tmp_path / "model.keras")
+    files = []
+    for value in range(1, 9):
+        files.append(f"photo_{value}.jpg")
+        (tmp_path / files[-1]).write_bytes(stored_file(value, big_endian=value % 2 == 0))
+    os.mkfifo(tmp_path / "last.jpg")
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bit_cli.predict", "--model=model.keras", "--format=json"]
+        + ["--image_size=32", "--batch_size=4", *files, "last.jpg"],
+        cwd=str(tmp_path),
+        env=ENVIRONMENT,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+    )
+    os.close(follower)
+    lines, drawn = queue.Queue(), []
+    readers = [
+        threading.Thread(target=_lines_of, args=(process.stdout, lines), daemon=True),
+        threading.Thread(target=_everything_written, args=(leader, drawn), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        first = [lines.get(timeout=120) for _ in range(8)]  # the first two batches of 4
+        assert None not in first, b"".join(drawn).decode(errors="replace")[-3000:]
+        assert process.poll() is None  # ...while bit-predict waits to read the last file
+        descriptor = _open_for_writing(str(tmp_path / "last.jpg"), 60)
+        os.write(descriptor, stored_file(1))
+        os.close(descriptor)
+        rest = [line for line in iter(lambda: lines.get(timeout=60), None)]
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    for reader in readers:
+        reader.join(timeout=10)
+    os.close(leader)
+    answers = [json.loads(line) for line in first + rest]
+    assert [answer["file"] for answer in answers] == [*files, "last.jpg"]
+    expected = by_class_id(answers[0]["top_k"])
+    for answer in answers:
+        for class_id, (_, probability) in by_class_id(answer["top_k"]).items():
+            assert probability == pytest.approx(expected[class_id][1], rel=1e-4, abs=1e-6)
+    terminal = b"".join(drawn).decode(errors="replace")
+    assert "bit-predict: 4 of 9 files (44%)" in terminal
+    assert "bit-predict: 9 of 9 files (100%)" in terminal and "files/s" in terminal
+    assert all("files (" not in line for line in first + rest)  # stdout holds answers only

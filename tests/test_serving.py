@@ -14,6 +14,10 @@ from PIL import Image
 
 import bit_tf
 import hub_export
+from bit_tf import image_folder
+
+from exif_photos import TO_STORED, stored_file, upright_photo
+from exif_photos import encode as encode_with_exif
 
 IMAGE_SIZE = 32
 CLASS_NAMES = [f"class_{index}" for index in range(10)]
@@ -41,7 +45,10 @@ def exports(classifier, tmp_path_factory):
     folded = hub_export.export_serving(
         classifier, str(base / "folded"), class_names=CLASS_NAMES, image_size=IMAGE_SIZE
     )
-    return {"folded": folded}
+    batches_of_3 = hub_export.export_serving(
+        classifier, str(base / "batches_of_3"), image_size=IMAGE_SIZE, batch_size=3
+    )
+    return {"folded": folded, "batches_of_3": batches_of_3}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +97,83 @@ def test_bytes_signature_answers_mixed_jpeg_and_png(exports, classifier, files):
     assert (top_ids[:, 0] == probabilities.argmax(axis=1)).all()
     names = outputs["top_k_class_names"].numpy()
     assert [name.decode() for name in names[0]] == [CLASS_NAMES[i] for i in top_ids[0]]
+
+
+def test_a_request_is_answered_in_batches_with_the_answers_of_the_whole(exports, classifier, files):
+    rng = np.random.default_rng(11)
+    photos = [encode(rng.integers(0, 256, (20 + 3 * i, 28, 3), np.uint8), "PNG") for i in range(3)]
+    request = [files["jpeg"], b"junk", files["png_rgba"], files["jpeg"][:50], *photos]
+    request += [files["png_gray"]]
+    whole = tf.saved_model.load(exports["folded"])  # batches of 16: the request at once
+    in_threes = tf.saved_model.load(exports["batches_of_3"])
+    one_by_one = hub_export.ServingModule(
+        classifier, image_size=IMAGE_SIZE, class_names=CLASS_NAMES, batch_size=1
+    )
+    expected = {
+        k: v.numpy()
+        for k, v in whole.signatures["serving_default"](image_bytes=tf.constant(request)).items()
+    }
+    assert expected["valid"].tolist() == [True, False, True, False, True, True, True, True]
+    for answers in (
+        in_threes.signatures["serving_default"](image_bytes=tf.constant(request)),
+        one_by_one.serve_bytes(tf.constant(request)),
+    ):
+        for key, value in answers.items():
+            if value.dtype.is_floating:
+                np.testing.assert_allclose(value.numpy(), expected[key], rtol=1e-5, atol=1e-7)
+            else:
+                np.testing.assert_array_equal(value.numpy(), expected[key], err_msg=key)
+    pixels = tf.constant(rng.integers(0, 256, (7, 24, 20, 3), np.uint8))
+    np.testing.assert_allclose(
+        in_threes.signatures["predict_uint8_images"](images=pixels)["probabilities"].numpy(),
+        whole.signatures["predict_uint8_images"](images=pixels)["probabilities"].numpy(),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    empty = in_threes.signatures["serving_default"](image_bytes=tf.constant([], tf.string))
+    assert empty["probabilities"].shape == (0, 10) and empty["top_k_class_ids"].shape == (0, 5)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        hub_export.ServingModule(classifier, image_size=IMAGE_SIZE, batch_size=0)
+
+
+def test_a_photo_is_read_upright_in_every_orientation_by_every_reader(
+    exports, classifier, tmp_path
+):
+    """The same photo stored in each of the 8 EXIF orientations (TIFF byte orders alternating):
+    the training folder reader, the serving SavedModel and both classifiers of bit-predict (the
+    Keras one decodes with hub_export.decode_images) read it upright and give one answer."""
+    from bit_cli import predictors
+
+    paths = []
+    for value in range(1, 9):
+        big_endian = value % 2 == 1
+        paths.append(str(tmp_path / f"orientation_{value}_{'mm' if big_endian else 'ii'}.jpg"))
+        with open(paths[-1], "wb") as stream:
+            stream.write(stored_file(value, big_endian=big_endian))
+    upright = upright_photo()
+    for path in paths:  # the training folder reader
+        read = image_folder.read_image(path)
+        assert np.abs(read * 255 - upright).max() <= 1.01, path
+
+    served = tf.saved_model.load(exports["folded"]).signatures["serving_default"]
+    request = [open(path, "rb").read() for path in paths]
+    sideways = np.asarray(Image.fromarray(upright).transpose(TO_STORED[6]))
+    request.append(encode_with_exif(sideways, "JPEG", quality=100, subsampling=0))  # no tag
+    probabilities = served(image_bytes=tf.constant(request))["probabilities"].numpy()
+    answer, sideways_answer = probabilities[0], probabilities[-1]
+    for path, row in zip(paths, probabilities[:-1], strict=True):
+        np.testing.assert_allclose(row, answer, rtol=1e-5, atol=1e-7, err_msg=path)
+    assert np.abs(sideways_answer - answer).max() > 100 * 1e-5 * answer.max()  # turns matter
+
+    for reader in (
+        predictors.KerasClassifier(classifier, image_size=IMAGE_SIZE, batch_size=8),
+        predictors.ServingClassifier(os.path.dirname(exports["folded"]), batch_size=8),
+    ):
+        for found in reader.classify(paths, top_k=10):
+            by_id = {top.class_id: top.probability for top in found.top_classes}
+            np.testing.assert_allclose(
+                [by_id[class_id] for class_id in range(10)], answer, rtol=1e-4, atol=1e-6
+            )
 
 
 def test_folding_keeps_outputs_and_float_signature_matches(exports, classifier, files):
@@ -232,8 +316,12 @@ def test_bit_predict_reports_a_damaged_file_on_its_own_line(exports, classifier,
         if error is not None:
             (row,) = [row for row in rows if path in row]  # one line, naming the file
             assert row.split() == [path, "error:", *error.split()]
-    alone = served.classify(paths[:1], top_k=2)[0]
-    assert answers[0].top_classes == alone.top_classes
+    alone = served.classify(paths[:1], top_k=2)[0]  # the same in a request of its own
+    assert [top.class_id for top in answers[0].top_classes] == [
+        top.class_id for top in alone.top_classes
+    ]
+    for top, top_alone in zip(answers[0].top_classes, alone.top_classes, strict=True):
+        assert top.probability == pytest.approx(top_alone.probability, rel=1e-5)
 
 
 SERVER_SCRIPT = textwrap.dedent(
@@ -272,6 +360,16 @@ SERVER_SCRIPT = textwrap.dedent(
     ask("broken_jpeg", [jpeg[:20]])
     ask("truncated_png", [png[: len(png) // 2]])
     ask("after", [jpeg, png])
+
+    def lines_written(label, items):
+        sys.stderr.write(f"<<{label}>>\\n")
+        sys.stderr.flush()
+        ask(label, items)
+        sys.stderr.write(f"<</{label}>>\\n")
+        sys.stderr.flush()
+
+    lines_written("cut", [files[name] for name in files if name.startswith("cut_")] + [jpeg])
+    lines_written("bad_huffman", [files["bad_huffman"], jpeg])
     try:
         import bit_tf  # noqa: F401
         results["bit_tf_importable"] = True
@@ -283,9 +381,30 @@ SERVER_SCRIPT = textwrap.dedent(
 
 
 def test_serving_without_bit_tf_survives_bad_bytes(exports, files, tmp_path):
+    """... and writes no log line for damaged files but the JPEG decoder's own, one for each
+    JPEG whose compressed data is damaged (a server at TensorFlow's default log level)."""
     paths = {}
     payloads = {**files, "huge_png": huge_png(100_000, 100_000)}
     payloads["huge_jpeg"] = huge_jpeg(files["jpeg"])
+    pixels = photo()
+    jpeg, progressive = encode(pixels, "JPEG"), encode(pixels, "JPEG", progressive=True)
+    png, gif = encode(pixels, "PNG"), encode(pixels, "GIF")
+    bmp, webp = encode(pixels, "BMP"), encode(pixels, "WEBP")
+    payloads.update(
+        cut_jpeg_half=jpeg[: len(jpeg) // 2],
+        cut_jpeg_header=jpeg[: jpeg.index(b"\xff\xda")],
+        cut_jpeg_20=jpeg[:20],
+        cut_jpeg_end=jpeg[:-2],
+        cut_progressive=progressive[:-1],
+        cut_png=png[: len(png) // 2],
+        cut_gif=gif[: len(gif) // 2],
+        cut_bmp=bmp[:-100],
+        cut_webp=webp[:-10],
+        cut_empty=b"",
+        cut_garbage=b"garbage",
+    )
+    huffman = jpeg.index(b"\xff\xc4") + 5  # the code counts of the first Huffman table
+    payloads["bad_huffman"] = jpeg[:huffman] + b"\xff" * 16 + jpeg[huffman + 16 :]
     for name, data in payloads.items():
         paths[name] = str(tmp_path / name)
         with open(paths[name], "wb") as stream:
@@ -302,13 +421,19 @@ def test_serving_without_bit_tf_survives_bad_bytes(exports, files, tmp_path):
         ],
         capture_output=True,
         text=True,
-        env=ENVIRONMENT,
+        env={**ENVIRONMENT, "TF_CPP_MIN_LOG_LEVEL": "0"},  # a server's default: every line
         cwd=str(tmp_path),
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULTS "))
     results = json.loads(line[len("RESULTS ") :])
+    written = completed.stderr.split("<<cut>>\n")[1].split("<</cut>>")[0]
+    assert written == "", written  # eleven damaged files: not a line
+    assert results["cut"]["valid"] == [False] * 11 + [True]
+    written = completed.stderr.split("<<bad_huffman>>\n")[1].split("<</bad_huffman>>")[0]
+    assert len(written.splitlines()) <= 1, written  # libjpeg's own message, if any
+    assert results["bad_huffman"]["valid"] == [False, True]
     assert results["bit_tf_importable"] is False
     assert results["first"]["valid"] == [True, True]
     assert results["first"]["ids"] == results["after"]["ids"]  # still serving, same answers
