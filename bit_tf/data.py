@@ -74,6 +74,7 @@ __all__ = [
     "resolve_seed",
     "split",
     "train_pipeline",
+    "training_records",
 ]
 
 
@@ -542,6 +543,39 @@ def example_seed(seed: int, position: tf.Tensor) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
 
 
+def training_records(
+    source: ImageSource,
+    batch_size: int,
+    seed: int | None,
+    cache: bool | str,
+    start_batch: int,
+    epochs: int | None = None,
+) -> tuple[int, tf.data.Dataset, Callable]:
+    """(the seed, the shuffled records as (position, record, label) from batch `start_batch`
+    of `batch_size`, the records' decode function) of a training pipeline over `source`
+    (`bit_tf.example_order.shuffled_records`); None draws a seed.
+
+    Raises:
+        ValueError: a `start_batch` that is not a non-negative integer.
+
+    Example:
+        >>> seed, records, decode = training_records(source, 32, 0, "auto", start_batch=0)
+    """
+    if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
+        raise ValueError(f"start_batch must be a non-negative integer, got {start_batch!r}.")
+    seed = resolve_seed(seed)
+    records, decode = shuffled_records(
+        source.reader,
+        source.indices,
+        seed,
+        start_batch * batch_size,
+        CachePolicy.parse(cache),
+        source.name,
+        epochs=epochs,
+    )
+    return seed, records, decode
+
+
 def train_pipeline(
     source: ImageSource,
     batch_size: int,
@@ -591,19 +625,10 @@ def train_pipeline(
             f"batch_size {batch_size} is larger than the {source.num_examples} examples of "
             f"{source.name!r}; use a smaller batch."
         )
-    if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
-        raise ValueError(f"start_batch must be a non-negative integer, got {start_batch!r}.")
-    seed = resolve_seed(seed)
-    size = resize if random_crop else crop
-    records, decode = shuffled_records(
-        source.reader,
-        source.indices,
-        seed,
-        start_batch * batch_size,
-        CachePolicy.parse(cache),
-        source.name,
-        epochs=None if repeat else 1,
+    seed, records, decode = training_records(
+        source, batch_size, seed, cache, start_batch, epochs=None if repeat else 1
     )
+    size = resize if random_crop else crop
 
     def decode_and_augment(position, record, label):
         image, decoded = decode(record, size)

@@ -33,10 +33,8 @@ from bit_tf.data import (
     ImageSource,
     example_seed,
     pipeline_options,
-    resolve_seed,
+    training_records,
 )
-from bit_tf.encoded_cache import CachePolicy
-from bit_tf.example_order import shuffled_records
 from bit_tf.mixup import mix_batches
 
 __all__ = ["MIN_CROP_AREA", "consistent_batches", "inception_crop"]
@@ -122,17 +120,7 @@ def consistent_batches(
         raise ValueError(f"min_crop_area must be in (0, 1], got {min_crop_area!r}.")
     if mixup_alpha < 0:
         raise ValueError(f"mixup_alpha must not be negative, got {mixup_alpha!r}.")
-    if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
-        raise ValueError(f"start_batch must be a non-negative integer, got {start_batch!r}.")
-    seed = resolve_seed(seed)
-    records, decode = shuffled_records(
-        source.reader,
-        source.indices,
-        seed,
-        start_batch * batch_size,
-        CachePolicy.parse(cache),
-        source.name,
-    )
+    seed, records, decode = training_records(source, batch_size, seed, cache, start_batch)
     smallest_side = decode_size(crop, min_crop_area)
 
     def augment(position, record, label):
