@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import dataclasses
 import io
@@ -31,6 +32,7 @@ import logging
 import os
 import stat
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -301,6 +303,53 @@ class SkippedFiles:
         self._failures_in_a_row = 0
 
 
+class _PipelineCalls:
+    """The decoding calls that tf.data's threads make into Python, and the interpreter's exit.
+
+    A thread of TensorFlow that calls into Python while the interpreter finalizes never comes
+    back, and an input pipeline destroyed then (an iterator alive at exit) waits for that call
+    for ever. At exit (`atexit`, before finalizing), `drain` makes every later call return at
+    once and waits until the calls in flight are done and no new one has started for a moment,
+    so the pipelines are idle when finalizing destroys them.
+    """
+
+    QUIET_SECONDS = 0.3
+    LONGEST_WAIT_SECONDS = 10.0
+
+    def __init__(self):
+        self.exiting = False
+        self.active = 0
+        self.last_change = time.monotonic()
+        self.lock = threading.Lock()
+
+    def enter(self) -> bool:
+        """Counts a call in; False once the interpreter is exiting (answer at once then)."""
+        with self.lock:
+            self.active += 1
+            self.last_change = time.monotonic()
+        return not self.exiting
+
+    def leave(self) -> None:
+        with self.lock:
+            self.active -= 1
+            self.last_change = time.monotonic()
+
+    def drain(self) -> None:
+        self.exiting = True
+        deadline = time.monotonic() + self.LONGEST_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            with self.lock:
+                idle = self.active == 0
+                quiet = time.monotonic() - self.last_change > self.QUIET_SECONDS
+            if idle and quiet:
+                return
+            time.sleep(0.02)
+
+
+_PIPELINE_CALLS = _PipelineCalls()
+atexit.register(_PIPELINE_CALLS.drain)
+
+
 class FolderDecoder:
     """Decodes the images of a folder for a pipeline: path bytes -> (uint16 RGB, decoded).
 
@@ -319,7 +368,14 @@ class FolderDecoder:
         self.read = read or _read_file
 
     def __call__(self, path: bytes, min_size: int = 0) -> tuple[np.ndarray, bool]:
-        path = os.fsdecode(path)
+        try:
+            if not _PIPELINE_CALLS.enter():
+                return np.zeros((1, 1, 3), np.uint16), True  # exiting: nobody reads it
+            return self._decode(os.fsdecode(path), min_size)
+        finally:
+            _PIPELINE_CALLS.leave()
+
+    def _decode(self, path: str, min_size: int) -> tuple[np.ndarray, bool]:
         try:
             image = decode_for_pipeline(self.read(path), self.max_pixels, int(min_size))
         except (FileNotFoundError, PermissionError) as error:

@@ -121,7 +121,11 @@ MEMORY_CHILD = textwrap.dedent(
         for _ in pipeline.take(6):
             pass
         growth[name] = high_water_mark() - before
-    print(json.dumps(growth))
+    print(json.dumps(growth), flush=True)
+    # An iterator still alive when the interpreter exits, with decoding in flight: the
+    # process must end anyway.
+    alive = iter(data.train_pipeline(source, 16, 128, 112, seed=1))
+    next(alive)
     """
 )
 
@@ -133,14 +137,14 @@ def _pipeline_memory(folder) -> dict:
         env={**os.environ, "PYTHONPATH": REPOSITORY, "TF_CPP_MIN_LOG_LEVEL": "3"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=180,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.splitlines()[-1])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's VmHWM")
-def test_pipeline_memory_does_not_grow_with_the_number_of_images(tmp_path):
+def test_pipeline_memory_does_not_grow_with_the_number_of_images_and_exit_is_clean(tmp_path):
     small = _pipeline_memory(write_class_folder(tmp_path / "small", 4, 50, size=48))
     large = _pipeline_memory(write_class_folder(tmp_path / "large", 4, 500, size=48))
     # The 1,800 more images are 350 MB of float32 pixels resized to 128x128 (fine-tuning's
@@ -304,3 +308,26 @@ def test_finetune_splits_the_batch_by_itself_says_so_once_and_a_resumed_run_keep
     assert accumulation_and_micro_batch(config, "BiT-M-R50x1", 384) == (8, 64)
     with pytest.raises(ValueError, match="divisor of batch_size=512"):
         accumulation_and_micro_batch(FinetuneConfig(batch_size=512, gradient_accumulation_steps=3))
+
+
+@pytest.mark.parametrize("cache", ["auto", "none", "folder"])
+def test_tfds_images_stay_encoded_until_after_the_shuffle_cached_or_buffered(tmp_path, cache):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=24):
+        source = data.from_tfds("mnist", split="train", data_dir=str(tmp_path / "tfds"))
+        records = source.reader.records_in_order(source.indices)
+        assert records.element_spec[0].dtype.name == "string"  # encoded PNG bytes
+        policy = str(tmp_path / "cache") if cache == "folder" else cache
+        pipeline = data.train_pipeline(source, 8, 28, 28, seed=0, cache=policy, random_flip=False)
+        batches = first_batches(pipeline, 3)
+        images = np.concatenate([batch_images for batch_images, _ in batches])
+        labels = np.concatenate([batch_labels for _, batch_labels in batches])
+        in_order = list(source.dataset().as_numpy_iterator())
+    # One epoch of 24: every example once (a permutation, or a buffer as large as the data).
+    expected = sorted(np.asarray([image for image, _ in in_order]).reshape(24, -1).tolist())
+    assert sorted(images.reshape(24, -1).tolist()) == expected
+    assert sorted(labels.argmax(axis=1).tolist()) == sorted(label for _, label in in_order)
+    if cache == "folder":
+        stored = [name for _, _, names in os.walk(tmp_path / "cache") for name in names]
+        assert len([name for name in stored if name.endswith(".bin")]) == 24
