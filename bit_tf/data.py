@@ -588,6 +588,7 @@ def train_pipeline(
     random_flip: bool = True,
     random_crop: bool = True,
     start_batch: int = 0,
+    reduced_scale_decoding: bool = True,
 ) -> tf.data.Dataset:
     """Training batches: shuffle -> decode -> resize -> random crop -> random flip -> batch ->
     MixUp -> prefetch.
@@ -612,6 +613,11 @@ def train_pipeline(
         random_crop: crop at random; False resizes straight to `crop` instead, for tasks where
             a crop changes the label (object counts, distances, positions).
         start_batch: begin with this batch of the stream (a resumed run: the batches done).
+        reduced_scale_decoding: decode a JPEG of a folder at 1/2, 1/4 or 1/8 of its size
+            (in the DCT domain, `bit_tf.image_folder.decode_for_pipeline`) where both sides
+            stay at least the resize size: several times faster on photos, and the resized
+            image is then that of an anti-aliased resize (measured in benchmarks/RESULTS.md);
+            False decodes every image whole, as evaluation and `bit-predict` do.
 
     Example:
         >>> batches = train_pipeline(source, batch_size=64, resize=160, crop=128, seed=0)
@@ -629,9 +635,10 @@ def train_pipeline(
         source, batch_size, seed, cache, start_batch, epochs=None if repeat else 1
     )
     size = resize if random_crop else crop
+    smallest_side = size if reduced_scale_decoding else 0
 
     def decode_and_augment(position, record, label):
-        image, decoded = decode(record, size)
+        image, decoded = decode(record, smallest_side)
         image = tf.image.resize(image, (size, size))
         pair = example_seed(seed, position)
         if random_crop:

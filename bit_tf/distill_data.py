@@ -89,6 +89,7 @@ def consistent_batches(
     random_flip: bool = True,
     cache: bool | str = "auto",
     start_batch: int = 0,
+    reduced_scale_decoding: bool = True,
 ) -> tf.data.Dataset:
     """Endless training batches for distillation: shuffle -> decode -> inception crop -> flip
     -> batch -> MixUp.
@@ -105,6 +106,9 @@ def consistent_batches(
         random_flip: flip left-right at random; False where a flip changes the label.
         cache: where encoded images may be cached, as for `bit_tf.data.train_pipeline`.
         start_batch: begin with this batch of the stream (a resumed run: the batches done).
+        reduced_scale_decoding: decode a JPEG of a folder at a reduced scale where the
+            smallest crop keeps `crop` pixels a side (`decode_size`), as
+            `bit_tf.data.train_pipeline` does; False decodes every image whole.
 
     Returns:
         A `tf.data.Dataset` of (images float32 (batch, crop, crop, 3) in [0, 1], one-hot
@@ -121,7 +125,7 @@ def consistent_batches(
     if mixup_alpha < 0:
         raise ValueError(f"mixup_alpha must not be negative, got {mixup_alpha!r}.")
     seed, records, decode = training_records(source, batch_size, seed, cache, start_batch)
-    smallest_side = decode_size(crop, min_crop_area)
+    smallest_side = decode_size(crop, min_crop_area) if reduced_scale_decoding else 0
 
     def augment(position, record, label):
         image, decoded = decode(record, smallest_side)

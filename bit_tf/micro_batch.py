@@ -35,7 +35,7 @@ import dataclasses
 PARAMETER_COPIES = 6
 #: Bytes kept for the backward pass per byte of activation values (below 1: the CPU kernels
 #: compute some normalization outputs again instead of keeping them; bit_tf.kernels).
-ACTIVATION_COPIES = 0.6
+ACTIVATION_COPIES = 0.75
 #: Input images per micro-batch image held by the input pipeline (prefetched batches, the
 #: batch being formed, the batch in the step).
 INPUT_COPIES = 4
