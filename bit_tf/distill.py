@@ -233,8 +233,13 @@ def distill(
         teacher = load_teacher(teacher, clone=config.strategy is not None)
     # Planned once the teacher's weights are in memory; the student's activations are kept
     # for the backward pass, the teacher's are not.
+    # A tf.data train input comes in batches of its own: "auto" keeps them whole.
     accumulation, micro_batch = accumulation_and_micro_batch(
-        config, student, crop, policy, config.strategy or tf.distribute.get_strategy()
+        config,
+        student,
+        crop if isinstance(train, data_lib.ImageSource) else None,
+        policy,
+        config.strategy or tf.distribute.get_strategy(),
     )
     strategy = _strategy_for(micro_batch, config.strategy)
     inputs = _input_pipelines(train, validation, crop, config, micro_batch)

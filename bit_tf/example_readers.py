@@ -47,6 +47,11 @@ class Access:
 
     `min_size` is the side the image is resized to next; a reader may decode a large JPEG at a
     reduced scale that keeps both sides at least that large (0: full size).
+
+    Example:
+        >>> access = FolderReader(scan).records_at(np.arange(10), CachePolicy.parse("auto"))
+        >>> path, label = access.lookup(tf.constant(3, tf.int64))
+        >>> image, decoded = access.decode(path, 448)
     """
 
     lookup: Callable
@@ -55,7 +60,13 @@ class Access:
 
 
 class ExampleReader:
-    """The interface of the readers (see the module's docstring)."""
+    """The interface of the readers (see the module's docstring).
+
+    Example:
+        >>> reader = source.reader   # of a bit_tf.data.ImageSource
+        >>> record, label = next(iter(reader.records_in_order(source.indices)))
+        >>> image, decoded = reader.decode(record)
+    """
 
     def records_in_order(self, indices: np.ndarray) -> tf.data.Dataset:
         """(record, int32 label) of the examples at `indices`, in that order."""
@@ -198,7 +209,11 @@ class FolderReader(ExampleReader):
 @dataclasses.dataclass(frozen=True)
 class ImageFeature:
     """What a TFDS image feature holds: encoded bytes (an `Image` feature) or pixels, their
-    dtype (uint8 or uint16), and a factor some tasks scale the values by (dSprites' 0/1)."""
+    dtype (uint8 or uint16), and a factor some tasks scale the values by (dSprites' 0/1).
+
+    Example:
+        >>> ImageFeature(encoded=True, dtype=tf.uint8, scale=255)   # dSprites' 0/1 pixels
+    """
 
     encoded: bool = True
     dtype: tf.DType = tf.uint8

@@ -96,7 +96,8 @@ class FinetuneConfig:
             "auto" splits it only where the batch would not fit the memory available, by the
             estimate of `bit_tf.micro_batch` (a bit_tf model or name: its architecture, the
             crop, the dtype), and says so in the log; a resumed run keeps its own. On a GPU
-            or TPU "auto" keeps whole batches (the estimate is of the host's memory).
+            or TPU, and for a tf.data train input (batched already), "auto" keeps whole
+            batches.
         resize, crop: image sizes; None for the HyperRule's from the train images' size.
         mixup_alpha: None for the HyperRule's (0 below 20k examples, 0.1 above).
         dataset_size: training examples, only for a `tf.data.Dataset` train input.
@@ -210,10 +211,11 @@ def finetune(
     policy = _dtype_policy(model_or_name, config.dtype)
     model_name = model_or_name if isinstance(model_or_name, str) else model_or_name.name
     images = _image_settings(train, validation, model_name, config)
+    # A tf.data train input comes in batches of its own: "auto" keeps them whole.
     accumulation, micro_batch = accumulation_and_micro_batch(
         config,
         model_or_name,
-        images.crop if images else _static_crop(train),
+        images.crop if images else None,
         (policy or _model_policy_or_none(model_or_name)),
         config.strategy or tf.distribute.get_strategy(),
     )
@@ -375,15 +377,6 @@ def _planned_accumulation(
 
 def _model_policy_or_none(model_or_name) -> keras.DTypePolicy | None:
     return None if isinstance(model_or_name, str) else _model_policy(model_or_name)
-
-
-def _static_crop(train) -> int | None:
-    """The image size of a batched tf.data train input, where its element spec says it."""
-    if isinstance(train, tf.data.Dataset):
-        shape = train.element_spec[0].shape
-        if len(shape) == 4 and shape[1] is not None:
-            return int(shape[1])
-    return None
 
 
 def _dtype_policy(

@@ -45,7 +45,11 @@ MEMORY_FRACTION = 0.6
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """One residual unit: "bottleneck" or "basic", its middle and output channels, stride."""
+    """One residual unit: "bottleneck" or "basic", its middle and output channels, stride.
+
+    Example:
+        >>> Unit("bottleneck", middle=64, output=256, stride=1)
+    """
 
     kind: str
     middle: int
@@ -254,7 +258,12 @@ class AccumulationPlan:
     available_bytes: int | None
 
     def describe(self, batch_size: int, resolution: int) -> str:
-        """One line for the log: the split, and why."""
+        """One line for the log: the split, and why.
+
+        Example:
+            >>> plan_accumulation("BiT-M-R50x1", 512, 384).describe(512, 384)
+            'A batch of 512 at 384x384 needs about ... GiB, ...'
+        """
         available = (self.available_bytes or 0) / 2**30
         return (
             f"A batch of {batch_size} at {resolution}x{resolution} needs about "
