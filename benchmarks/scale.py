@@ -14,10 +14,11 @@ Three parts, each measured in processes of their own:
 - `step_memory`: peak resident memory of real training steps (`bit_tf.finetune`, float32)
   against model, batch and resolution, and the estimate of `bit_tf.micro_batch` for each.
 - `throughput`: images per second of the train pipeline alone (decode, resize, crop, flip,
-  MixUp) on folders of small and of 3-megapixel JPEGs (with and without reduced-scale JPEG
-  decoding), against the training step of BiT-S-R50x1 at the same crop; and decoding smooth and
-  textured photos whole and at a reduced scale (`bit_tf.image_folder.decode_for_pipeline`):
-  speed, and how far apart the resized images are.
+  MixUp), and the growth of its peak resident memory, on folders of small, 3- and
+  12-megapixel JPEGs (with and without reduced-scale JPEG decoding), against the training
+  step of BiT-S-R50x1 at the same crop; and decoding smooth and textured photos whole and at
+  a reduced scale (`bit_tf.image_folder.decode_for_pipeline`): speed, and how far apart the
+  resized images are.
 
 `--code=PATH` runs the contenders of `sizes` against another checkout (its bit_tf and bit_cli
 through PYTHONPATH), e.g. the main branch for a before-curve. A contender is stopped when its
@@ -54,6 +55,7 @@ import harness  # noqa: E402  (kept free of TensorFlow: each measurement is a pr
 CLASSES = 12
 IMAGE_SIDE = 128
 PHOTO_SIZE = (2016, 1512)  # a 3-megapixel photo, for the throughput part
+PHONE_PHOTO_SIZE = (4032, 3024)  # a 12-megapixel phone photo
 
 
 # --- Generated data ---------------------------------------------------------------------------
@@ -314,7 +316,16 @@ THROUGHPUT = textwrap.dedent(
     from bit_tf import data
 
     folder, resize, crop, batches, reduced = sys.argv[1], *map(int, sys.argv[2:6])
+
+    def high_water_mark():
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status
+                        if line.startswith("VmHWM"))
+
     source = data.from_folder(folder)
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    before = high_water_mark()
     pipeline = data.train_pipeline(source, 32, resize, crop, mixup_alpha=0.1, seed=0,
                                    reduced_scale_decoding=bool(reduced))
     iterator = iter(pipeline)
@@ -323,7 +334,8 @@ THROUGHPUT = textwrap.dedent(
     started = time.time()
     for _ in range(batches):
         next(iterator)
-    print(json.dumps({"images_per_second": 32 * batches / (time.time() - started)}))
+    print(json.dumps({"images_per_second": 32 * batches / (time.time() - started),
+                      "peak_growth_mib": (high_water_mark() - before) / 2**20}))
     """
 )
 # Photos decoded whole and at a reduced scale (both resized to 448 as the pipeline does): time
@@ -418,11 +430,14 @@ def throughput_part(arguments, work: str) -> list:
     rows = []
     small = write_folder(os.path.join(work, "throughput-small"), 480)
     photos = write_folder(os.path.join(work, "throughput-photos"), 96, size=PHOTO_SIZE)
+    phone = write_folder(os.path.join(work, "throughput-12mp"), 48, size=PHONE_PHOTO_SIZE)
     batches = 4 if arguments.quick else 20
     for label, folder, resize, crop, reduced in (
         ("train pipeline, 128x128 JPEGs, resize 160, crop 128, MixUp", small, 160, 128, 1),
         ("train pipeline, 3-megapixel JPEGs, resize 448, crop 384, MixUp", photos, 448, 384, 1),
         ("the same, every JPEG decoded whole", photos, 448, 384, 0),
+        ("train pipeline, 12-megapixel JPEGs, resize 448, crop 384, MixUp", phone, 448, 384, 1),
+        ("the same, every JPEG decoded whole", phone, 448, 384, 0),
     ):
         speed = _child_json(THROUGHPUT, folder, resize, crop, batches, reduced)
         rows.append({"case": label, **speed})
