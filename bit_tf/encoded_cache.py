@@ -6,7 +6,8 @@ disk is read once; the pixels are decoded again every epoch, after the shuffle. 
 cached is a `CachePolicy`, made from the `cache` argument of the pipelines:
 
 - "auto" (the default): in memory when all the encoded bytes fit `CACHE_BYTES`, else nothing;
-- "memory": in memory up to `CACHE_BYTES`, the first files read first;
+- "memory": in memory up to `CACHE_BYTES` (a folder's files as they are first read; a TFDS
+  source's records all together, or none where they are more);
 - "none" (or False): nothing;
 - any other string: a folder on a local disk, without a limit (the folder is created; files
   cached there by an earlier run of the same source are read from it).
