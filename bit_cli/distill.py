@@ -130,8 +130,16 @@ flags.DEFINE_float(
 flags.DEFINE_float("clip_norm", 1.0, "Global gradient norm to clip to; 0 for no clipping.")
 flags.DEFINE_integer(
     "gradient_accumulation_steps",
-    1,
-    "Split each batch into this many micro-batches (same effective batch, less memory).",
+    None,
+    "Split each batch into this many micro-batches (same effective batch, less memory). "
+    "Default: as many as the machine's memory needs, from an estimate for the model, batch, "
+    "resolution and dtype (one log line says when a batch is split).",
+)
+flags.DEFINE_string(
+    "cache",
+    "auto",
+    "Cache the encoded images (the files' bytes; decoded images never): auto (in memory when "
+    "they fit 1 GiB), memory, none, or a folder on a local disk.",
 )
 flags.DEFINE_integer(
     "validation_every",
@@ -205,7 +213,7 @@ def _check_flags() -> None:
     batch_size = FLAGS.batch_size or (
         DIGITS_DEFAULTS["batch_size"] if FLAGS.dataset == DIGITS else 512
     )
-    if batch_size % FLAGS.gradient_accumulation_steps:
+    if FLAGS.gradient_accumulation_steps and batch_size % FLAGS.gradient_accumulation_steps:
         common.fail(
             PROGRAM,
             f"--gradient_accumulation_steps={FLAGS.gradient_accumulation_steps} must divide "
@@ -305,7 +313,8 @@ def _distill_and_write() -> None:
                 student_weights=FLAGS.student_weights or None,
                 dtype=FLAGS.dtype,
                 temperature=FLAGS.temperature,
-                gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
+                gradient_accumulation_steps=FLAGS.gradient_accumulation_steps or "auto",
+                cache=FLAGS.cache,
                 mixup_alpha=FLAGS.mixup_alpha,
                 seed=FLAGS.seed,
                 patience=FLAGS.patience,

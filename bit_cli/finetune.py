@@ -108,8 +108,16 @@ flags.DEFINE_float(
 )
 flags.DEFINE_integer(
     "gradient_accumulation_steps",
-    1,
-    "Split each batch into this many micro-batches (same effective batch, less memory).",
+    None,
+    "Split each batch into this many micro-batches (same effective batch, less memory). "
+    "Default: as many as the machine's memory needs, from an estimate for the model, batch, "
+    "resolution and dtype (one log line says when a batch is split).",
+)
+flags.DEFINE_string(
+    "cache",
+    "auto",
+    "Cache the encoded images (the files' bytes; decoded images never): auto (in memory when "
+    "they fit 1 GiB), memory, none, or a folder on a local disk.",
 )
 flags.DEFINE_integer(
     "validation_every",
@@ -188,7 +196,7 @@ def _check_flags() -> None:
     batch_size = FLAGS.batch_size or (
         DIGITS_DEFAULTS["batch_size"] if FLAGS.dataset == DIGITS else 512
     )
-    if batch_size % FLAGS.gradient_accumulation_steps:
+    if FLAGS.gradient_accumulation_steps and batch_size % FLAGS.gradient_accumulation_steps:
         common.fail(
             PROGRAM,
             f"--gradient_accumulation_steps={FLAGS.gradient_accumulation_steps} must divide "
@@ -300,7 +308,8 @@ def _fine_tune_and_write() -> None:
             steps=setting("steps"),
             base_lr=setting("base_lr", 0.003),
             mixup_alpha=FLAGS.mixup_alpha,
-            gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
+            gradient_accumulation_steps=FLAGS.gradient_accumulation_steps or "auto",
+            cache=FLAGS.cache,
             strategy=strategy,
             resize=resize,
             crop=crop,
@@ -341,7 +350,10 @@ def _evaluate_and_write(model, history, validation, batch_size: int, crop: int) 
         print(f"{_checkpoint_dir()} holds this run, already finished; nothing to train")
     # A signal now waits for model.keras: the checkpoints already say the run is finished.
     with signals_deferred() as deferred:
-        batches = data.eval_pipeline(validation, min(batch_size, 256), crop)
+        # The micro-batch of the run (gradient accumulation) bounds the evaluation's batch too.
+        accumulation = getattr(model.optimizer, "gradient_accumulation_steps", None) or 1
+        eval_batch = min(batch_size // accumulation, 256)
+        batches = data.eval_pipeline(validation, eval_batch, crop)
         results = model.evaluate(batches, return_dict=True, verbose=0)
         if not keep:
             atomic_save(model, path)

@@ -58,7 +58,10 @@ flags.DEFINE_integer("resize", 0, "Resize images to this square size; 0: the Hyp
 flags.DEFINE_integer("crop", 0, "Random-crop size for training, resize for testing; 0: HyperRule.")
 flags.DEFINE_float("base_lr", 0.003, "Learning rate at batch 512 (HyperRule: 0.003).")
 flags.DEFINE_integer(
-    "gradient_accumulation_steps", 1, "Split each batch into micro-batches to save memory."
+    "gradient_accumulation_steps",
+    0,
+    "Split each batch into this many micro-batches (same effective batch, less memory); 0: as "
+    "many as the machine's memory needs (one log line says when a batch is split).",
 )
 flags.DEFINE_integer(
     "max_test_examples", 0, "Score on the first N test examples only; 0: the full test split."
@@ -101,11 +104,11 @@ def _check_flags() -> None:
     checks.positive(
         PROGRAM,
         batch_size=FLAGS.batch_size,
-        gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
         runs=FLAGS.runs,
     )
     checks.not_negative(
         PROGRAM,
+        gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
         steps=FLAGS.steps,
         resize=FLAGS.resize,
         crop=FLAGS.crop,
@@ -170,7 +173,7 @@ def _run() -> None:
         "crop": _optional(FLAGS.crop),
         "max_test_examples": _optional(FLAGS.max_test_examples),
         "base_lr": FLAGS.base_lr,
-        "gradient_accumulation_steps": FLAGS.gradient_accumulation_steps,
+        "gradient_accumulation_steps": FLAGS.gradient_accumulation_steps or "auto",
     }
     if FLAGS.mode == "vtab":
         results = vtab.run_vtab(

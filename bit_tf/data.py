@@ -6,9 +6,17 @@ with one subfolder per class (`from_folder`), in-memory arrays (`from_arrays`), 
 default, scikit-learn's handwritten digits (`load_digits`). `few_shot` and `split` select
 examples deterministically.
 
-`train_pipeline` decodes, resizes to `resize`, random-crops to `crop`, flips horizontally (crops
-and flips can be turned off per task), batches and applies MixUp with one coefficient per batch,
-as the authors do (`bit_tf.mixup`).
+Memory does not grow with the data. A source reads cheap records (file paths, indices, the
+encoded bytes of TFDS examples; `bit_tf.example_readers`), and `train_pipeline` shuffles those
+over the whole dataset every epoch, a fresh permutation from (seed, epoch)
+(`bit_tf.example_order`), and only then decodes, resizes to `resize`, random-crops to `crop`
+and flips horizontally (crops and flips can be turned off per task), in parallel; it batches
+and applies MixUp with one coefficient per batch, as the authors do (`bit_tf.mixup`). Every
+batch mixes the classes as a full shuffle does, also for a folder read class by class. Encoded
+bytes are cached (in memory within a budget, or in a folder on a local disk;
+`bit_tf.encoded_cache`), decoded images never. Each random choice is a function of the seed and
+the example's position in the stream, so `start_batch` starts a pipeline exactly where a run
+that stopped after that many batches was.
 `eval_pipeline` resizes to `crop`, as the authors evaluate. Both yield float32 images in [0, 1]
 of shape (batch, crop, crop, 3) and float32 one-hot labels of shape (batch, num_classes).
 
@@ -30,15 +38,44 @@ import numpy as np
 import tensorflow as tf
 
 from bit_tf import image_folder
+from bit_tf.encoded_cache import CACHE_BYTES, CachePolicy
+from bit_tf.example_order import shuffled_records
+from bit_tf.example_readers import (
+    ArrayReader,
+    ExampleReader,
+    FolderReader,
+    ImageFeature,
+    TfdsReader,
+)
 from bit_tf.mixup import mix_batches
 
 AUTOTUNE = tf.data.AUTOTUNE
-#: Sources whose resized training images fit in this many bytes are cached in memory.
-CACHE_BYTES = 1 << 30
+#: Evaluation keeps its resized images in memory when they fit in this many bytes.
+DECODED_CACHE_BYTES = 256 << 20
+#: Batches a pipeline prepares ahead of the model.
+PREFETCH_BATCHES = 2
+#: What tf.data's autotuning may hold in buffers, in bytes.
+AUTOTUNE_RAM_BUDGET = 1 << 30
+# Folded into the seed with each example's stream position for its crop and flip.
+_AUGMENT_STREAM = 0x43524F50  # "CROP"
 
-# A function that makes the (image float32 HxWx3 in [0, 1], label int32) dataset of the
-# examples at `indices` (sorted numpy int64 array), or of all examples when None.
-DatasetFunction = Callable[[np.ndarray | None], tf.data.Dataset]
+__all__ = [
+    "AUTOTUNE",
+    "CACHE_BYTES",
+    "DECODED_CACHE_BYTES",
+    "ImageSource",
+    "eval_pipeline",
+    "few_shot",
+    "from_arrays",
+    "from_folder",
+    "from_tfds",
+    "load_digits",
+    "pipeline_options",
+    "resolve_seed",
+    "split",
+    "train_pipeline",
+    "training_records",
+]
 
 
 class ImageSource:
@@ -52,7 +89,10 @@ class ImageSource:
         num_classes: the number of classes; labels are 0 .. num_classes - 1.
         class_names: a name per class.
         image_size: a typical (height, width), for `hyperrule.get_resolution`.
-        skipped: files that were not used, as (path, reason) (image folders only).
+        skipped: files that were not used, as (path, reason) (image folders only); files
+            that fail to decode during training are added as the pipelines meet them.
+        reader: how the examples are read (`bit_tf.example_readers.ExampleReader`).
+        indices: the positions of this source's examples in `reader`, increasing.
 
     Example:
         >>> source = bit_tf.data.from_arrays(images, labels)
@@ -67,22 +107,27 @@ class ImageSource:
         class_names: Sequence[str],
         num_examples: int,
         image_size: tuple,
-        make_dataset: DatasetFunction,
+        reader: ExampleReader,
         labels: np.ndarray | None = None,
         label_reader: Callable[[], np.ndarray] | None = None,
         indices: np.ndarray | None = None,
-        skipped: Sequence = (),
+        skipped: list | None = None,
     ):
         self.name = name
         self.num_classes = int(num_classes)
         self.class_names = tuple(class_names)
         self.num_examples = int(num_examples)
         self.image_size = tuple(int(size) for size in image_size)
-        self.skipped = list(skipped)
-        self._make_dataset = make_dataset
+        self.skipped = skipped if skipped is not None else []
+        self.reader = reader
+        self.indices = (
+            np.arange(self.num_examples, dtype=np.int64)
+            if indices is None
+            else np.asarray(indices, np.int64)
+        )
+        self._whole = indices is None
         self._labels = labels
         self._label_reader = label_reader
-        self._indices = indices
         if self.num_classes < 2:
             raise ValueError(
                 f"Source {name!r} has {self.num_classes} class(es); a classifier needs at least "
@@ -101,12 +146,19 @@ class ImageSource:
         """The label of every example, in order (reads the labels only, not the images)."""
         if self._labels is None:
             all_labels = self._label_reader()
-            self._labels = all_labels if self._indices is None else all_labels[self._indices]
+            self._labels = all_labels if self._whole else all_labels[self.indices]
         return self._labels
 
     def dataset(self) -> tf.data.Dataset:
-        """The examples as (image float32 HxWx3 in [0, 1], label int32), in a fixed order."""
-        return self._make_dataset(self._indices)
+        """The examples as (image float32 HxWx3 in [0, 1], label int32), in a fixed order;
+        files that fail to decode are left out (and added to `skipped`)."""
+        decoded = self.reader.records_in_order(self.indices).map(
+            lambda record, label: (*self.reader.decode(record), label),
+            num_parallel_calls=AUTOTUNE,
+        )
+        return decoded.filter(lambda image, ok, label: ok).map(
+            lambda image, ok, label: (image, label)
+        )
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> ImageSource:
         """The examples at `indices` (positions in this source), in increasing order.
@@ -120,7 +172,6 @@ class ImageSource:
                 f"Indices must be in [0, {self.num_examples}) for source {self.name!r}, "
                 f"got values from {indices[0]} to {indices[-1]}."
             )
-        absolute = indices if self._indices is None else self._indices[indices]
         labels = None if self._labels is None else self._labels[indices]
         return ImageSource(
             name or self.name,
@@ -128,15 +179,17 @@ class ImageSource:
             self.class_names,
             len(indices),
             self.image_size,
-            self._make_dataset,
+            self.reader,
             labels=labels,
             label_reader=self._label_reader,
-            indices=absolute,
+            indices=self.indices[indices],
             skipped=self.skipped,
         )
 
 
-def _as_float_rgb(images: np.ndarray) -> np.ndarray:
+def _checked_images(images: np.ndarray) -> np.ndarray:
+    """`images` as (N, H, W, C) with C of 1, 3 or 4, in native byte order, uint8, uint16 or
+    float32 in [0, 1]; converted to RGB float32 one at a time by the pipelines."""
     images = np.asarray(images)
     if images.ndim in (3, 4) and 0 in images.shape[:3]:
         raise ValueError(
@@ -151,23 +204,18 @@ def _as_float_rgb(images: np.ndarray) -> np.ndarray:
             f"images must have shape (N, H, W), (N, H, W, 1), (N, H, W, 3) or (N, H, W, 4), "
             f"got {images.shape}."
         )
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    elif images.dtype == np.uint16:
-        images = images.astype(np.float32) / 65535.0
-    elif np.issubdtype(images.dtype, np.floating):
-        images = images.astype(np.float32)
+    if images.dtype in (np.uint8, np.uint16):
+        return images
+    if np.issubdtype(images.dtype, np.floating):
+        images = images.astype(np.float32, copy=False)
         low, high = float(np.min(images)), float(np.max(images))
         if not (np.isfinite(low) and np.isfinite(high)) or low < 0.0 or high > 1.0:
             raise ValueError(
                 f"Float images must be in [0, 1], got values from {low} to {high}. Divide by "
                 "the maximum (e.g. 255) first."
             )
-    else:
-        raise ValueError(f"images must be uint8, uint16 or float in [0, 1], got {images.dtype}.")
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    return images[..., :3]
+        return images
+    raise ValueError(f"images must be uint8, uint16 or float in [0, 1], got {images.dtype}.")
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray:
@@ -196,7 +244,8 @@ def from_arrays(
 ) -> ImageSource:
     """A source from in-memory images (uint8, uint16, or float in [0, 1]) and integer labels.
 
-    Grayscale images are repeated to RGB and an alpha channel is dropped.
+    The images are kept as given (no float32 copy of the whole array); grayscale images are
+    repeated to RGB and an alpha channel is dropped, one example at a time.
 
     Raises:
         ValueError: shapes, dtypes or value ranges that do not fit, labels out of range, or
@@ -205,20 +254,21 @@ def from_arrays(
     Example:
         >>> source = from_arrays(np.zeros((100, 32, 32, 3), "uint8"), np.arange(100) % 10)
     """
-    images = _as_float_rgb(images)
+    images = _checked_images(images)
     if num_classes is None:
         num_classes = int(np.max(labels)) + 1 if len(labels) else 0
     labels = _check_labels(labels, num_classes, name)
     if len(labels) != len(images):
         raise ValueError(f"Got {len(images)} images but {len(labels)} labels for {name!r}.")
     class_names = class_names or [str(index) for index in range(num_classes)]
-
-    def make_dataset(indices):
-        chosen = slice(None) if indices is None else indices
-        return tf.data.Dataset.from_tensor_slices((images[chosen], labels[chosen]))
-
     return ImageSource(
-        name, num_classes, class_names, len(labels), images.shape[1:3], make_dataset, labels
+        name,
+        num_classes,
+        class_names,
+        len(labels),
+        images.shape[1:3],
+        ArrayReader(images, labels),
+        labels,
     )
 
 
@@ -242,14 +292,15 @@ def load_digits(validation_fraction: float = 0.2, seed: int = 0) -> tuple:
     return split(source, validation_fraction, seed=seed)
 
 
-def from_folder(
-    root: str | os.PathLike, max_pixels: int = image_folder.MAX_PIXELS, parallel: int = AUTOTUNE
-) -> ImageSource:
+def from_folder(root: str | os.PathLike, max_pixels: int = image_folder.MAX_PIXELS) -> ImageSource:
     """A source from `root/<class name>/<image files>` (any depth below the class folder).
 
-    Every file is checked once, before training: unreadable files are skipped and reported
-    (`source.skipped`, and a warning with the count and a few names); images of any mode are
-    converted to RGB. See `bit_tf.image_folder`.
+    Every file is checked once, before training, without decoding its pixels (readable, an
+    image header, not too large, not cut short); files that fail are skipped and reported
+    (`source.skipped`, and a warning with the count and a few names), and so is a file that
+    fails to decode later, when a pipeline meets it. Metadata folders such as `@eaDir` and
+    `__MACOSX` are ignored. Images of any mode are converted to RGB, upright (EXIF
+    orientation). See `bit_tf.image_folder`.
 
     Raises:
         image_folder.ImageFolderError: fewer than 2 classes, or a class without readable image.
@@ -260,27 +311,13 @@ def from_folder(
         ('daisy', 'dandelion', 'rose', 'sunflower', 'tulip')
     """
     scan = image_folder.scan_folder(root, max_pixels=max_pixels)
-    paths = np.asarray(scan.paths, dtype=object)
-
-    def decode(path):
-        image = tf.numpy_function(
-            lambda value: image_folder.read_image(value, max_pixels), [path], tf.float32
-        )
-        image.set_shape([None, None, 3])
-        return image
-
-    def make_dataset(indices):
-        chosen = slice(None) if indices is None else indices
-        files = tf.data.Dataset.from_tensor_slices((paths[chosen].astype(str), scan.labels[chosen]))
-        return files.map(lambda path, label: (decode(path), label), num_parallel_calls=parallel)
-
     return ImageSource(
         os.fspath(root),
         len(scan.class_names),
         scan.class_names,
         len(scan.paths),
         scan.image_size,
-        make_dataset,
+        FolderReader(scan, max_pixels),
         labels=scan.labels,
         skipped=scan.skipped,
     )
@@ -294,6 +331,8 @@ def from_tfds(
     download: bool = True,
 ) -> ImageSource:
     """A source from a TensorFlow Datasets image-classification dataset.
+
+    Images stay encoded until a pipeline has shuffled them (`tfds.decode.SkipDecoding`).
 
     Args:
         name: the TFDS name, e.g. "oxford_flowers102" or "cifar10:3.0.2".
@@ -312,7 +351,6 @@ def from_tfds(
     load_options = {
         "split": split,
         "data_dir": data_dir,
-        "as_supervised": True,
         "shuffle_files": False,
         "download": download,
     }
@@ -321,37 +359,36 @@ def from_tfds(
             "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)
         }
     dataset, info = tfds.load(name, with_info=True, **load_options)
-    if "label" not in info.features or not hasattr(info.features["label"], "num_classes"):
+    image_key, label_key = info.supervised_keys or ("image", "label")
+    if label_key not in info.features or not hasattr(info.features[label_key], "num_classes"):
         raise ValueError(
-            f"TFDS dataset {name!r} has no class label feature 'label'; bit_tf fine-tunes "
-            "image classifiers."
+            f"TFDS dataset {name!r} has no class label feature {label_key!r}; bit_tf "
+            "fine-tunes image classifiers."
         )
-    label_feature = info.features["label"]
+    label_feature = info.features[label_key]
+    image_feature = info.features[image_key]
+
+    def load(decoders=None):
+        return tfds.load(name, decoders=decoders, **load_options)
+
+    def label(example):
+        return tf.cast(example[label_key], tf.int32)
+
+    reader = TfdsReader(
+        load,
+        image_key,
+        label,
+        tfds_image_feature(image_feature),
+        f"{name}:{split}",
+        tfds_bytes_per_example(info, split),
+    )
     num_examples = int(dataset.cardinality())
     if num_examples < 0:
-        num_examples = sum(1 for _ in _tfds_labels(name, load_options))
-    height, width = info.features["image"].shape[:2] if "image" in info.features else (None, None)
+        num_examples = sum(1 for _ in _tfds_labels(load, image_key, label))
+    height, width = image_feature.shape[:2]
     if height is None or width is None:
-        first_image, _ = next(iter(dataset.take(1)))
-        height, width = first_image.shape[:2]
-
-    def to_float(image, label):
-        image = tf.image.convert_image_dtype(image, tf.float32)
-        if image.shape[-1] == 1:
-            image = tf.image.grayscale_to_rgb(image)
-        return image[..., :3], tf.cast(label, tf.int32)
-
-    def make_dataset(indices):
-        examples = tfds.load(name, **load_options)
-        if indices is not None:
-            chosen = np.zeros(num_examples, dtype=bool)
-            chosen[indices] = True
-            chosen = tf.constant(chosen)
-            examples = examples.enumerate().filter(lambda i, _: chosen[i]).map(lambda _, x: x)
-        return examples.map(to_float, num_parallel_calls=AUTOTUNE)
-
-    def read_labels():
-        return np.fromiter(_tfds_labels(name, load_options), dtype=np.int32)
+        first_example = next(iter(dataset.take(1)))
+        height, width = first_example[image_key].shape[:2]
 
     return ImageSource(
         f"{name}:{split}",
@@ -359,16 +396,44 @@ def from_tfds(
         label_feature.names,
         num_examples,
         (height, width),
-        make_dataset,
-        label_reader=read_labels,
+        reader,
+        label_reader=lambda: np.fromiter(_tfds_labels(load, image_key, label), dtype=np.int32),
     )
 
 
-def _tfds_labels(name, load_options):
+def tfds_image_feature(feature) -> ImageFeature:
+    """What a TFDS image feature holds (`bit_tf.example_readers.ImageFeature`): encoded
+    bytes for an `Image` feature, else pixels, and their dtype.
+
+    Example:
+        >>> tfds_image_feature(info.features["image"])
+        ImageFeature(encoded=True, dtype=tf.uint8, scale=1)
+    """
     import tensorflow_datasets as tfds
 
-    skip_images = {"image": tfds.decode.SkipDecoding()}
-    labels = tfds.load(name, decoders=skip_images, **load_options).map(lambda _, label: label)
+    dtype = tf.as_dtype(getattr(feature, "np_dtype", None) or feature.dtype)
+    return ImageFeature(encoded=isinstance(feature, tfds.features.Image), dtype=dtype)
+
+
+def tfds_bytes_per_example(info, split: str) -> float | None:
+    """The mean size of a prepared example of `split`, from TFDS's records; None if unknown.
+
+    Example:
+        >>> tfds_bytes_per_example(info, "train")
+        2812.4
+    """
+    try:
+        split_info = info.splits[split]
+        size, count = int(split_info.num_bytes), int(split_info.num_examples)
+    except Exception:  # a mocked, unprepared or unusual split: no statistics
+        return None
+    return size / count if size > 0 and count > 0 else None
+
+
+def _tfds_labels(load, image_key, label):
+    import tensorflow_datasets as tfds
+
+    labels = load({image_key: tfds.decode.SkipDecoding()}).map(label)
     for batch in labels.batch(4096).as_numpy_iterator():
         yield from batch.tolist()
 
@@ -437,14 +502,78 @@ def _check_sizes(**sizes: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
-def _should_cache(source: ImageSource, size: int, cache: bool | str) -> bool:
-    if cache == "auto":
-        return source.num_examples * size * size * 3 * 4 <= CACHE_BYTES
-    return bool(cache)
+def resolve_seed(seed: int | None) -> int:
+    """`seed`, or a fresh random seed for None (drawn once, so one pipeline stays consistent).
+
+    Example:
+        >>> resolve_seed(7)
+        7
+    """
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
+    return int(seed)
+
+
+def pipeline_options() -> tf.data.Options:
+    """The tf.data options of the pipelines: deterministic order, and autotuned buffers that
+    hold at most `AUTOTUNE_RAM_BUDGET` bytes.
+
+    Example:
+        >>> dataset = dataset.with_options(pipeline_options())
+    """
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = True
+    options.autotune.ram_budget = AUTOTUNE_RAM_BUDGET
+    return options
 
 
 def _one_hot(num_classes):
     return lambda image, label: (image, tf.one_hot(label, num_classes, dtype=tf.float32))
+
+
+def example_seed(seed: int, position: tf.Tensor) -> tf.Tensor:
+    """The stateless seed (2 int64) of the example at stream `position` of a pipeline.
+
+    Example:
+        >>> example_seed(0, tf.constant(5, tf.int64)).shape
+        TensorShape([2])
+    """
+    base = tf.constant([seed, _AUGMENT_STREAM], tf.int64)
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
+
+
+def training_records(
+    source: ImageSource,
+    batch_size: int,
+    seed: int | None,
+    cache: bool | str,
+    start_batch: int,
+    epochs: int | None = None,
+) -> tuple[int, tf.data.Dataset, Callable]:
+    """(the seed, the shuffled records as (position, record, label) from batch `start_batch`
+    of `batch_size`, the records' decode function) of a training pipeline over `source`
+    (`bit_tf.example_order.shuffled_records`); None draws a seed.
+
+    Raises:
+        ValueError: a `start_batch` that is not a non-negative integer.
+
+    Example:
+        >>> seed, records, decode = training_records(source, 32, 0, "auto", start_batch=0)
+    """
+    if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
+        raise ValueError(f"start_batch must be a non-negative integer, got {start_batch!r}.")
+    seed = resolve_seed(seed)
+    records, decode = shuffled_records(
+        source.reader,
+        source.indices,
+        seed,
+        start_batch * batch_size,
+        CachePolicy.parse(cache),
+        source.name,
+        epochs=epochs,
+    )
+    return seed, records, decode
 
 
 def train_pipeline(
@@ -455,12 +584,18 @@ def train_pipeline(
     mixup_alpha: float = 0.0,
     seed: int | None = None,
     cache: bool | str = "auto",
-    shuffle_buffer: int = 10_000,
     repeat: bool = True,
     random_flip: bool = True,
     random_crop: bool = True,
+    start_batch: int = 0,
+    reduced_scale_decoding: bool = False,
 ) -> tf.data.Dataset:
-    """Training batches: resize -> random crop -> random flip -> batch -> MixUp -> prefetch.
+    """Training batches: shuffle -> decode -> resize -> random crop -> random flip -> batch ->
+    MixUp -> prefetch.
+
+    Every epoch is a fresh permutation of all the examples (records, not pixels, are
+    shuffled), so memory does not grow with the dataset: a few images in flight and
+    `PREFETCH_BATCHES` batches.
 
     Args:
         source: an `ImageSource`.
@@ -469,14 +604,21 @@ def train_pipeline(
         crop: the square size of the random crop (128, 384 or 480).
         mixup_alpha: MixUp's Beta(alpha, alpha), one coefficient per batch as the authors mix
             (`bit_tf.mixup`); 0 turns MixUp off.
-        seed: makes shuffling, crops, flips and MixUp deterministic; None for fresh randomness.
-        cache: cache the resized images in memory: True, False or "auto" (if under 1 GiB).
-        shuffle_buffer: examples in the shuffle buffer.
-        repeat: repeat forever (for `model.fit(steps_per_epoch=...)`).
+        seed: makes the order, crops, flips and MixUp deterministic; None for fresh randomness.
+        cache: where the encoded images may be cached (`bit_tf.encoded_cache`): "auto" (in
+            memory when they fit `CACHE_BYTES`), "memory", "none", or a folder on a local disk.
+        repeat: repeat forever (for `model.fit(steps_per_epoch=...)`); False: one epoch.
         random_flip: flip images left-right at random; False where a flip changes the label
             (VTAB's dSprites/location, dSprites/orientation, SmallNORB/azimuth).
         random_crop: crop at random; False resizes straight to `crop` instead, for tasks where
             a crop changes the label (object counts, distances, positions).
+        start_batch: begin with this batch of the stream (a resumed run: the batches done).
+        reduced_scale_decoding: decode a JPEG of a folder at 1/2, 1/4 or 1/8 of its size
+            (in the DCT domain, `bit_tf.image_folder.decode_for_pipeline`) where both sides
+            stay at least the resize size: several times faster on large photos, but the
+            resized pixels are then close to an anti-aliased resize's, not the authors'
+            (measured in benchmarks/RESULTS.md). False (the default) decodes every image
+            whole, as the authors' pipeline, evaluation and `bit-predict` do.
 
     Example:
         >>> batches = train_pipeline(source, batch_size=64, resize=160, crop=128, seed=0)
@@ -490,33 +632,36 @@ def train_pipeline(
             f"batch_size {batch_size} is larger than the {source.num_examples} examples of "
             f"{source.name!r}; use a smaller batch."
         )
-    size = resize if random_crop else crop
-    dataset = source.dataset().map(
-        lambda image, label: (tf.image.resize(image, (size, size)), label),
-        num_parallel_calls=AUTOTUNE,
+    seed, records, decode = training_records(
+        source, batch_size, seed, cache, start_batch, epochs=None if repeat else 1
     )
-    if _should_cache(source, size, cache):
-        dataset = dataset.cache()
-    dataset = dataset.shuffle(min(shuffle_buffer, source.num_examples), seed=seed)
-    if repeat:
-        dataset = dataset.repeat()
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    size = resize if random_crop else crop
+    smallest_side = size if reduced_scale_decoding else 0
 
-    def augment(example, pair):
-        image, label = example
+    def decode_and_augment(position, record, label):
+        image, decoded = decode(record, smallest_side)
+        image = tf.image.resize(image, (size, size))
+        pair = example_seed(seed, position)
         if random_crop:
             image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=pair)
         if random_flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=pair[::-1])
-        return image, label
+        return image, label, decoded
 
-    if random_crop or random_flip:
-        dataset = tf.data.Dataset.zip(dataset, seeds).map(augment, num_parallel_calls=AUTOTUNE)
+    dataset = records.map(decode_and_augment, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.filter(lambda image, label, decoded: decoded)
+    dataset = dataset.map(lambda image, label, decoded: (image, label))
     dataset = dataset.batch(batch_size, drop_remainder=True)
     dataset = dataset.map(_one_hot(source.num_classes), num_parallel_calls=AUTOTUNE)
     if mixup_alpha:
-        dataset = mix_batches(dataset, mixup_alpha, seed=seed)
-    return dataset.prefetch(AUTOTUNE)
+        dataset = mix_batches(dataset, mixup_alpha, seed=seed, start_batch=start_batch)
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(pipeline_options())
+
+
+def _decoded_cache_fits(source: ImageSource, size: int, cache: bool | str) -> bool:
+    if CachePolicy.parse(cache).kind == "none":
+        return False
+    return source.num_examples * size * size * 3 * 4 <= DECODED_CACHE_BYTES
 
 
 def eval_pipeline(
@@ -524,17 +669,28 @@ def eval_pipeline(
 ) -> tf.data.Dataset:
     """Evaluation batches: resize to `crop` (as the authors evaluate), in order, last batch kept.
 
+    The resized images are cached in memory when all of them fit `DECODED_CACHE_BYTES`
+    (validation runs many times), unless `cache` is "none" or False.
+
     Example:
         >>> model.evaluate(eval_pipeline(validation, batch_size=256, crop=128))
     """
     _check_sizes(batch_size=batch_size, crop=crop)
-    dataset = source.dataset().map(
-        lambda image, label: (tf.image.resize(image, (crop, crop)), label),
-        num_parallel_calls=AUTOTUNE,
+    reader = source.reader
+
+    def decode_and_resize(record, label):
+        # Whole-size decoding, as bit-predict and the serving export read a photo.
+        image, decoded = reader.decode(record)
+        return tf.image.resize(image, (crop, crop)), label, decoded
+
+    dataset = reader.records_in_order(source.indices).map(
+        decode_and_resize, num_parallel_calls=AUTOTUNE
     )
-    if _should_cache(source, crop, cache):
+    dataset = dataset.filter(lambda image, label, decoded: decoded)
+    dataset = dataset.map(lambda image, label, decoded: (image, label))
+    if _decoded_cache_fits(source, crop, cache):
         dataset = dataset.cache()
     dataset = dataset.batch(batch_size).map(
         _one_hot(source.num_classes), num_parallel_calls=AUTOTUNE
     )
-    return dataset.prefetch(AUTOTUNE)
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(pipeline_options())

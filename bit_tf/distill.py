@@ -51,7 +51,6 @@ from bit_tf.finetune import (
     VALIDATIONS_PER_RUN,
     TrainingDivergedError,
     TrainingInterruptedError,
-    _accumulation_and_micro_batch,
     _all_callbacks,
     _as_source,
     _dataset_identity,
@@ -59,6 +58,7 @@ from bit_tf.finetune import (
     _Inputs,
     _strategy_for,
     _with_new_head,
+    accumulation_and_micro_batch,
     resolve_resolution,
 )
 from bit_tf.finetune_checkpoints import (
@@ -100,16 +100,21 @@ class DistillConfig:
 
     Input:
         batch_size: the global batch per optimizer update (512; 4096 on ImageNet).
-        gradient_accumulation_steps: micro-batches per update (same batch, less memory).
+        gradient_accumulation_steps: micro-batches per update (same batch, less memory);
+            "auto" splits the batch only where the student's step would not fit the memory
+            available (`bit_tf.finetune.accumulation_and_micro_batch`).
         crop: the square size of the images; None for the HyperRule's for the train images
             (the resolution `bit_tf.finetune` trained a teacher at).
         mixup_alpha: MixUp's Beta(alpha, alpha) (1.0: the paper's `mixup p=1`); 0 for none.
         min_crop_area: the smallest inception crop, as a fraction of the image (0.05).
         random_flip: flip at random; turn it off where a flip changes the label.
         dataset_size: training examples, only for a `tf.data.Dataset` train input.
-        seed: makes the run repeatable: the input pipeline's order and augmentation, and the
-            initial weights of a student name (`keras.utils.set_random_seed(seed)`, which also
-            seeds Python's and NumPy's global generators); see `FinetuneConfig.seed` for GPUs.
+        seed: makes the run repeatable: the input pipeline's order and augmentation (a resumed
+            run reads on from where it stopped), and the initial weights of a student name
+            (`keras.utils.set_random_seed(seed)`, which also seeds Python's and NumPy's global
+            generators); see `FinetuneConfig.seed` for GPUs.
+        cache: where the encoded images may be cached ("auto", "memory", "none" or a folder on
+            a local disk; `bit_tf.encoded_cache`); decoded images never are.
 
     Schedule:
         steps: optimizer updates; None for the `patience` schedule for the train set's size.
@@ -147,13 +152,14 @@ class DistillConfig:
     dtype: str | keras.DTypePolicy | None = None
     temperature: float = 1.0
     batch_size: int = 512
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int | str = "auto"
     crop: int | None = None
     mixup_alpha: float = 1.0
     min_crop_area: float = MIN_CROP_AREA
     random_flip: bool = True
     dataset_size: int | None = None
     seed: int | None = None
+    cache: bool | str = "auto"
     steps: int | None = None
     patience: str = "medium"
     base_lr: float = 0.003
@@ -238,18 +244,30 @@ def _distill(
     validation = _as_source(validation, "validation")
     if train is None:
         raise ValueError("train is required.")
-    accumulation, micro_batch = _accumulation_and_micro_batch(config)
-    strategy = _strategy_for(micro_batch, config.strategy)
     policy = resolve_dtype_policy(config.dtype) if isinstance(student, str) else None
     if config.dtype is not None and not isinstance(student, str):
         raise ValueError(
             f"dtype={config.dtype!r} applies to a student name; build the student with "
             "bit_tf.create_model(..., dtype=...) instead."
         )
-    with strategy.scope():
-        teacher = load_teacher(teacher, clone=config.strategy is not None)
     student_name = student if isinstance(student, str) else student.name
-    inputs, crop = _input_pipelines(train, validation, student_name, config, micro_batch)
+    crop = _crop(train, student_name, config)
+    if config.gradient_accumulation_steps not in (None, "auto"):
+        accumulation_and_micro_batch(config)  # a number that cannot work: before the teacher
+    with (config.strategy or tf.distribute.get_strategy()).scope():
+        teacher = load_teacher(teacher, clone=config.strategy is not None)
+    # Planned once the teacher's weights are in memory; the student's activations are kept
+    # for the backward pass, the teacher's are not.
+    # A tf.data train input comes in batches of its own: "auto" keeps them whole.
+    accumulation, micro_batch = accumulation_and_micro_batch(
+        config,
+        student,
+        crop if isinstance(train, data_lib.ImageSource) else None,
+        policy,
+        config.strategy or tf.distribute.get_strategy(),
+    )
+    strategy = _strategy_for(micro_batch, config.strategy)
+    inputs = _input_pipelines(train, validation, crop, config, micro_batch)
     _check_teacher_classes(teacher, inputs.num_classes)
     total_steps, warmup, validation_every = _run_schedule(inputs.dataset_size, config)
     settings = {
@@ -393,11 +411,17 @@ def _check_teacher_classes(teacher: keras.Model, num_classes: int) -> None:
         )
 
 
+def _crop(train, student_name: str, config: DistillConfig) -> int | None:
+    """The crop size: the config's, else the HyperRule's for an ImageSource's images."""
+    if config.crop is None and isinstance(train, data_lib.ImageSource):
+        return resolve_resolution(train, student_name, None, None)[1]
+    return config.crop
+
+
 def _input_pipelines(
-    train, validation, student_name: str, config: DistillConfig, micro_batch: int
-) -> tuple[_Inputs, int | None]:
-    """The consistent train stream and the validation batches, and the crop size."""
-    crop = config.crop
+    train, validation, crop: int | None, config: DistillConfig, micro_batch: int
+) -> _Inputs:
+    """The consistent train stream and the validation batches."""
     if isinstance(train, data_lib.ImageSource):
         if isinstance(validation, data_lib.ImageSource):
             if validation.num_classes != train.num_classes:
@@ -405,17 +429,21 @@ def _input_pipelines(
                     f"train has {train.num_classes} classes but validation has "
                     f"{validation.num_classes}; they must be the same classification task."
                 )
-        if crop is None:
-            crop = resolve_resolution(train, student_name, None, None)[1]
-        train_batches = consistent_batches(
-            train,
-            micro_batch,
-            crop,
-            mixup_alpha=config.mixup_alpha,
-            seed=config.seed,
-            min_crop_area=config.min_crop_area,
-            random_flip=config.random_flip,
-        )
+        seed = data_lib.resolve_seed(config.seed)
+
+        def train_stream(start_batch: int) -> tf.data.Dataset:
+            return consistent_batches(
+                train,
+                micro_batch,
+                crop,
+                mixup_alpha=config.mixup_alpha,
+                seed=seed,
+                min_crop_area=config.min_crop_area,
+                random_flip=config.random_flip,
+                cache=config.cache,
+                start_batch=start_batch,
+            )
+
         num_classes, dataset_size = train.num_classes, train.num_examples
         log.info(
             "Distilling on %s: %d examples, %d classes, crop %d, MixUp %s.",
@@ -430,14 +458,17 @@ def _input_pipelines(
             raise ValueError(
                 "A tf.data.Dataset train input needs dataset_size= (for the schedule) or steps=."
             )
-        train_batches = train.repeat()
+
+        def train_stream(start_batch: int) -> tf.data.Dataset:
+            return train.repeat()  # a dataset given as it is starts at its beginning
+
         num_classes, dataset_size = int(train.element_spec[1].shape[-1]), config.dataset_size
     validation_batches = validation
     if isinstance(validation, data_lib.ImageSource):
         if crop is None:
             raise ValueError("crop= is needed to evaluate an ImageSource next to a tf.data train.")
         validation_batches = data_lib.eval_pipeline(validation, micro_batch, crop)
-    return _Inputs(train_batches, validation_batches, num_classes, dataset_size), crop
+    return _Inputs(train_stream, validation_batches, num_classes, dataset_size)
 
 
 def _run_schedule(dataset_size: int | None, config: DistillConfig) -> tuple[int, int, int]:

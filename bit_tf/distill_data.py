@@ -8,6 +8,10 @@ batch. `consistent_batches` makes one such batch per step; `bit_tf.distill_model
 hands that same batch to the teacher and to the student. The MixUp is the package's
 (`bit_tf.mixup`: one coefficient per batch, the batch mixed with a permutation of itself).
 
+The input is read as fine-tuning's (`bit_tf.data.train_pipeline`): the records of the whole
+dataset are shuffled every epoch and decoded after the shuffle, so memory does not grow with the
+number of images or their size, and `start_batch` starts the stream where a resumed run was.
+
 Example:
     >>> from bit_tf import data
     >>> from bit_tf.distill_data import consistent_batches
@@ -19,9 +23,18 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
-from bit_tf.data import AUTOTUNE, CACHE_BYTES, ImageSource
+from bit_tf.data import (
+    AUTOTUNE,
+    PREFETCH_BATCHES,
+    ImageSource,
+    example_seed,
+    pipeline_options,
+    training_records,
+)
 from bit_tf.mixup import mix_batches
 
 __all__ = ["MIN_CROP_AREA", "consistent_batches", "inception_crop"]
@@ -55,10 +68,15 @@ def inception_crop(
     return tf.image.resize(box, (size, size))
 
 
-def _cache_fits(source: ImageSource) -> bool:
-    """Whether the decoded images (at their typical size) fit the package's cache budget."""
-    height, width = source.image_size
-    return source.num_examples * height * width * 3 * 4 <= CACHE_BYTES
+def decode_size(crop: int, min_area: float) -> int:
+    """The smallest side an image may be decoded at (`bit_tf.example_readers.Access`) so that
+    the smallest crop of the widest aspect ratio still has `crop` pixels on each side.
+
+    Example:
+        >>> decode_size(128, 0.05)
+        661
+    """
+    return math.ceil(crop * math.sqrt(ASPECT_RATIO_RANGE[1] / min_area))
 
 
 def consistent_batches(
@@ -69,9 +87,12 @@ def consistent_batches(
     seed: int | None = None,
     min_crop_area: float = MIN_CROP_AREA,
     random_flip: bool = True,
-    shuffle_buffer: int = 10_000,
+    cache: bool | str = "auto",
+    start_batch: int = 0,
+    reduced_scale_decoding: bool = False,
 ) -> tf.data.Dataset:
-    """Endless training batches for distillation: inception crop -> flip -> batch -> MixUp.
+    """Endless training batches for distillation: shuffle -> decode -> inception crop -> flip
+    -> batch -> MixUp.
 
     Args:
         source: an `ImageSource`.
@@ -79,11 +100,15 @@ def consistent_batches(
             stream repeats).
         crop: the square size of the crops.
         mixup_alpha: MixUp's Beta(alpha, alpha), one coefficient per batch; 0 turns it off.
-        seed: makes shuffling, crops, flips and MixUp deterministic; None for fresh randomness.
+        seed: makes the order, crops, flips and MixUp deterministic; None for fresh randomness.
         min_crop_area: the smallest crop as a fraction of the image (0.05 in the paper); 1
             takes whole images.
         random_flip: flip left-right at random; False where a flip changes the label.
-        shuffle_buffer: examples in the shuffle buffer.
+        cache: where encoded images may be cached, as for `bit_tf.data.train_pipeline`.
+        start_batch: begin with this batch of the stream (a resumed run: the batches done).
+        reduced_scale_decoding: decode a JPEG of a folder at a reduced scale where the
+            smallest crop keeps `crop` pixels a side (`decode_size`), as
+            `bit_tf.data.train_pipeline` can; False (the default) decodes every image whole.
 
     Returns:
         A `tf.data.Dataset` of (images float32 (batch, crop, crop, 3) in [0, 1], one-hot
@@ -99,21 +124,21 @@ def consistent_batches(
         raise ValueError(f"min_crop_area must be in (0, 1], got {min_crop_area!r}.")
     if mixup_alpha < 0:
         raise ValueError(f"mixup_alpha must not be negative, got {mixup_alpha!r}.")
-    dataset = source.dataset()
-    if _cache_fits(source):
-        dataset = dataset.cache()
-    dataset = dataset.shuffle(min(shuffle_buffer, source.num_examples), seed=seed).repeat()
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    seed, records, decode = training_records(source, batch_size, seed, cache, start_batch)
+    smallest_side = decode_size(crop, min_crop_area) if reduced_scale_decoding else 0
 
-    def augment(example, pair):
-        image, label = example
+    def augment(position, record, label):
+        image, decoded = decode(record, smallest_side)
+        pair = example_seed(seed, position)
         image = inception_crop(image, crop, pair, min_crop_area)
         if random_flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=pair[::-1])
-        return image, tf.one_hot(label, source.num_classes, dtype=tf.float32)
+        return image, tf.one_hot(label, source.num_classes, dtype=tf.float32), decoded
 
-    dataset = tf.data.Dataset.zip(dataset, seeds).map(augment, num_parallel_calls=AUTOTUNE)
+    dataset = records.map(augment, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.filter(lambda image, label, decoded: decoded)
+    dataset = dataset.map(lambda image, label, decoded: (image, label))
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if mixup_alpha:
-        dataset = mix_batches(dataset, mixup_alpha, seed=seed)
-    return dataset.prefetch(AUTOTUNE)
+        dataset = mix_batches(dataset, mixup_alpha, seed=seed, start_batch=start_batch)
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(pipeline_options())

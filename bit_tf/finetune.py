@@ -29,7 +29,7 @@ import importlib.util
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -48,8 +48,10 @@ from bit_tf.finetune_checkpoints import (
     TrainingInterruptedError,
     find_resumable,
     load_resumable,
+    read_progress,
     signals_caught,
 )
+from bit_tf.micro_batch import Architecture, plan_accumulation
 from bit_tf.models import create_model, resolve_dtype_policy
 from bit_tf.optimizers import FusedMomentumSGD
 from bit_tf.run_lock import holding
@@ -64,6 +66,7 @@ __all__ = [
     "RunSettingsError",
     "TrainingDivergedError",
     "TrainingInterruptedError",
+    "accumulation_and_micro_batch",
     "finetune",
     "resolve_resolution",
 ]
@@ -91,16 +94,24 @@ class FinetuneConfig:
         batch_size: the global batch per optimizer update; the learning rate is `base_lr`
             scaled by `batch_size / 512`.
         gradient_accumulation_steps: split each batch into this many micro-batches whose
-            gradients are averaged before one update (same effective batch, less memory).
+            gradients are averaged before one update (same effective batch, less memory);
+            "auto" splits it only where the batch would not fit the memory available, by the
+            estimate of `bit_tf.micro_batch` (a bit_tf model or name: its architecture, the
+            crop, the dtype), and says so in the log; a resumed run keeps its own. On a GPU
+            or TPU, and for a tf.data train input (batched already), "auto" keeps whole
+            batches.
         resize, crop: image sizes; None for the HyperRule's from the train images' size.
         mixup_alpha: None for the HyperRule's (0 below 20k examples, 0.1 above).
         dataset_size: training examples, only for a `tf.data.Dataset` train input.
-        seed: makes the run repeatable: the input pipeline's order and augmentation, and the
-            initial weights of a model name (`keras.utils.set_random_seed(seed)`, which also
-            seeds Python's and NumPy's global generators). On CPUs the same call gives the same
-            losses and weights; on GPUs this also needs
+        seed: makes the run repeatable: the input pipeline's order and augmentation (the order
+            of every epoch, crops, flips, MixUp; a resumed run reads on from where it stopped),
+            and the initial weights of a model name (`keras.utils.set_random_seed(seed)`, which
+            also seeds Python's and NumPy's global generators). On CPUs the same call gives the
+            same losses and weights; on GPUs this also needs
             `tf.config.experimental.enable_op_determinism()` (slower), and `jit_compile`
             there picks kernels by timing them, which can differ from run to run.
+        cache: where the encoded images may be cached: "auto", "memory", "none" or a folder
+            on a local disk (`bit_tf.encoded_cache`); decoded images never are.
         random_flip, random_crop: the training augmentation of an ImageSource input; turn one
             off where it changes the label (as VTAB does per task, `bit_tf.vtab.Task`).
 
@@ -138,7 +149,7 @@ class FinetuneConfig:
     steps: int | None = None
     base_lr: float = hyperrule.BASE_LR
     mixup_alpha: float | None = None
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int | str = "auto"
     strategy: tf.distribute.Strategy | None = None
     callbacks: Sequence[keras.callbacks.Callback] | None = None
     resize: int | None = None
@@ -155,6 +166,7 @@ class FinetuneConfig:
     overwrite: bool = False
     random_flip: bool = True
     random_crop: bool = True
+    cache: bool | str = "auto"
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(FinetuneConfig))
@@ -218,11 +230,19 @@ def _finetune(
     validation = _as_source(validation, "validation")
     if train is None:
         raise ValueError("train is required.")
-    accumulation, micro_batch = _accumulation_and_micro_batch(config)
     policy = _dtype_policy(model_or_name, config.dtype)
-    strategy = _strategy_for(micro_batch, config.strategy)
     model_name = model_or_name if isinstance(model_or_name, str) else model_or_name.name
-    inputs = _input_pipelines(train, validation, model_name, config, micro_batch)
+    images = _image_settings(train, validation, model_name, config)
+    # A tf.data train input comes in batches of its own: "auto" keeps them whole.
+    accumulation, micro_batch = accumulation_and_micro_batch(
+        config,
+        model_or_name,
+        images.crop if images else None,
+        (policy or _model_policy_or_none(model_or_name)),
+        config.strategy or tf.distribute.get_strategy(),
+    )
+    strategy = _strategy_for(micro_batch, config.strategy)
+    inputs = _input_pipelines(train, validation, images, config, micro_batch)
     schedule = _run_schedule(inputs.dataset_size, config)
     settings = {
         "model": model_name,
@@ -274,18 +294,99 @@ def _merged_config(config: FinetuneConfig | None, overrides: dict) -> FinetuneCo
     return dataclasses.replace(config, **overrides)
 
 
-def _accumulation_and_micro_batch(config: FinetuneConfig) -> tuple[int, int]:
-    """(micro-batches per update, the micro-batch), checked against the batch size."""
+def accumulation_and_micro_batch(
+    config,
+    model_or_name: str | keras.Model | None = None,
+    resolution: int | None = None,
+    policy: keras.DTypePolicy | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    available_bytes: int | None = None,
+) -> tuple[int, int]:
+    """(micro-batches per update, the micro-batch) of a run's config (`FinetuneConfig` or
+    `bit_tf.distill.DistillConfig`), checked against the batch size.
+
+    "auto" plans them with `bit_tf.micro_batch.plan_accumulation` for the model's
+    architecture (1 for a model of another kind, or without a known `resolution`), the
+    `resolution`, the dtype `policy` and the `strategy`'s replicas, and logs a split in one
+    line; a run recorded in the config's `checkpoint_dir` with the same batch size keeps the
+    number it was started with. `available_bytes`: the memory to plan against (None: what is
+    available now).
+
+    Raises:
+        ValueError: a number that is not a positive divisor of the batch size.
+
+    Example:
+        >>> accumulation_and_micro_batch(FinetuneConfig(batch_size=64), "BiT-S-R26x1", 128)
+        (1, 64)
+    """
     batch_size = config.batch_size
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    accumulation = int(config.gradient_accumulation_steps)
+    accumulation = config.gradient_accumulation_steps
+    if accumulation is None or accumulation == "auto":
+        accumulation = _recorded_accumulation(config) or _planned_accumulation(
+            batch_size, model_or_name, resolution, policy, strategy, available_bytes
+        )
+    if isinstance(accumulation, bool) or not isinstance(accumulation, int | float):
+        raise ValueError(
+            f"gradient_accumulation_steps must be 'auto' or a positive divisor of batch_size="
+            f"{batch_size}, got {config.gradient_accumulation_steps!r}."
+        )
+    accumulation = int(accumulation)
     if accumulation < 1 or batch_size % accumulation:
         raise ValueError(
             f"gradient_accumulation_steps={config.gradient_accumulation_steps!r} must be a "
             f"positive divisor of batch_size={batch_size}."
         )
     return accumulation, batch_size // accumulation
+
+
+def _recorded_accumulation(config) -> int | None:
+    """The accumulation of the run recorded in `config.checkpoint_dir` with the same batch
+    size, so that a resumed run is the run it was (None: no such run)."""
+    if not config.checkpoint_dir or config.overwrite:
+        return None
+    try:
+        progress = read_progress(config.checkpoint_dir)
+        recorded = progress["settings"]
+        if recorded["batch_size"] == config.batch_size:
+            return int(recorded["gradient_accumulation_steps"])
+    except Exception:  # no run there, or one the run's own checks will report
+        return None
+    return None
+
+
+def _planned_accumulation(
+    batch_size, model_or_name, resolution, policy, strategy, available_bytes
+) -> int:
+    """`bit_tf.micro_batch`'s plan for this run; 1 where it cannot estimate."""
+    if not resolution or model_or_name is None:
+        return 1
+    try:
+        if isinstance(model_or_name, str):
+            architecture = Architecture.from_name(model_or_name)
+        else:
+            architecture = Architecture.from_model(model_or_name)
+    except ValueError:
+        architecture = None
+    if architecture is None:
+        return 1
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        log.info(
+            "gradient_accumulation_steps='auto' plans against the host's memory, so it keeps "
+            "whole batches on a GPU or TPU; give gradient_accumulation_steps there."
+        )
+        return 1
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    dtype = policy.compute_dtype if policy is not None else "float32"
+    plan = plan_accumulation(architecture, batch_size, resolution, dtype, replicas, available_bytes)
+    if plan.accumulation > 1:
+        log.warning(plan.describe(batch_size, resolution))
+    return plan.accumulation
+
+
+def _model_policy_or_none(model_or_name) -> keras.DTypePolicy | None:
+    return None if isinstance(model_or_name, str) else _model_policy(model_or_name)
 
 
 def _dtype_policy(
@@ -315,9 +416,10 @@ def _strategy_for(
 
 @dataclasses.dataclass(frozen=True)
 class _Inputs:
-    """The batched train stream (endless) and validation batches, and what the task is."""
+    """The train stream (endless, from a micro-batch number) and validation batches, and what
+    the task is."""
 
-    train_batches: tf.data.Dataset
+    train_stream: Callable[[int], tf.data.Dataset]
     validation_batches: tf.data.Dataset | None
     num_classes: int
     dataset_size: int | None
@@ -325,31 +427,49 @@ class _Inputs:
     mixup_alpha: float | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class _ImageSettings:
+    """The resize, crop and MixUp of an ImageSource train input."""
+
+    resize: int
+    crop: int
+    mixup_alpha: float
+
+
 def _input_pipelines(
-    train, validation, model_name: str, config: FinetuneConfig, micro_batch: int
+    train, validation, images: _ImageSettings | None, config: FinetuneConfig, micro_batch: int
 ) -> _Inputs:
     """The pipelines of micro-batches: the HyperRule's for an ImageSource, else as given."""
     crop, resolution, mixup_alpha = config.crop, None, config.mixup_alpha
     if isinstance(train, data_lib.ImageSource):
-        resize, crop, mixup_alpha = _image_settings(train, validation, model_name, config)
-        resolution = (resize, crop)
-        train_batches = data_lib.train_pipeline(
-            train,
-            micro_batch,
-            resize,
-            crop,
-            mixup_alpha=mixup_alpha,
-            seed=config.seed,
-            random_flip=config.random_flip,
-            random_crop=config.random_crop,
-        )
+        crop, mixup_alpha = images.crop, images.mixup_alpha
+        resolution = (images.resize, images.crop)
+        seed = data_lib.resolve_seed(config.seed)
+
+        def train_stream(start_batch: int) -> tf.data.Dataset:
+            return data_lib.train_pipeline(
+                train,
+                micro_batch,
+                images.resize,
+                images.crop,
+                mixup_alpha=images.mixup_alpha,
+                seed=seed,
+                cache=config.cache,
+                random_flip=config.random_flip,
+                random_crop=config.random_crop,
+                start_batch=start_batch,
+            )
+
         num_classes, dataset_size = train.num_classes, train.num_examples
     else:
         if config.dataset_size is None and config.steps is None:
             raise ValueError(
                 "A tf.data.Dataset train input needs dataset_size= (for the HyperRule) or steps=."
             )
-        train_batches = train.repeat()
+
+        def train_stream(start_batch: int) -> tf.data.Dataset:
+            return train.repeat()  # a dataset given as it is starts at its beginning
+
         num_classes, dataset_size = int(train.element_spec[1].shape[-1]), config.dataset_size
     validation_batches = validation
     if isinstance(validation, data_lib.ImageSource):
@@ -357,15 +477,17 @@ def _input_pipelines(
             raise ValueError("crop= is needed to evaluate an ImageSource next to a tf.data train.")
         validation_batches = data_lib.eval_pipeline(validation, micro_batch, crop)
     return _Inputs(
-        train_batches, validation_batches, num_classes, dataset_size, resolution, mixup_alpha
+        train_stream, validation_batches, num_classes, dataset_size, resolution, mixup_alpha
     )
 
 
 def _image_settings(
-    train: data_lib.ImageSource, validation, model_name: str, config: FinetuneConfig
-) -> tuple[int, int, float]:
-    """(resize, crop, MixUp alpha) for an ImageSource train input, whose classes `validation`
-    (unless a tf.data.Dataset) must share."""
+    train, validation, model_name: str, config: FinetuneConfig
+) -> _ImageSettings | None:
+    """The resize, crop and MixUp alpha of an ImageSource train input (None for a tf.data
+    one), whose classes `validation` (unless a tf.data.Dataset) must share."""
+    if not isinstance(train, data_lib.ImageSource):
+        return None
     if validation is not None and not isinstance(validation, tf.data.Dataset):
         if validation.num_classes != train.num_classes:
             raise ValueError(
@@ -399,7 +521,7 @@ def _image_settings(
         crop,
         mixup_alpha,
     )
-    return resize, crop, mixup_alpha
+    return _ImageSettings(resize, crop, mixup_alpha)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -509,11 +631,13 @@ def _fit_segments(
     history = keras.callbacks.History()
     history.set_model(model)
     history.epoch, history.history = [], {}
-    segments = _segments(run.progress["step"], run.total_steps, validation_every)
+    step = run.progress["step"]
+    segments = _segments(step, run.total_steps, validation_every)
     with signals_caught(run, enabled=run.checkpoint_dir is not None):
         for first_epoch, epochs, length in segments:
+            # Each segment reads on from the micro-batch where the run is (a resumed run too).
             segment = model.fit(
-                inputs.train_batches,
+                inputs.train_stream(step * run.accumulation),
                 validation_data=inputs.validation_batches,
                 initial_epoch=first_epoch,
                 epochs=first_epoch + epochs,
@@ -522,6 +646,7 @@ def _fit_segments(
                 verbose=config.verbose,
                 shuffle=False,
             )
+            step += epochs * length
             history.epoch.extend(segment.epoch)
             for key, values in segment.history.items():
                 history.history.setdefault(key, []).extend(values)

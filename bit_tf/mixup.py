@@ -5,7 +5,8 @@ batch and mixes every example with another example of the same batch: their PyTo
 random permutation (`l * x + (1 - l) * x[randperm]`), their TF2 input pipeline with the batch in
 reverse order. Keras' `MixUp` layer instead draws one coefficient per example. `mix_batch` is the
 authors' rule with a random permutation; `mix_batches` applies it to a batched `tf.data` stream,
-drawing a new coefficient and a new permutation for every batch, reproducibly from a seed.
+drawing a new coefficient and a new permutation for every batch from the seed and the batch's
+number, so that a stream can start at any batch (a resumed run).
 
 Example:
     >>> from bit_tf.mixup import mix_batches
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 # Folded into the seed of each batch so that the MixUp stream differs from other streams drawn
@@ -65,24 +67,31 @@ def mix_batch(
     return mixed(images), mixed(labels)
 
 
-def mix_batches(dataset: tf.data.Dataset, alpha: float, seed: int | None = None) -> tf.data.Dataset:
+def mix_batches(
+    dataset: tf.data.Dataset, alpha: float, seed: int | None = None, start_batch: int = 0
+) -> tf.data.Dataset:
     """Applies `mix_batch` to every (images, one-hot labels) batch of `dataset`.
 
-    Every batch gets its own coefficient and permutation; with the same `seed` the stream is the
-    same every time, and None gives fresh randomness.
+    Every batch gets its own coefficient and permutation, a function of the seed and the
+    batch's number in the stream (`start_batch` for the first): with the same `seed` the
+    stream is the same every time, and a stream started at batch k is the tail of one started
+    at 0. None gives fresh randomness.
 
     Example:
         >>> batches = dataset.batch(64, drop_remainder=True)
         >>> mixed = mix_batches(batches, alpha=0.1, seed=0)
     """
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
+    base = tf.constant([seed, _STREAM], tf.int64)
+    numbers = tf.data.Dataset.range(int(start_batch), 2**62)
 
-    def mix(example, pair):
+    def mix(example, number):
         images, labels = example
-        pair = tf.random.experimental.stateless_fold_in(pair, _STREAM)
+        pair = tf.random.experimental.stateless_fold_in(base, number)
         return mix_batch(images, labels, alpha, pair)
 
-    return tf.data.Dataset.zip(dataset, seeds).map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip(dataset, numbers).map(mix, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 __all__ = ["beta_sample", "mix_batch", "mix_batches"]

@@ -23,6 +23,8 @@ import os
 
 import tensorflow as tf
 
+from bit_tf.image_folder import is_metadata
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
@@ -126,10 +128,12 @@ def open_source(dataset: str, data_dir: str | None = None, split: str = "train")
 
 
 def _folder_source(root: str) -> Source:
+    # Metadata that photo tools and systems leave (@eaDir, __MACOSX, ._IMG_1.jpg, ...) is
+    # neither a class nor an image.
     class_names = sorted(
         entry.rstrip("/")
         for entry in tf.io.gfile.listdir(root)
-        if tf.io.gfile.isdir(os.path.join(root, entry)) and not entry.startswith(".")
+        if tf.io.gfile.isdir(os.path.join(root, entry)) and not is_metadata(entry.rstrip("/"))
     )
     files, labels = [], []
     for label, class_name in enumerate(class_names):
@@ -137,7 +141,7 @@ def _folder_source(root: str) -> Source:
         images = sorted(
             os.path.join(folder, entry)
             for entry in tf.io.gfile.listdir(folder)
-            if entry.lower().endswith(IMAGE_EXTENSIONS)
+            if entry.lower().endswith(IMAGE_EXTENSIONS) and not is_metadata(entry)
         )
         if not images:
             raise DataError(

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from bit_tf import data as data_lib
+from bit_tf.example_readers import ConcatenatedReader, TfdsReader
 
 log = logging.getLogger(__name__)
 
@@ -268,27 +269,15 @@ class TaskSplits:
 
 def _concatenate(first, second, name):
     total = first.num_examples + second.num_examples
-
-    def make_dataset(indices):
-        both = first.dataset().concatenate(second.dataset())
-        return both if indices is None else _select(both, indices, total)
-
     return data_lib.ImageSource(
         name,
         first.num_classes,
         first.class_names,
         total,
         first.image_size,
-        make_dataset,
+        ConcatenatedReader(first.reader, first.num_examples, second.reader),
         label_reader=lambda: np.concatenate([first.labels(), second.labels()]),
     )
-
-
-def _select(dataset: tf.data.Dataset, indices: np.ndarray, total: int) -> tf.data.Dataset:
-    chosen = np.zeros(total, dtype=bool)
-    chosen[indices] = True
-    chosen = tf.constant(chosen)
-    return dataset.enumerate().filter(lambda i, _: chosen[i]).map(lambda _, example: example)
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -314,8 +303,9 @@ def _split_source(
         "download": download,
     }
 
-    def examples(labels_only: bool = False):
-        decoders = tfds.decode.PartialDecoding(task.label_features) if labels_only else None
+    def examples(labels_only: bool = False, decoders=None):
+        if labels_only:
+            decoders = tfds.decode.PartialDecoding(task.label_features)
         dataset = tfds.load(task.tfds_name, decoders=decoders, **load_options)
         return dataset.take(limit) if limit is not None else dataset
 
@@ -329,18 +319,6 @@ def _split_source(
             ]
         ):
             return tf.identity(label)
-
-    def to_image(example):
-        image = example[task.image_key]
-        if task.image_scale != 1:
-            image = image * tf.cast(task.image_scale, image.dtype)
-        image = tf.image.convert_image_dtype(image, tf.float32)
-        if image.shape[-1] == 1:
-            image = tf.image.grayscale_to_rgb(image)
-        return image
-
-    def to_image_and_label(example):
-        return to_image(example), checked_label(example)
 
     try:
         dataset = examples()
@@ -359,17 +337,23 @@ def _split_source(
             f"VTAB task {task.name!r}: split {split!r} has {num_examples} examples, fewer "
             f"than the {limit} VTAB-1k takes from it ({role})."
         )
-    image_shape = (
-        tfds.builder(task.tfds_name, data_dir=data_dir).info.features[task.image_key].shape
+    info = tfds.builder(task.tfds_name, data_dir=data_dir).info
+    image_feature = info.features[task.image_key]
+    feature = dataclasses.replace(
+        data_lib.tfds_image_feature(image_feature), scale=task.image_scale
     )
-    height, width = image_shape[:2]
+    reader = TfdsReader(
+        lambda decoders: examples(decoders=decoders),
+        task.image_key,
+        checked_label,
+        feature,
+        f"{task.name}:{role}",
+        data_lib.tfds_bytes_per_example(info, split),
+    )
+    height, width = image_feature.shape[:2]
     if height is None or width is None:
-        first_image = next(iter(dataset.take(1).map(to_image)))
-        height, width = first_image.shape[:2]
-
-    def make_dataset(indices):
-        dataset = examples().map(to_image_and_label, num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset if indices is None else _select(dataset, indices, num_examples)
+        first_example = next(iter(dataset.take(1)))
+        height, width = first_example[task.image_key].shape[:2]
 
     def read_labels():
         labels = examples(labels_only=True).map(checked_label).batch(4096)
@@ -381,7 +365,7 @@ def _split_source(
         [str(index) for index in range(task.num_classes)],
         num_examples,
         (height, width),
-        make_dataset,
+        reader,
         label_reader=read_labels,
     )
 

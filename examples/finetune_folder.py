@@ -2,10 +2,11 @@
 
     python examples/finetune_folder.py photos/ --weights BiT-M-R50x1
 
-Unreadable files are skipped and reported before training; 20% of every class is held out for
-validation; the BiT-HyperRule picks the schedule, resolution and MixUp from the data. Stop it
-with Ctrl-C (or SIGTERM): it writes a checkpoint and exits with status 128 + signal; run it again
-to resume from that checkpoint. `--weights=""` starts from random weights (no download).
+Unreadable files are skipped and reported (before training, or when one fails to decode);
+20% of every class is held out for validation; the BiT-HyperRule picks the schedule, resolution
+and MixUp from the data, and a batch that does not fit the memory is split into micro-batches.
+Stop it with Ctrl-C (or SIGTERM): it writes a checkpoint and exits with status 128 + signal; run
+it again to resume from that checkpoint. `--weights=""` starts from random weights (no download).
 """
 
 import argparse
@@ -25,7 +26,9 @@ def main():
         "--weights", default="BiT-M-R50x1", help='released name, .npz or URL; "" for random'
     )
     parser.add_argument("--batch_size", type=int, default=128, help="global batch size")
-    parser.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
+    parser.add_argument(
+        "--accumulate", type=int, help="gradient accumulation steps (default: as memory needs)"
+    )
     parser.add_argument("--output", default="finetuned", help="folder for checkpoints and model")
     parser.add_argument("--steps", type=int, help="training steps (default: the HyperRule's)")
     parser.add_argument("--crop", type=int, help="crop size (default: the HyperRule's)")
@@ -42,7 +45,7 @@ def main():
             validation,
             weights=args.weights or None,
             batch_size=args.batch_size,
-            gradient_accumulation_steps=args.accumulate,
+            gradient_accumulation_steps=args.accumulate or "auto",
             checkpoint_dir=f"{args.output}/checkpoints",
             steps=args.steps,
             crop=args.crop,

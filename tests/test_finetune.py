@@ -282,7 +282,7 @@ def test_config_defaults_are_the_keyword_defaults_of_finetune():
         "steps": None,
         "base_lr": 0.003,
         "mixup_alpha": None,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": "auto",
         "strategy": None,
         "callbacks": None,
         "resize": None,
@@ -299,6 +299,7 @@ def test_config_defaults_are_the_keyword_defaults_of_finetune():
         "random_flip": True,
         "random_crop": True,
         "overwrite": False,
+        "cache": "auto",
     }
 
 

@@ -4,8 +4,8 @@
   whose train and eval batches are float32 in [0, 1] with one-hot (or MixUp-mixed) labels, or is
   refused with a `ValueError` that names the problem.
 - Any folder of truncated, bit-flipped, random or empty files either reads (bad files skipped and
-  reported in `source.skipped`) or stops with an `ImageFolderError` naming the class left empty;
-  no image outside [0, 1] ever comes out.
+  reported in `source.skipped`, before reading or when a pipeline fails to decode them) or stops
+  with an `ImageFolderError` naming the class left empty; no image outside [0, 1] ever comes out.
 
 The cases at the end reproduce defects these tests found (NaN in float TIFFs, empty axes,
 big-endian arrays, non-positive sizes); they stay as regression tests.
@@ -301,7 +301,7 @@ def test_damaged_files_are_skipped_and_reported_never_yielded(intact_files, file
             return
 
         skipped = dict(source.skipped)
-        event(f"{len(skipped)} of {len(written)} files skipped")
+        event(f"{len(skipped)} of {len(written)} files skipped before reading")
         assert set(skipped) <= set(written) and len(skipped) == len(source.skipped)
         used = set(written) - set(skipped)
         for path, mutation in written.items():
@@ -312,8 +312,16 @@ def test_damaged_files_are_skipped_and_reported_never_yielded(intact_files, file
         assert all(isinstance(reason, str) and reason for reason in skipped.values())
         assert source.num_examples == len(used)
 
-        (images, labels), *_ = _first_batches(data.eval_pipeline(source, len(used), 8), 1)
-        _check_batch(images, labels, len(used), 8, 2, mixed=False)
+        # Files damaged inside pass the checks made before reading; the pipeline skips each
+        # when it fails to decode, and adds it to source.skipped.
+        batches = _first_batches(data.eval_pipeline(source, len(used), 8), 1)
+        read = sum(len(labels) for _, labels in batches)
+        late = dict(source.skipped[len(skipped) :])
+        assert read + len(late) == len(used) and set(late) <= used
+        assert not any(written[path] == "intact" for path in late), late
+        if batches:
+            (images, labels), *_ = batches
+            _check_batch(images, labels, read, 8, 2, mixed=False)
         for image, _ in source.dataset().as_numpy_iterator():
             assert image.dtype == np.float32 and image.ndim == 3 and image.shape[-1] == 3
             assert np.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0
