@@ -304,7 +304,9 @@ def test_finetune_splits_the_batch_by_itself_says_so_once_and_a_resumed_run_keep
         FinetuneConfig(batch_size=512, gradient_accumulation_steps=4), "BiT-M-R50x1", 384
     ) == (4, 128)
     settings = {"batch_size": 512, "gradient_accumulation_steps": 8}
-    (tmp_path / "progress.json").write_text(json.dumps({"settings": settings, "step": 3, "finished": False}))
+    (tmp_path / "progress.json").write_text(
+        json.dumps({"settings": settings, "step": 3, "finished": False})
+    )
     assert accumulation_and_micro_batch(config, "BiT-M-R50x1", 384) == (8, 64)
     with pytest.raises(ValueError, match="divisor of batch_size=512"):
         accumulation_and_micro_batch(FinetuneConfig(batch_size=512, gradient_accumulation_steps=3))
