@@ -74,7 +74,7 @@ def load(
     Example:
         >>> train, validation = load("bit-finetune", "/data/photos", validation_fraction=0.2)
     """
-    from bit_tf import data
+    from bit_tf.data import pipelines as data
 
     if dataset == DIGITS:
         return data.load_digits(validation_fraction, seed=seed)

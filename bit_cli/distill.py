@@ -252,7 +252,7 @@ def main(argv):
     del argv
     _check_flags()
     logging.getLogger("bit_tf").setLevel(logging.INFO)
-    from bit_tf.run_lock import holding
+    from bit_tf.training.run_lock import holding
 
     # One run per folder: a second run into this --export_dir is refused while this one runs.
     with holding(FLAGS.export_dir, program=PROGRAM, flag="--export_dir"):
@@ -262,10 +262,10 @@ def main(argv):
 def _distill_and_write() -> None:
     import tensorflow as tf
 
-    from bit_tf import data
-    from bit_tf.distill import TrainingDivergedError, TrainingInterruptedError, distill
-    from bit_tf.finetune_checkpoints import atomic_save
-    from bit_tf.interruption import signals_deferred
+    from bit_tf.data import pipelines as data
+    from bit_tf.distill.recipe import TrainingDivergedError, TrainingInterruptedError, distill
+    from bit_tf.training.checkpoints import atomic_save
+    from bit_tf.training.interruption import signals_deferred
 
     defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
 
@@ -359,7 +359,7 @@ def _distill_and_write() -> None:
 
 def _student_crop(train) -> int:
     """The crop `distill` takes when --crop is not given: the HyperRule's for the images."""
-    from bit_tf.finetune import resolve_resolution
+    from bit_tf.finetune.recipe import resolve_resolution
 
     return resolve_resolution(train, FLAGS.student, None, None)[1]
 

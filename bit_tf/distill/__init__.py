@@ -1,0 +1,30 @@
+"""Distillation: `distill` (the recipe), its data, student model, optimizer and schedule.
+
+`bit_tf.distill(...)` calls `bit_tf.distill.distill(...)`.
+
+Example:
+    >>> import bit_tf
+    >>> student, history = bit_tf.distill(teacher, "BiT-S-R50x1", "/data/flowers/train")
+"""
+
+from __future__ import annotations
+
+from bit_tf.distill.recipe import (
+    DistillationLoss,
+    DistillConfig,
+    Distiller,
+    TrainingDivergedError,
+    TrainingInterruptedError,
+    distill,
+    load_teacher,
+)
+
+__all__ = [
+    "DistillConfig",
+    "DistillationLoss",
+    "Distiller",
+    "TrainingDivergedError",
+    "TrainingInterruptedError",
+    "distill",
+    "load_teacher",
+]
