@@ -45,6 +45,13 @@ if _onednn.too_late_to_enable():
     warnings.warn(_onednn.TOO_LATE, stacklevel=2)
 os.environ.setdefault(_onednn.ENVIRONMENT_VARIABLE, "1")
 
+# The module paths from before the modules were grouped by role (`bit_tf.hyperrule`, ...) import
+# the modules that hold their code now.
+from bit_tf._aliases import MOVED, MovedModuleFinder  # noqa: E402
+
+if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.append(MovedModuleFinder())
+
 # hyperrule registers the schedule that saved .keras files refer to.
 from bit_tf.finetune import hyperrule  # noqa: E402
 from bit_tf.models.layers import (  # noqa: E402
@@ -116,8 +123,9 @@ def __getattr__(name: str):
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
         return module if name in _CALLABLE else getattr(module, name)
-    # Submodules too, on first use, as the docstrings write them: `bit_tf.data.from_arrays`.
-    if name in _SUBMODULES:
+    # Submodules too, on first use, as the docstrings write them: `bit_tf.data.from_arrays`,
+    # and the old module paths: `bit_tf.hyperrule.get_schedule`.
+    if name in _SUBMODULES or f"{__name__}.{name}" in MOVED:
         try:
             return importlib.import_module(f"{__name__}.{name}")
         except ImportError as error:  # e.g. TensorFlow missing on a JAX-only install
