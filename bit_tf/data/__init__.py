@@ -13,38 +13,5 @@ Example:
 
 from __future__ import annotations
 
-from bit_tf.data.pipelines import (
-    AUTOTUNE,
-    CACHE_BYTES,
-    DECODED_CACHE_BYTES,
-    ImageSource,
-    eval_pipeline,
-    few_shot,
-    from_arrays,
-    from_folder,
-    from_tfds,
-    load_digits,
-    pipeline_options,
-    resolve_seed,
-    split,
-    train_pipeline,
-    training_records,
-)
-
-__all__ = [
-    "AUTOTUNE",
-    "CACHE_BYTES",
-    "DECODED_CACHE_BYTES",
-    "ImageSource",
-    "eval_pipeline",
-    "few_shot",
-    "from_arrays",
-    "from_folder",
-    "from_tfds",
-    "load_digits",
-    "pipeline_options",
-    "resolve_seed",
-    "split",
-    "train_pipeline",
-    "training_records",
-]
+from bit_tf.data.pipelines import *  # noqa: F403 (the names of its __all__)
+from bit_tf.data.pipelines import __all__ as __all__

@@ -9,22 +9,5 @@ Example:
 
 from __future__ import annotations
 
-from bit_tf.distill.recipe import (
-    DistillationLoss,
-    DistillConfig,
-    Distiller,
-    TrainingDivergedError,
-    TrainingInterruptedError,
-    distill,
-    load_teacher,
-)
-
-__all__ = [
-    "DistillConfig",
-    "DistillationLoss",
-    "Distiller",
-    "TrainingDivergedError",
-    "TrainingInterruptedError",
-    "distill",
-    "load_teacher",
-]
+from bit_tf.distill.recipe import *  # noqa: F403 (the names of its __all__)
+from bit_tf.distill.recipe import __all__ as __all__

@@ -10,38 +10,5 @@ Example:
 
 from __future__ import annotations
 
-from bit_tf.pretrain.recipe import (
-    PretrainConfig,
-    PretrainResult,
-    StrategyError,
-    TrainingInterrupted,
-    WorkerLost,
-    configure_cpu_devices,
-    default_steps_per_loop,
-    initialise_head_bias,
-    make_optimizer,
-    make_strategy,
-    make_train_loop,
-    make_train_step,
-    pretrain,
-    top1_hits,
-    upstream_loss,
-)
-
-__all__ = [
-    "PretrainConfig",
-    "PretrainResult",
-    "StrategyError",
-    "TrainingInterrupted",
-    "WorkerLost",
-    "configure_cpu_devices",
-    "default_steps_per_loop",
-    "initialise_head_bias",
-    "make_optimizer",
-    "make_strategy",
-    "make_train_loop",
-    "make_train_step",
-    "pretrain",
-    "top1_hits",
-    "upstream_loss",
-]
+from bit_tf.pretrain.recipe import *  # noqa: F403 (the names of its __all__)
+from bit_tf.pretrain.recipe import __all__ as __all__
