@@ -34,8 +34,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -43,33 +41,29 @@ import numpy as np
 import tensorflow as tf
 
 from bit_tf.data import pipelines as data_lib
+from bit_tf.data.resolve import resolve
 from bit_tf.distill.data import MIN_CROP_AREA, consistent_batches
 from bit_tf.distill.model import DistillationLoss, Distiller
 from bit_tf.distill.optimizer import distillation_optimizer
 from bit_tf.distill.schedule import patient_steps, warmup_steps
-from bit_tf.finetune.recipe import (
-    VALIDATIONS_PER_RUN,
-    TrainingDivergedError,
-    TrainingInterruptedError,
-    _all_callbacks,
-    _as_source,
-    _dataset_identity,
-    _fit_segments,
-    _Inputs,
-    _strategy_for,
-    _with_new_head,
-    accumulation_and_micro_batch,
-    resolve_resolution,
-)
+from bit_tf.finetune.recipe import resolve_resolution
 from bit_tf.models.registry import find_release
-from bit_tf.models.resnet_v2 import create_model, resolve_dtype_policy
-from bit_tf.training.checkpoints import (
-    Checkpointer,
-    RunProgress,
-    find_resumable,
-    load_resumable,
+from bit_tf.models.resnet_v2 import create_model
+from bit_tf.training.accumulation import accumulation_and_micro_batch, strategy_for
+from bit_tf.training.checkpoints import TrainingDivergedError, TrainingInterruptedError
+from bit_tf.training.config import TrainingConfig, merged_config
+from bit_tf.training.inputs import (
+    Inputs,
+    check_same_task,
+    class_names_of,
+    dataset_identity,
+    given_train_stream,
+    validation_batches,
 )
+from bit_tf.training.models import copied, dtype_policy_for, with_new_head
+from bit_tf.training.run import TrainingRun
 from bit_tf.training.run_lock import holding
+from bit_tf.training.segments import validation_interval
 
 __all__ = [
     "DistillConfig",
@@ -85,10 +79,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class DistillConfig:
+class DistillConfig(TrainingConfig):
     """The settings of one `distill` run; each field is also a keyword of `distill`.
 
-    The defaults are the paper's recipe (big_vision `configs/proj/distill/`).
+    The defaults are the paper's recipe (big_vision `configs/proj/distill/`). The fields every
+    recipe shares are `bit_tf.training.config.TrainingConfig`'s.
 
     Models:
         student_weights: for a student name: a released checkpoint name, a path or a URL to
@@ -149,34 +144,12 @@ class DistillConfig:
     """
 
     student_weights: str | None = None
-    dtype: str | keras.DTypePolicy | None = None
     temperature: float = 1.0
-    batch_size: int = 512
-    gradient_accumulation_steps: int | str = "auto"
-    crop: int | None = None
     mixup_alpha: float = 1.0
     min_crop_area: float = MIN_CROP_AREA
-    random_flip: bool = True
-    dataset_size: int | None = None
-    seed: int | None = None
-    cache: bool | str = "auto"
-    steps: int | None = None
     patience: str = "medium"
-    base_lr: float = 0.003
     weight_decay: float = 3e-4
-    warmup_steps: int | None = None
     clip_norm: float | None = 1.0
-    validation_every: int | None = None
-    strategy: tf.distribute.Strategy | None = None
-    checkpoint_dir: str | None = None
-    logdir: str | None = None
-    callbacks: Sequence[keras.callbacks.Callback] | None = None
-    jit_compile: bool | str = "auto"
-    verbose: int | str = "auto"
-    overwrite: bool = False
-
-
-_FIELDS = tuple(field.name for field in dataclasses.fields(DistillConfig))
 
 
 def distill(
@@ -240,16 +213,10 @@ def _distill(
     config: DistillConfig,
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """`distill` once its checkpoint folder is held."""
-    train = _as_source(train, "train")
-    validation = _as_source(validation, "validation")
+    train, validation = resolve(train, "train"), resolve(validation, "validation")
     if train is None:
         raise ValueError("train is required.")
-    policy = resolve_dtype_policy(config.dtype) if isinstance(student, str) else None
-    if config.dtype is not None and not isinstance(student, str):
-        raise ValueError(
-            f"dtype={config.dtype!r} applies to a student name; build the student with "
-            "bit_tf.create_model(..., dtype=...) instead."
-        )
+    policy = dtype_policy_for(student, config.dtype, role="student")
     student_name = student if isinstance(student, str) else student.name
     crop = _crop(train, student_name, config)
     if config.gradient_accumulation_steps not in (None, "auto"):
@@ -266,15 +233,54 @@ def _distill(
         policy,
         config.strategy or tf.distribute.get_strategy(),
     )
-    strategy = _strategy_for(micro_batch, config.strategy)
+    strategy = strategy_for(micro_batch, config.strategy)
     inputs = _input_pipelines(train, validation, crop, config, micro_batch)
     _check_teacher_classes(teacher, inputs.num_classes)
+    run = _training_run(teacher, student_name, train, inputs, crop, accumulation, policy, config)
+
+    def build() -> Distiller:
+        student_model = _student_model(student, inputs.num_classes, train, config, policy)
+        distiller = Distiller(student_model, teacher, temperature=config.temperature)
+        optimizer = distillation_optimizer(
+            config.base_lr,
+            config.weight_decay,
+            run.total_steps,
+            run.settings["warmup_steps"],
+            config.clip_norm,
+            accumulation,
+        )
+        distiller.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        return distiller
+
+    distiller = run.resume_or_build(
+        strategy, build, restore=lambda found: found.set_teacher(teacher)
+    )
+    was_trainable = teacher.trainable
+    teacher.trainable = False
+    try:
+        history = run.fit(distiller, inputs)
+    finally:
+        teacher.trainable = was_trainable
+    return distiller.student, history
+
+
+def _training_run(
+    teacher: keras.Model,
+    student_name: str,
+    train,
+    inputs: Inputs,
+    crop: int | None,
+    accumulation: int,
+    policy: keras.DTypePolicy | None,
+    config: DistillConfig,
+) -> TrainingRun:
+    """The run: its schedule, and the settings that identify it (in its progress.json)."""
     total_steps, warmup, validation_every = _run_schedule(inputs.dataset_size, config)
     settings = {
         "teacher": teacher_fingerprint(teacher),
         "student": student_name,
         "student_weights": config.student_weights,
-        "dataset": _dataset_identity(train),
+        "dataset": dataset_identity(train),
         "num_classes": inputs.num_classes,
         "batch_size": config.batch_size,
         "gradient_accumulation_steps": accumulation,
@@ -289,54 +295,12 @@ def _distill(
         "augmentation": {"min_crop_area": config.min_crop_area, "random_flip": config.random_flip},
         "seed": config.seed,
     }
-    found = None
-    if config.checkpoint_dir:
-        found = find_resumable(config.checkpoint_dir, settings, config.overwrite)
-    progress = {"settings": settings, "step": 0, "finished": False}
-    with strategy.scope():
-        if found is not None:
-            distiller, progress = load_resumable(*found, accumulation)
-            distiller.set_teacher(teacher)
-        else:
-            if config.seed is not None:  # the same initial weights for a student name
-                keras.utils.set_random_seed(config.seed)
-            student_model = _student_model(student, inputs.num_classes, train, config, policy)
-            distiller = Distiller(student_model, teacher, temperature=config.temperature)
-            optimizer = distillation_optimizer(
-                config.base_lr,
-                config.weight_decay,
-                total_steps,
-                warmup,
-                config.clip_norm,
-                accumulation,
-            )
-            distiller.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-    run = RunProgress(config.checkpoint_dir, progress, total_steps, accumulation, config.base_lr)
-    callbacks = _all_callbacks(Checkpointer(run), config.callbacks, config.logdir)
-    was_trainable = teacher.trainable
-    teacher.trainable = False
-    try:
-        history = _fit_segments(distiller, inputs, run, validation_every, callbacks, config)
-    finally:
-        teacher.trainable = was_trainable
-    return distiller.student, history
+    return TrainingRun(config, settings, total_steps, validation_every, accumulation)
 
 
 def _merged_config(config: DistillConfig | None, overrides: dict) -> DistillConfig:
     """`config` (or the defaults) with the keyword `overrides` in place of its fields."""
-    if config is None:
-        config = DistillConfig()
-    elif not isinstance(config, DistillConfig):
-        raise TypeError(
-            f"config must be a bit_tf.distill.DistillConfig, got {type(config).__name__}."
-        )
-    for name in overrides:
-        if name not in _FIELDS:
-            raise TypeError(
-                f"distill() got an unexpected keyword argument {name!r}; its settings are "
-                f"the fields of DistillConfig: {', '.join(_FIELDS)}."
-            )
-    config = dataclasses.replace(config, **overrides)
+    config = merged_config(DistillConfig, config, overrides, caller="distill")
     if not config.temperature > 0:
         raise ValueError(f"temperature must be positive, got {config.temperature!r}.")
     if config.base_lr < 0 or config.weight_decay < 0:
@@ -360,11 +324,7 @@ def load_teacher(teacher: str | keras.Model, clone: bool = False) -> keras.Model
         (None, 10)
     """
     if isinstance(teacher, keras.Model):
-        if not clone:
-            return teacher
-        copy = keras.models.clone_model(teacher)
-        copy.set_weights(teacher.get_weights())
-        return copy
+        return copied(teacher) if clone else teacher
     if not isinstance(teacher, str):
         raise TypeError(
             f"teacher must be a Keras model, a .keras path or a released checkpoint name, got "
@@ -420,55 +380,37 @@ def _crop(train, student_name: str, config: DistillConfig) -> int | None:
 
 def _input_pipelines(
     train, validation, crop: int | None, config: DistillConfig, micro_batch: int
-) -> _Inputs:
+) -> Inputs:
     """The consistent train stream and the validation batches."""
-    if isinstance(train, data_lib.ImageSource):
-        if isinstance(validation, data_lib.ImageSource):
-            if validation.num_classes != train.num_classes:
-                raise ValueError(
-                    f"train has {train.num_classes} classes but validation has "
-                    f"{validation.num_classes}; they must be the same classification task."
-                )
-        seed = data_lib.resolve_seed(config.seed)
+    batches = validation_batches(validation, micro_batch, crop)
+    if not isinstance(train, data_lib.ImageSource):
+        train_stream, num_classes, dataset_size = given_train_stream(train, config)
+        return Inputs(train_stream, batches, num_classes, dataset_size)
+    check_same_task(train, validation)
+    seed = data_lib.resolve_seed(config.seed)
 
-        def train_stream(start_batch: int) -> tf.data.Dataset:
-            return consistent_batches(
-                train,
-                micro_batch,
-                crop,
-                mixup_alpha=config.mixup_alpha,
-                seed=seed,
-                min_crop_area=config.min_crop_area,
-                random_flip=config.random_flip,
-                cache=config.cache,
-                start_batch=start_batch,
-            )
-
-        num_classes, dataset_size = train.num_classes, train.num_examples
-        log.info(
-            "Distilling on %s: %d examples, %d classes, crop %d, MixUp %s.",
-            train.name,
-            dataset_size,
-            num_classes,
+    def train_stream(start_batch: int) -> tf.data.Dataset:
+        return consistent_batches(
+            train,
+            micro_batch,
             crop,
-            config.mixup_alpha,
+            mixup_alpha=config.mixup_alpha,
+            seed=seed,
+            min_crop_area=config.min_crop_area,
+            random_flip=config.random_flip,
+            cache=config.cache,
+            start_batch=start_batch,
         )
-    else:
-        if config.dataset_size is None and config.steps is None:
-            raise ValueError(
-                "A tf.data.Dataset train input needs dataset_size= (for the schedule) or steps=."
-            )
 
-        def train_stream(start_batch: int) -> tf.data.Dataset:
-            return train.repeat()  # a dataset given as it is starts at its beginning
-
-        num_classes, dataset_size = int(train.element_spec[1].shape[-1]), config.dataset_size
-    validation_batches = validation
-    if isinstance(validation, data_lib.ImageSource):
-        if crop is None:
-            raise ValueError("crop= is needed to evaluate an ImageSource next to a tf.data train.")
-        validation_batches = data_lib.eval_pipeline(validation, micro_batch, crop)
-    return _Inputs(train_stream, validation_batches, num_classes, dataset_size)
+    log.info(
+        "Distilling on %s: %d examples, %d classes, crop %d, MixUp %s.",
+        train.name,
+        train.num_examples,
+        train.num_classes,
+        crop,
+        config.mixup_alpha,
+    )
+    return Inputs(train_stream, batches, train.num_classes, train.num_examples)
 
 
 def _run_schedule(dataset_size: int | None, config: DistillConfig) -> tuple[int, int, int]:
@@ -484,9 +426,7 @@ def _run_schedule(dataset_size: int | None, config: DistillConfig) -> tuple[int,
         warmup = warmup_steps(total_steps, dataset_size)
     if not 0 <= warmup <= total_steps:
         raise ValueError(f"warmup_steps={warmup!r} must be between 0 and steps={total_steps}.")
-    validation_every = int(
-        config.validation_every or max(1, math.ceil(total_steps / VALIDATIONS_PER_RUN))
-    )
+    validation_every = validation_interval(total_steps, config.validation_every)
     return total_steps, int(warmup), validation_every
 
 
@@ -499,18 +439,16 @@ def _student_model(
 ) -> keras.Model:
     """The student: a named BiT with a new zero head, or the model given (a copy under an
     explicit strategy), with a new head unless it already outputs `num_classes` logits."""
-    class_names = train.class_names if isinstance(train, data_lib.ImageSource) else None
+    class_names = class_names_of(train)
     if isinstance(student, str):
         backbone = create_model(
             student, num_classes=None, weights=config.student_weights, dtype=policy
         )
-        return _with_new_head(backbone, num_classes, class_names)
+        return with_new_head(backbone, num_classes, class_names)
     if config.student_weights is not None:
         raise ValueError("student_weights= is for student names; load weights into the model.")
     if config.strategy is not None:
-        copy = keras.models.clone_model(student)
-        copy.set_weights(student.get_weights())
-        student = copy
+        student = copied(student)
     if student.output_shape == (None, num_classes):
         return student
-    return _with_new_head(student, num_classes, class_names)
+    return with_new_head(student, num_classes, class_names)

@@ -18,9 +18,10 @@ import tensorflow as tf
 
 import bit_tf
 import bit_tf.finetune.hyperrule  # noqa: F401  (registers the schedule for load_model)
-from bit_tf.finetune.recipe import FinetuneConfig, TrainingDivergedError, _segments, finetune
+from bit_tf.finetune.recipe import FinetuneConfig, TrainingDivergedError, finetune
+from bit_tf.training.segments import segments
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {"resize": 16, "crop": 16, "jit_compile": False, "verbose": 0, "seed": 0}
 
 
@@ -156,7 +157,7 @@ def test_mirrored_strategy_on_two_cpus_gives_the_update_of_one_device(tmp_path):
     command, environment = _run_script(MIRRORED, tmp_path, "mirrored.py")
     output = tmp_path / "weights.npz"
     completed = subprocess.run(
-        [*command, str(output), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))],
+        [*command, str(output), os.path.dirname(os.path.abspath(__file__))],
         env=environment,
         capture_output=True,
         text=True,
@@ -208,7 +209,7 @@ print("finished iterations", int(model.optimizer.iterations), "epochs", history.
 @pytest.mark.slow
 def test_sigint_writes_a_checkpoint_and_the_rerun_finishes_at_the_same_step(tmp_path):
     command, environment = _run_script(RESUMABLE, tmp_path, "resumable.py")
-    command += [str(tmp_path / "run"), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    command += [str(tmp_path / "run"), os.path.dirname(os.path.abspath(__file__))]
     process = subprocess.Popen(
         command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -270,9 +271,9 @@ def test_mixed_bfloat16_trains_in_bfloat16_with_float32_weights_and_logits():
 
 
 def test_segments_cover_every_step_once():
-    assert _segments(0, 24, 5) == [(0, 4, 5), (4, 1, 4)]
-    assert _segments(7, 24, 5) == [(1, 1, 3), (2, 2, 5), (4, 1, 4)]
-    assert _segments(24, 24, 5) == []
+    assert segments(0, 24, 5) == [(0, 4, 5), (4, 1, 4)]
+    assert segments(7, 24, 5) == [(1, 1, 3), (2, 2, 5), (4, 1, 4)]
+    assert segments(24, 24, 5) == []
 
 
 def test_config_defaults_are_the_keyword_defaults_of_finetune():
