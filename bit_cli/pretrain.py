@@ -2,8 +2,10 @@
 
 Trains with the BiT upstream recipe (SGD momentum 0.9, weight decay 1e-4, batch 4096, 0.03 x
 batch / 256 with 5000 warm-up steps and 10x decays), checkpoints every --checkpoint_every
-steps and on SIGTERM/SIGINT, resumes from the latest checkpoint when started again, and ends
-with the backbone as an official-layout .npz and a TF-Hub feature-vector module.
+steps and on SIGTERM/SIGINT, resumes from the latest checkpoint when started again with the same
+settings (a --checkpoint_dir holding a run with other settings is refused, naming each
+difference; --overwrite starts again there), and ends with the backbone as an official-layout
+.npz and a TF-Hub feature-vector module.
 
 Examples:
     # ILSVRC-2012 from TFDS on all GPUs of this host (BiT-S):
@@ -81,6 +83,12 @@ flags.DEFINE_list(
 )
 flags.DEFINE_boolean("mixed_precision", False, "Compute in bfloat16 (TPUs, recent GPUs).")
 flags.DEFINE_string("checkpoint_dir", "bit_pretrain", "Checkpoints, weights and summary.")
+flags.DEFINE_boolean(
+    "overwrite",
+    False,
+    "Start again in a --checkpoint_dir that holds a run with other settings, deleting its "
+    "checkpoints (without it, such a run is refused and nothing is changed).",
+)
 flags.DEFINE_integer("checkpoint_every", 1000, "Write a checkpoint every this many steps.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
 flags.DEFINE_integer(
@@ -261,6 +269,7 @@ def _config():
         strategy=FLAGS.strategy,
         tpu=FLAGS.tpu,
         heartbeat_timeout=FLAGS.heartbeat_timeout,
+        overwrite=FLAGS.overwrite,
     )
 
 
@@ -279,7 +288,7 @@ def main(argv) -> int:
     from bit_tf.pretrain.data import DataError
     from bit_tf.pretrain.recipe import (
         StrategyError,
-        TrainingInterrupted,
+        TrainingInterruptedError,
         WorkerLost,
         configure_cpu_devices,
         pretrain,
@@ -297,7 +306,7 @@ def main(argv) -> int:
             if FLAGS.cpu_devices:
                 configure_cpu_devices(FLAGS.cpu_devices)
             result = pretrain(_config())
-        except TrainingInterrupted as stop:
+        except TrainingInterruptedError as stop:
             common.leave(PROGRAM, str(stop), 128 + int(stop.signal_number))
         except WorkerLost as lost:
             common.leave(PROGRAM, str(lost), EXIT_WORKER_LOST)

@@ -1,6 +1,6 @@
 """What a pre-training run shows while it runs: a log line and TensorBoard scalars.
 
-`RunProgress` collects the sums that each `bit_tf.pretrain.loop` call returns, and at every
+`ProgressLog` collects the sums that each `bit_tf.pretrain.loop` call returns, and at every
 `log_every` steps (at the end of the loop that reaches them) writes:
 
 - a log line: step, loss, top-1 (or precision@1 for multi-label data), learning rate, images
@@ -11,7 +11,7 @@
 - an entry of the run's history (what `summary.json` keeps).
 
 Example:
-    >>> progress = RunProgress(total_steps=1000, start_step=0, global_batch_size=4096,
+    >>> progress = ProgressLog(total_steps=1000, start_step=0, global_batch_size=4096,
     ...                        log_every=100, schedule=schedule, logdir="/ckpt/logs")
     >>> progress.add(sums)   # the dict one train_loop call returned
     >>> progress.log_if_due(step=100)
@@ -44,7 +44,7 @@ def format_duration(seconds: float) -> str:
     return f"{days}d {text}" if days else text
 
 
-class RunProgress:
+class ProgressLog:
     """Adds up a run's loop results and logs them every `log_every` steps (see the module).
 
     Args:
@@ -57,7 +57,7 @@ class RunProgress:
         logdir: a TensorBoard log folder; None for none (give it on the chief only).
 
     Example:
-        >>> progress = RunProgress(1000, 0, 4096, 100, schedule, logdir="/ckpt/logs")
+        >>> progress = ProgressLog(1000, 0, 4096, 100, schedule, logdir="/ckpt/logs")
     """
 
     def __init__(
@@ -157,3 +157,8 @@ class RunProgress:
         """
         if self._writer is not None:
             self._writer.close()
+
+
+#: The name this class had (a fine-tuning run's progress is
+#: `bit_tf.training.checkpoints.RunProgress`, another thing), kept for callers who import it.
+RunProgress = ProgressLog

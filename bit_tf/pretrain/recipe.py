@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -43,22 +42,32 @@ from bit_tf.pretrain.data import (
     DEFAULT_IMAGE_SIZE,
     NOTHING_DECODED,
     DataError,
+    Source,
     UpstreamInput,
     open_source,
 )
 from bit_tf.pretrain.loop import make_train_loop, make_train_step, top1_hits, upstream_loss
-from bit_tf.pretrain.progress import RunProgress
-from bit_tf.pretrain.schedule import DEFAULT_GLOBAL_BATCH_SIZE, WARMUP_STEPS, upstream_schedule
+from bit_tf.pretrain.progress import ProgressLog
+from bit_tf.pretrain.run_folder import claim_folder, run_settings
+from bit_tf.pretrain.schedule import (
+    DEFAULT_GLOBAL_BATCH_SIZE,
+    WARMUP_STEPS,
+    UpstreamSchedule,
+    upstream_schedule,
+)
 from bit_tf.pretrain.workers import WorkerLost, configure_heartbeat_timeout, worker_lost_error
-from bit_tf.training.interruption import StoppedBySignal
+from bit_tf.training.checkpoints import write_json
+from bit_tf.training.interruption import TrainingInterruptedError
 from bit_tf.training.optimizers import FusedMomentumSGD
 from bit_tf.training.run_lock import holding
+from bit_tf.training.signals import StopSignals
 
 __all__ = [
     "PretrainConfig",
     "PretrainResult",
     "StrategyError",
     "TrainingInterrupted",
+    "TrainingInterruptedError",
     "WorkerLost",
     "configure_cpu_devices",
     "default_steps_per_loop",
@@ -68,6 +77,7 @@ __all__ = [
     "make_train_loop",
     "make_train_step",
     "pretrain",
+    "stop_signals",
     "top1_hits",
     "upstream_loss",
 ]
@@ -91,35 +101,17 @@ class StrategyError(RuntimeError):
     """The requested distribution strategy cannot be set up on this machine."""
 
 
-class TrainingInterrupted(StoppedBySignal):
-    """Training stopped on SIGTERM/SIGINT after writing a checkpoint; run again to resume.
-
-    Attributes:
-        signal_number: the signal that stopped training (signal.SIGTERM or signal.SIGINT).
-        step: the global step saved in the checkpoint.
-        checkpoint_path: the checkpoint written (None on a worker that is not the chief).
-
-    Example:
-        >>> try:
-        ...     pretrain(config)
-        ... except TrainingInterrupted as stop:
-        ...     print(stop.step, stop.checkpoint_path)
-    """
-
-    message = (
-        "Training stopped by {signal} at step {step}; checkpoint {checkpoint}. "
-        "Run the same command again to resume."
-    )
-
-    @property
-    def checkpoint_path(self) -> str | None:
-        """The checkpoint written (`checkpoint`, under the name pre-training has used)."""
-        return self.checkpoint
+#: Pre-training's name for `TrainingInterruptedError` (the same class), kept for callers who
+#: catch it.
+TrainingInterrupted = TrainingInterruptedError
 
 
 @dataclasses.dataclass
 class PretrainConfig:
     """Everything one upstream run needs; the fields are the `bit-pretrain` flags.
+
+    A `checkpoint_dir` holding a run with other settings is refused (`RunSettingsError`, see
+    `bit_tf.pretrain.run_folder`); `overwrite` deletes that run and starts again.
 
     Example:
         >>> config = PretrainConfig(model="BiT-S-R50x1", dataset="/data/train-*",
@@ -155,6 +147,7 @@ class PretrainConfig:
     strategy: str = "default"
     tpu: str = "local"
     heartbeat_timeout: float | None = None
+    overwrite: bool = False
 
 
 @dataclasses.dataclass
@@ -305,37 +298,22 @@ def make_optimizer(learning_rate, momentum: float = MOMENTUM) -> keras.optimizer
     return FusedMomentumSGD(learning_rate=learning_rate, momentum=momentum)
 
 
-class _StopSignals:
-    """Records SIGTERM/SIGINT instead of dying, so the loop can checkpoint and stop; a signal
-    that comes again while the checkpoint is written is reported and changes nothing."""
+def stop_signals() -> StopSignals:
+    """The stop-signal recorder of a pre-training run: the first SIGTERM/SIGINT stops the run
+    at the end of its loop, with a checkpoint; later ones are reported and change nothing.
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for number in self.SIGNALS:
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def _handle(self, number, frame):
-        name = signal.Signals(number).name
-        if self.received is None:
-            self.received = number
-            log.warning("Got %s: stopping at the end of this loop, with a checkpoint.", name)
-        else:
-            log.warning(
-                "%s received again: the run stops once its checkpoint is complete "
-                "(SIGKILL stops at once and loses the steps since the last checkpoint).",
-                name,
-            )
-
-    def __exit__(self, *exc):
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
+    Example:
+        >>> with stop_signals() as signals:
+        ...     loop.run(...)   # checks signals.received between loops
+    """
+    return StopSignals(
+        first="Got {signal}: stopping at the end of this loop, with a checkpoint.",
+        again=(
+            "{signal} received again: the run stops once its checkpoint is complete "
+            "(SIGKILL stops at once and loses the steps since the last checkpoint)."
+        ),
+        logger=log,
+    )
 
 
 def default_steps_per_loop() -> int:
@@ -470,11 +448,11 @@ def pretrain(
     if config.steps_per_loop is not None and config.steps_per_loop < 1:
         raise ValueError(f"steps_per_loop must be >= 1, got {config.steps_per_loop!r}.")
     # From here on SIGTERM and SIGINT stop the run at a loop's end, with a checkpoint.
-    with _StopSignals() as signals:
+    with stop_signals() as signals:
         return _pretrain(config, strategy, signals)
 
 
-def _pretrain(config: PretrainConfig, strategy, signals: _StopSignals) -> PretrainResult:
+def _pretrain(config: PretrainConfig, strategy, signals: StopSignals) -> PretrainResult:
     if strategy is None:
         strategy = make_strategy(config.strategy, config.tpu, config.heartbeat_timeout)
     _check_batch(strategy, config.global_batch_size)
@@ -486,14 +464,74 @@ def _pretrain(config: PretrainConfig, strategy, signals: _StopSignals) -> Pretra
         return _train(config, strategy, signals, is_chief, task_id)
 
 
-def _train(config: PretrainConfig, strategy, signals: _StopSignals, is_chief, task_id):
+@dataclasses.dataclass
+class _Plan:
+    """What a run reads and how long it trains."""
+
+    source: Source
+    num_classes: int | None
+    schedule: UpstreamSchedule
+    dataset_size: int
+    steps_per_loop: int
+
+
+@dataclasses.dataclass
+class _Run:
+    """A pre-training run once built: what its steps need."""
+
+    config: PretrainConfig
+    strategy: tf.distribute.Strategy
+    plan: _Plan
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    manager: tf.train.CheckpointManager
+    is_chief: bool
+    signals: StopSignals
+    progress: ProgressLog
+
+
+def _train(config: PretrainConfig, strategy, signals: StopSignals, is_chief, task_id):
     """`_pretrain` once the chief holds the checkpoint folder."""
+    plan = _plan(config, strategy)
+    if is_chief:
+        settings = run_settings(config, plan.schedule, plan.dataset_size)
+        claim_folder(config.checkpoint_dir, settings, config.overwrite)
+    model, optimizer = _build_model(config, strategy, plan.num_classes, plan.schedule)
+    manager, latest = _restored(model, optimizer, config, is_chief, task_id)
+    step = int(optimizer.iterations.numpy())
+    progress = ProgressLog(
+        plan.schedule.total_steps,
+        step,
+        config.global_batch_size,
+        config.log_every,
+        plan.schedule,
+        multi_label=config.multi_label,
+        logdir=config.logdir if is_chief else None,
+    )
+    run = _Run(config, strategy, plan, model, optimizer, manager, is_chief, signals, progress)
+    try:
+        end = _train_to_end(run, step, saved_step=step if latest else None)
+    finally:
+        progress.close()
+    weights_path = None
+    if is_chief:
+        weights_path = save_official_weights(
+            model, os.path.join(config.checkpoint_dir, f"{config.model}.npz")
+        )
+        _write_summary(config, end, step, progress.history, weights_path)
+    if signals.received is not None:
+        # The run is complete and its files are whole; the signal still ends the program.
+        raise TrainingInterruptedError(signals.received, end, manager.latest_checkpoint)
+    return PretrainResult(model, end, step, weights_path, is_chief, progress.history)
+
+
+def _plan(config: PretrainConfig, strategy) -> _Plan:
+    """The run's source, classes, schedule and loop length, logged in one line."""
     source = open_source(config.dataset, config.data_dir, config.split)
     num_classes = config.num_classes
     if num_classes is None:
         num_classes = len(source.class_names) if source.kind == "folder" else None
     schedule, dataset_size = _resolve_schedule(config, source)
-    total_steps = schedule.total_steps
     steps_per_loop = config.steps_per_loop or default_steps_per_loop()
     log.info(
         "%s on %s (%d examples): %d steps, batch %d over %d replicas, %d steps per loop, "
@@ -501,15 +539,18 @@ def _train(config: PretrainConfig, strategy, signals: _StopSignals, is_chief, ta
         config.model,
         config.dataset,
         dataset_size,
-        total_steps,
+        schedule.total_steps,
         config.global_batch_size,
         strategy.num_replicas_in_sync,
         steps_per_loop,
         schedule.boundaries,
     )
-    model, optimizer = _build_model(config, strategy, num_classes, schedule)
-    num_classes = model.output_shape[-1]
+    return _Plan(source, num_classes, schedule, dataset_size, steps_per_loop)
 
+
+def _restored(model, optimizer, config: PretrainConfig, is_chief: bool, task_id: int):
+    """(checkpoint manager, the checkpoint restored or None): the latest checkpoint of
+    `checkpoint_dir` restored into the model and optimizer."""
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     latest = tf.train.latest_checkpoint(config.checkpoint_dir)
     if latest:
@@ -518,59 +559,51 @@ def _train(config: PretrainConfig, strategy, signals: _StopSignals, is_chief, ta
     manager = _checkpoint_managers(
         checkpoint, config.checkpoint_dir, is_chief, task_id, config.keep_checkpoints
     )
-    step = int(optimizer.iterations.numpy())
-    resumed_from = step
-    saved_step = step if latest else None
+    return manager, latest
 
-    upstream = UpstreamInput(
-        source,
-        num_classes,
-        config.global_batch_size,
-        **_fields(config, "image_size", "multi_label", "seed", "shuffle_buffer", "label_offset"),
-    )
-    progress = RunProgress(
-        total_steps,
-        step,
-        config.global_batch_size,
-        config.log_every,
-        schedule,
-        multi_label=config.multi_label,
-        logdir=config.logdir if is_chief else None,
-    )
+
+def _train_to_end(run: _Run, step: int, saved_step: int | None) -> int:
+    """Trains from `step` to the last step (or a stop signal) and saves the final checkpoint;
+    returns the step reached. A lost worker is raised as `WorkerLost`."""
+    config = run.config
     try:
-        if step < total_steps:
-            distributed = strategy.distribute_datasets_from_function(upstream.dataset_fn(step))
+        if step < run.plan.schedule.total_steps:
+            upstream = UpstreamInput(
+                run.plan.source,
+                run.model.output_shape[-1],
+                config.global_batch_size,
+                **_fields(
+                    config, "image_size", "multi_label", "seed", "shuffle_buffer", "label_offset"
+                ),
+            )
+            distributed = run.strategy.distribute_datasets_from_function(upstream.dataset_fn(step))
             train_loop = make_train_loop(
-                strategy,
-                model,
-                optimizer,
+                run.strategy,
+                run.model,
+                run.optimizer,
                 global_batch_size=config.global_batch_size,
                 multi_label=config.multi_label,
                 weight_decay=config.weight_decay,
             )
-            loop = _HostLoop(config, steps_per_loop, manager, is_chief, signals, progress)
-            saved_step = loop.run(train_loop, iter(distributed), step, total_steps, saved_step)
-            step = int(optimizer.iterations.numpy())
+            loop = _HostLoop(
+                config,
+                run.plan.steps_per_loop,
+                run.manager,
+                run.is_chief,
+                run.signals,
+                run.progress,
+            )
+            total = run.plan.schedule.total_steps
+            saved_step = loop.run(train_loop, iter(distributed), step, total, saved_step)
+            step = int(run.optimizer.iterations.numpy())
         if saved_step != step:
-            _save(manager, step, is_chief)
+            _save(run.manager, step, run.is_chief)
     except tf.errors.OpError as error:
-        lost = worker_lost_error(error, strategy, config.checkpoint_dir)
+        lost = worker_lost_error(error, run.strategy, config.checkpoint_dir)
         if lost is None:
             raise
         raise lost from error
-    finally:
-        progress.close()
-
-    weights_path = None
-    if is_chief:
-        weights_path = save_official_weights(
-            model, os.path.join(config.checkpoint_dir, f"{config.model}.npz")
-        )
-        _write_summary(config, step, resumed_from, progress.history, weights_path)
-    if signals.received is not None:
-        # The run is complete and its files are whole; the signal still ends the program.
-        raise TrainingInterrupted(signals.received, step, manager.latest_checkpoint)
-    return PretrainResult(model, step, resumed_from, weights_path, is_chief, progress.history)
+    return step
 
 
 def _data_error(error: tf.errors.InvalidArgumentError) -> DataError | None:
@@ -620,7 +653,7 @@ class _HostLoop:
                     path = self.manager.latest_checkpoint if self.is_chief else None
                 else:
                     path = _save(self.manager, step, self.is_chief)
-                raise TrainingInterrupted(self.signals.received or signal.SIGTERM, step, path)
+                raise TrainingInterruptedError(self.signals.received or signal.SIGTERM, step, path)
             if step % self.config.checkpoint_every == 0:
                 _save(self.manager, step, self.is_chief)
                 saved_step = step
@@ -636,8 +669,4 @@ def _write_summary(config, step, resumed_from, history, weights_path):
         "weights": weights_path,
         "history": history,
     }
-    path = os.path.join(config.checkpoint_dir, "summary.json")
-    temporary = path + ".partial"
-    with open(temporary, "w") as stream:
-        json.dump(summary, stream, indent=1)
-    os.replace(temporary, path)
+    write_json(os.path.join(config.checkpoint_dir, "summary.json"), summary)

@@ -23,15 +23,14 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 
 import keras
 import numpy as np
 
 from bit_tf.training.file_errors import FileWriteError, disk_problem
-from bit_tf.training.interruption import StoppedBySignal
+from bit_tf.training.interruption import TrainingInterruptedError
 from bit_tf.training.run_settings import check_same_run
+from bit_tf.training.signals import StopSignals
 
 log = logging.getLogger("bit_tf.finetune")
 
@@ -49,27 +48,6 @@ class TrainingDivergedError(FloatingPointError):
         ... except TrainingDivergedError as error:
         ...     print(error)  # the step, the checkpoint kept, and what to change
     """
-
-
-class TrainingInterruptedError(StoppedBySignal):
-    """SIGTERM or SIGINT stopped fine-tuning after a checkpoint was written.
-
-    Attributes:
-        signal_number: the signal received (signal.SIGTERM or signal.SIGINT).
-        step: the optimizer step the checkpoint holds.
-        checkpoint: the path of the checkpoint; run the same call again to resume from it.
-
-    Example:
-        >>> try:
-        ...     bit_tf.finetune("BiT-M-R50x1", train, checkpoint_dir="runs/pets")
-        ... except TrainingInterruptedError as interrupted:
-        ...     os._exit(128 + interrupted.signal_number)
-    """
-
-    message = (
-        "{signal} received: stopped at step {step} after writing {checkpoint}. Run the same "
-        "command again to resume from there."
-    )
 
 
 def atomic_save(model: keras.Model, path: str) -> None:
@@ -116,11 +94,23 @@ def write_progress(checkpoint_dir: str, progress: dict) -> None:
     Example:
         >>> write_progress("runs/pets", {"settings": settings, "step": 50, "finished": False})
     """
-    path = os.path.join(checkpoint_dir, PROGRESS_FILE)
+    write_json(os.path.join(checkpoint_dir, PROGRESS_FILE), progress)
+
+
+def write_json(path: str, value) -> None:
+    """Writes `value` as JSON to `path` through a temporary file, so that `path` always holds
+    a whole file.
+
+    Raises:
+        FileWriteError: the disk is full, read-only or forbidden (the old file is kept).
+
+    Example:
+        >>> write_json("runs/bit-s/summary.json", {"step": 1000})
+    """
 
     def write(temporary: str) -> None:
         with open(temporary, "w") as file:
-            json.dump(progress, file, indent=1)
+            json.dump(value, file, indent=1)
 
     _write_through(path + ".partial", path, write)
 
@@ -420,45 +410,30 @@ class Checkpointer(keras.callbacks.Callback):
         self._save_last(finished=finished)
 
 
-class signals_caught:  # noqa: N801 (used as a context manager, reads like a phrase)
+def signals_caught(run: RunProgress, enabled: bool) -> StopSignals:
     """Turns the first SIGTERM/SIGINT into a request to checkpoint and stop (recorded in
     `run.signal_number`). Later ones (people press Ctrl-C two or three times) are reported and
     change nothing, so they cannot break the checkpoint being written: the run stops once it is
     complete. SIGKILL is the way to stop at once.
 
-    Handlers are installed only when `enabled` and on the main thread.
+    The run's `bit_tf.training.signals.StopSignals`; handlers are installed only when
+    `enabled` and on the main thread.
 
     Example:
         >>> with signals_caught(run, enabled=run.checkpoint_dir is not None):
         ...     model.fit(batches, callbacks=[Checkpointer(run)])
     """
 
-    def __init__(self, run: RunProgress, enabled: bool):
-        self.run = run
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.previous = {}
+    def record(number: int) -> None:
+        run.signal_number = number
 
-    def _handle(self, number, frame):
-        if self.run.signal_number is not None:
-            log.warning(
-                "%s received again: still writing the checkpoint; the run stops once it is "
-                "complete (SIGKILL stops at once and loses it).",
-                signal.Signals(number).name,
-            )
-            return
-        self.run.signal_number = number
-        log.warning(
-            "%s received: writing a checkpoint at the next step, then stopping.",
-            signal.Signals(number).name,
-        )
-
-    def __enter__(self):
-        if self.enabled:
-            for number in (signal.SIGTERM, signal.SIGINT):
-                self.previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def __exit__(self, *exc_info):
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        return False
+    return StopSignals(
+        first="{signal} received: writing a checkpoint at the next step, then stopping.",
+        again=(
+            "{signal} received again: still writing the checkpoint; the run stops once it is "
+            "complete (SIGKILL stops at once and loses it)."
+        ),
+        on_stop=record,
+        enabled=enabled,
+        logger=log,
+    )

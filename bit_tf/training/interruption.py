@@ -1,9 +1,8 @@
 """The exception of a training run that SIGTERM or SIGINT stopped after writing a checkpoint,
 and `signals_deferred`, which keeps those signals from breaking a file being written.
 
-Fine-tuning (`bit_tf.finetune.TrainingInterruptedError`) and pre-training
-(`bit_tf.pretrain.TrainingInterrupted`) raise subclasses of `StoppedBySignal`, which differ only
-in their message; a program can catch either, or this base class for both.
+Fine-tuning, distillation and pre-training raise `TrainingInterruptedError` (pre-training's
+old name `TrainingInterrupted` is the same class); `StoppedBySignal` is its base.
 
 Example:
     >>> try:
@@ -15,7 +14,8 @@ Example:
 from __future__ import annotations
 
 import signal
-import threading
+
+from bit_tf.training.signals import StopSignals
 
 
 class StoppedBySignal(Exception):  # noqa: N818 (it is not an error: a clean stop)
@@ -45,11 +45,50 @@ class StoppedBySignal(Exception):  # noqa: N818 (it is not an error: a clean sto
         super().__init__(self.message.format(signal=name, step=step, checkpoint=checkpoint))
 
 
-class signals_deferred:  # noqa: N801 (used as a context manager, reads like a phrase)
+class TrainingInterruptedError(StoppedBySignal):
+    """SIGTERM or SIGINT stopped a training run (fine-tuning, distillation, pre-training) after
+    a checkpoint was written; run the same call or command again to resume from it.
+
+    `bit_tf.pretrain.TrainingInterrupted` is this class under the name pre-training used.
+
+    Attributes:
+        signal_number: the signal received (signal.SIGTERM or signal.SIGINT).
+        step: the optimizer step the checkpoint holds.
+        checkpoint: the path of the checkpoint (None on a worker that is not the chief).
+        checkpoint_path: the same, under the name pre-training has used.
+
+    Example:
+        >>> try:
+        ...     bit_tf.finetune("BiT-M-R50x1", train, checkpoint_dir="runs/pets")
+        ... except TrainingInterruptedError as interrupted:
+        ...     os._exit(128 + interrupted.signal_number)
+    """
+
+    message = (
+        "{signal} received: stopped at step {step} after writing {checkpoint}. Run the same "
+        "command again to resume from there."
+    )
+
+    def __init__(self, signal_number: int, step: int, checkpoint: str | None):
+        if checkpoint is None:  # a worker that is not the chief: the chief wrote it
+            self.message = (
+                "{signal} received: stopped at step {step} (the chief wrote the checkpoint). "
+                "Run the same command again to resume from there."
+            )
+        super().__init__(signal_number, step, checkpoint)
+
+    @property
+    def checkpoint_path(self) -> str | None:
+        """The checkpoint written (`checkpoint`, under the name pre-training has used)."""
+        return self.checkpoint
+
+
+def signals_deferred() -> StopSignals:
     """Records SIGTERM and SIGINT arriving inside the block instead of letting them interrupt
     it (a model file half written); `received` is the first one's number, else None.
 
-    On the main thread only; elsewhere signals cannot arrive, and the block runs as it is.
+    A `bit_tf.training.signals.StopSignals` that logs nothing. On the main thread only;
+    elsewhere signals cannot arrive, and the block runs as it is.
 
     Example:
         >>> with signals_deferred() as deferred:
@@ -57,22 +96,4 @@ class signals_deferred:  # noqa: N801 (used as a context manager, reads like a p
         >>> if deferred.received is not None:
         ...     os._exit(128 + deferred.received)
     """
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def _handle(self, number, frame):
-        if self.received is None:
-            self.received = number
-
-    def __enter__(self) -> signals_deferred:
-        if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGTERM, signal.SIGINT):
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> bool:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        return False
+    return StopSignals()

@@ -156,7 +156,7 @@ def test_loops_of_steps_survive_sigkill_and_three_sigints_and_match_one_step_cal
         status, log = _finish(second, tmp_path / "second.log")
         assert status == 128 + signal.SIGINT, log[-3000:]
         assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
-        stopped = re.search(r"stopped by SIGINT at step (\d+)", log)
+        stopped = re.search(r"SIGINT received: stopped at step (\d+)", log)
         assert stopped, log[-3000:]
         stopped_at = int(stopped.group(1))
         assert killed_at < stopped_at <= TOTAL_STEPS
@@ -238,10 +238,11 @@ def test_loops_of_steps_survive_sigkill_and_three_sigints_and_match_one_step_cal
 
 
 def test_a_signal_again_while_stopping_is_reported_and_changes_nothing(caplog):
-    from bit_tf.pretrain.recipe import _StopSignals
+    from bit_tf.pretrain.recipe import stop_signals
+    from bit_tf.training.signals import SIGNALS
 
-    before = {number: signal.getsignal(number) for number in _StopSignals.SIGNALS}
-    with caplog.at_level("WARNING", logger="bit_tf.pretrain"), _StopSignals() as stop:
+    before = {number: signal.getsignal(number) for number in SIGNALS}
+    with caplog.at_level("WARNING", logger="bit_tf.pretrain"), stop_signals() as stop:
         for _ in range(3):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)  # the handler runs here
