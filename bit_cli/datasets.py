@@ -75,19 +75,19 @@ def load(
         >>> train, validation = load("bit-finetune", "/data/photos", validation_fraction=0.2)
     """
     from bit_tf.data import pipelines as data
+    from bit_tf.data.resolve import resolve
 
     if dataset == DIGITS:
         return data.load_digits(validation_fraction, seed=seed)
-    if os.path.isdir(dataset):
-        source = data.from_folder(dataset)
-        if source.skipped:
-            print(f"skipped {len(source.skipped)} unreadable file(s); see the warning above")
-        return data.split(source, validation_fraction, seed=seed)
-    _check_tfds_name(program, dataset)
+    folder = os.path.isdir(dataset)
+    if not folder:
+        _check_tfds_name(program, dataset)
     options = {"data_dir": data_dir, "manual_dir": manual_dir}
-    train = data.from_tfds(dataset, split=train_split, **options)
-    if validation_split:
-        return train, data.from_tfds(dataset, split=validation_split, **options)
+    train = resolve(dataset, "train", split=train_split, **options)
+    if folder and train.skipped:
+        print(f"skipped {len(train.skipped)} unreadable file(s); see the warning above")
+    if validation_split and not folder:
+        return train, resolve(dataset, "validation", split=validation_split, **options)
     return data.split(train, validation_fraction, seed=seed)
 
 
