@@ -117,13 +117,7 @@ def consistent_batches(
     Example:
         >>> batches = consistent_batches(train, batch_size=512, crop=128, seed=0)
     """
-    for name, value in (("batch_size", batch_size), ("crop", crop)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if not 0.0 < min_crop_area <= 1.0:
-        raise ValueError(f"min_crop_area must be in (0, 1], got {min_crop_area!r}.")
-    if mixup_alpha < 0:
-        raise ValueError(f"mixup_alpha must not be negative, got {mixup_alpha!r}.")
+    _check_settings(batch_size, crop, min_crop_area, mixup_alpha)
     seed, records, decode = training_records(source, batch_size, seed, cache, start_batch)
     smallest_side = decode_size(crop, min_crop_area) if reduced_scale_decoding else 0
 
@@ -142,3 +136,14 @@ def consistent_batches(
     if mixup_alpha:
         dataset = mix_batches(dataset, mixup_alpha, seed=seed, start_batch=start_batch)
     return dataset.prefetch(PREFETCH_BATCHES).with_options(pipeline_options())
+
+
+def _check_settings(batch_size: int, crop: int, min_crop_area: float, mixup_alpha: float) -> None:
+    """Raises ValueError naming the first setting of `consistent_batches` that cannot work."""
+    for name, value in (("batch_size", batch_size), ("crop", crop)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if not 0.0 < min_crop_area <= 1.0:
+        raise ValueError(f"min_crop_area must be in (0, 1], got {min_crop_area!r}.")
+    if mixup_alpha < 0:
+        raise ValueError(f"mixup_alpha must not be negative, got {mixup_alpha!r}.")

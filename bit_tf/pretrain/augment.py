@@ -50,6 +50,21 @@ def crop_and_flip_seeds(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.unstack(tf.random.experimental.stateless_split(seed, 2))
 
 
+def _crop_window(shape: tf.Tensor, crop_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(begin, size) of the Inception crop window of an image of `shape`, drawn by `crop_seed`."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.zeros([1, 0, 4]),
+        seed=crop_seed,
+        area_range=CROP_AREA_RANGE,
+        aspect_ratio_range=CROP_ASPECT_RATIO_RANGE,
+        min_object_covered=0.0,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return begin, size
+
+
 def decode_and_crop(
     image_bytes: tf.Tensor, crop_seed: tf.Tensor, orientation: tf.Tensor | None = None
 ) -> tf.Tensor:
@@ -73,17 +88,7 @@ def decode_and_crop(
     """
 
     def window(shape):
-        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            shape,
-            bounding_boxes=tf.zeros([1, 0, 4]),
-            seed=crop_seed,
-            area_range=CROP_AREA_RANGE,
-            aspect_ratio_range=CROP_ASPECT_RATIO_RANGE,
-            min_object_covered=0.0,
-            max_attempts=10,
-            use_image_if_no_bounding_boxes=True,
-        )
-        return begin, size
+        return _crop_window(shape, crop_seed)
 
     if orientation is None:
         orientation = exif_orientation(image_bytes)

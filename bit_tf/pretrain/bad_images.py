@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -143,79 +144,101 @@ def _skip_reporter(source_name: str, worker: int, num_shards: int):
 
     def report(state, chunk):
         decoded, images, labels, epochs, names, sizes = chunk
-        current_epoch, decoded_so_far, whole = state
-        # A chunk holds consecutive records: epochs epochs[0] .. epochs[-1], in order.
-        continues = tf.equal(epochs[0], current_epoch)
-        span = tf.cast(epochs[-1] - epochs[0] + 1, tf.int32)
-        per_epoch = tf.math.unsorted_segment_sum(
-            tf.cast(decoded, tf.int64), tf.cast(epochs - epochs[0], tf.int32), span
+        counts = _epoch_counts(state, decoded, epochs)
+        reported = tf.cond(
+            tf.reduce_all(decoded),
+            lambda: tf.constant(True),
+            lambda: _warn_skipped(decoded, names, sizes, epochs),
         )
-        per_epoch += tf.where(tf.logical_and(continues, tf.range(span) == 0), decoded_so_far, 0)
-        whole_epochs = tf.concat(
-            [[tf.logical_or(whole, tf.logical_not(continues))], tf.ones([span - 1], tf.bool)],
-            0,
-        )
-        # Epochs that ended: the state's, when this chunk starts a new one, and all but the
-        # last of the chunk's.
-        state_epoch_empty = tf.logical_not(continues) & whole & tf.equal(decoded_so_far, 0)
-        ended_empty = (tf.range(span) < span - 1) & whole_epochs & tf.equal(per_epoch, 0)
-        empty_epoch = tf.where(
-            state_epoch_empty,
-            current_epoch,
-            epochs[0] + tf.argmax(tf.cast(ended_empty, tf.int32), output_type=tf.int64),
-        )
-
-        def refuse():
-            message = tf.strings.join(
-                [
-                    f"{NOTHING_DECODED} {source_name} decoded in epoch ",
-                    tf.strings.as_string(empty_epoch),
-                    f" of input pipeline {worker} of {num_shards}: every one is corrupt, "
-                    "truncated, empty or not an image (each was reported as skipped). Fix "
-                    "or remove them.",
-                ]
-            )
-            with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
-                return tf.constant(False)
-
-        def warn():
-            skipped = tf.logical_not(decoded)
-            skipped_sizes = tf.boolean_mask(sizes, skipped)
-            reasons = tf.where(
-                tf.equal(skipped_sizes, 0),
-                "the file is empty.",
-                "not a decodable JPEG, PNG, GIF or BMP image (corrupt, truncated or "
-                "another format).",
-            )
-            lines = tf.strings.join(
-                [
-                    "WARNING bit_tf.pretrain.data: skipped ",
-                    tf.boolean_mask(names, skipped),
-                    " (",
-                    tf.strings.as_string(skipped_sizes),
-                    " bytes, epoch ",
-                    tf.strings.as_string(tf.boolean_mask(epochs, skipped)),
-                    "): ",
-                    reasons,
-                ]
-            )
-            line = tf.strings.reduce_join(lines, separator="\n")
-            with tf.control_dependencies([tf.print(line, output_stream=sys.stderr)]):
-                return tf.constant(False)
-
-        reported = tf.cond(tf.reduce_all(decoded), lambda: tf.constant(True), warn)
         with tf.control_dependencies([reported]):  # the skipped files first, then the error
             checked = tf.cond(
-                state_epoch_empty | tf.reduce_any(ended_empty),
-                refuse,
+                counts.state_epoch_empty | tf.reduce_any(counts.ended_empty),
+                lambda: _refuse_empty_epoch(source_name, worker, num_shards, counts.empty_epoch),
                 lambda: tf.constant(True),
             )
         with tf.control_dependencies([checked, reported]):
             state = (
                 tf.identity(epochs[-1]),
-                per_epoch[-1],
-                tf.identity(whole_epochs[-1]),
+                counts.per_epoch[-1],
+                tf.identity(counts.whole_epochs[-1]),
             )
             return state, (tf.identity(images), tf.identity(labels))
 
     return report
+
+
+class _EpochCounts(NamedTuple):
+    """Images decoded per epoch of a chunk, and the epochs that ended with none."""
+
+    per_epoch: tf.Tensor  # decoded images of each epoch the chunk spans (with the state's)
+    whole_epochs: tf.Tensor  # whether the stream saw each of them from its start
+    state_epoch_empty: tf.Tensor  # the state's epoch ended (this chunk starts a new one) empty
+    ended_empty: tf.Tensor  # which of the chunk's epochs but the last ended empty
+    empty_epoch: tf.Tensor  # the first epoch that ended empty (meaningful where one did)
+
+
+def _epoch_counts(state, decoded: tf.Tensor, epochs: tf.Tensor) -> _EpochCounts:
+    """The decoded images per epoch of a chunk, carried on from the scan's `state`."""
+    current_epoch, decoded_so_far, whole = state
+    # A chunk holds consecutive records: epochs epochs[0] .. epochs[-1], in order.
+    continues = tf.equal(epochs[0], current_epoch)
+    span = tf.cast(epochs[-1] - epochs[0] + 1, tf.int32)
+    per_epoch = tf.math.unsorted_segment_sum(
+        tf.cast(decoded, tf.int64), tf.cast(epochs - epochs[0], tf.int32), span
+    )
+    per_epoch += tf.where(tf.logical_and(continues, tf.range(span) == 0), decoded_so_far, 0)
+    whole_epochs = tf.concat(
+        [[tf.logical_or(whole, tf.logical_not(continues))], tf.ones([span - 1], tf.bool)],
+        0,
+    )
+    # Epochs that ended: the state's, when this chunk starts a new one, and all but the
+    # last of the chunk's.
+    state_epoch_empty = tf.logical_not(continues) & whole & tf.equal(decoded_so_far, 0)
+    ended_empty = (tf.range(span) < span - 1) & whole_epochs & tf.equal(per_epoch, 0)
+    empty_epoch = tf.where(
+        state_epoch_empty,
+        current_epoch,
+        epochs[0] + tf.argmax(tf.cast(ended_empty, tf.int32), output_type=tf.int64),
+    )
+    return _EpochCounts(per_epoch, whole_epochs, state_epoch_empty, ended_empty, empty_epoch)
+
+
+def _refuse_empty_epoch(source_name: str, worker: int, num_shards: int, empty_epoch):
+    """Fails the pipeline with the "nothing decoded" message of `empty_epoch`."""
+    message = tf.strings.join(
+        [
+            f"{NOTHING_DECODED} {source_name} decoded in epoch ",
+            tf.strings.as_string(empty_epoch),
+            f" of input pipeline {worker} of {num_shards}: every one is corrupt, "
+            "truncated, empty or not an image (each was reported as skipped). Fix "
+            "or remove them.",
+        ]
+    )
+    with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+        return tf.constant(False)
+
+
+def _warn_skipped(decoded, names, sizes, epochs):
+    """Prints a warning line on stderr for each record of a chunk that did not decode."""
+    skipped = tf.logical_not(decoded)
+    skipped_sizes = tf.boolean_mask(sizes, skipped)
+    reasons = tf.where(
+        tf.equal(skipped_sizes, 0),
+        "the file is empty.",
+        "not a decodable JPEG, PNG, GIF or BMP image (corrupt, truncated or another format).",
+    )
+    lines = tf.strings.join(
+        [
+            "WARNING bit_tf.pretrain.data: skipped ",
+            tf.boolean_mask(names, skipped),
+            " (",
+            tf.strings.as_string(skipped_sizes),
+            " bytes, epoch ",
+            tf.strings.as_string(tf.boolean_mask(epochs, skipped)),
+            "): ",
+            reasons,
+        ]
+    )
+    line = tf.strings.reduce_join(lines, separator="\n")
+    with tf.control_dependencies([tf.print(line, output_stream=sys.stderr)]):
+        return tf.constant(False)

@@ -111,9 +111,38 @@ def make_train_loop(
         >>> int(sums["steps"])
         20
     """
+    sums = _device_sums(strategy)
+    replica_step = _replica_step(
+        model, optimizer, sums, global_batch_size, multi_label, weight_decay, strategy
+    )
+
+    def replica_reset():
+        for variable in sums.values():
+            variable.assign(0.0)
+
+    @tf.function
+    def train_loop(iterator, stop, num_steps):
+        strategy.run(replica_reset)
+        stop_count = strategy.experimental_local_results(strategy.run(_replica_stop, args=(stop,)))[
+            0
+        ]
+        steps = tf.where(stop_count > 0, 0, tf.cast(num_steps, tf.int32))
+        for _ in tf.range(steps):
+            images, labels = next(iterator)
+            strategy.run(replica_step, args=(images, labels))
+        results = {name: variable.read_value() for name, variable in sums.items()}
+        results["steps"] = steps
+        results["stop"] = stop_count
+        return results
+
+    return train_loop
+
+
+def _replica_step(model, optimizer, sums, global_batch_size, multi_label, weight_decay, strategy):
+    """One replica's SGD step on its images and labels, adding its loss, top-1 hits and
+    examples to `sums`."""
     num_replicas = strategy.num_replicas_in_sync
     decayed = {id(variable) for variable in model.trainable_variables if _is_kernel(variable)}
-    sums = _device_sums(strategy)
 
     def replica_step(images, labels):
         with tf.GradientTape() as tape:
@@ -134,34 +163,15 @@ def make_train_loop(
         sums["hits"].assign_add(tf.reduce_sum(top1_hits(labels, logits, multi_label)))
         sums["examples"].assign_add(tf.cast(tf.shape(per_example)[0], tf.float32))
 
-    def replica_stop(stop):
-        # tf.identity gives each replica its own copy (an input tensor shared by the replicas
-        # has no device of its own to reduce to).
-        context = tf.distribute.get_replica_context()
-        return context.all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.cast(tf.identity(stop), tf.float32)
-        )
+    return replica_step
 
-    def replica_reset():
-        for variable in sums.values():
-            variable.assign(0.0)
 
-    @tf.function
-    def train_loop(iterator, stop, num_steps):
-        strategy.run(replica_reset)
-        stop_count = strategy.experimental_local_results(strategy.run(replica_stop, args=(stop,)))[
-            0
-        ]
-        steps = tf.where(stop_count > 0, 0, tf.cast(num_steps, tf.int32))
-        for _ in tf.range(steps):
-            images, labels = next(iterator)
-            strategy.run(replica_step, args=(images, labels))
-        results = {name: variable.read_value() for name, variable in sums.items()}
-        results["steps"] = steps
-        results["stop"] = stop_count
-        return results
-
-    return train_loop
+def _replica_stop(stop):
+    """How many replicas were asked to stop (all-reduced over the replicas)."""
+    # tf.identity gives each replica its own copy (an input tensor shared by the replicas
+    # has no device of its own to reduce to).
+    context = tf.distribute.get_replica_context()
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.identity(stop), tf.float32))
 
 
 def make_train_step(
