@@ -14,10 +14,11 @@ function, as Beyer et al. ("Knowledge distillation: A good teacher is patient an
   weight decay (`bit_tf.distill.optimizer`) over long schedules whose length follows the
   training set's size as the paper's fast/medium/long variants do (`bit_tf.distill.schedule`).
 
-The run itself is `bit_tf.finetune`'s: with a `checkpoint_dir` it keeps `last.keras` and
-`best.keras` (the student and the optimizer; the teacher is not saved, it never changes),
-resumes an unfinished run, stops on a NaN loss with `TrainingDivergedError` and on SIGTERM or
-SIGINT with `TrainingInterruptedError` after a checkpoint (`bit_tf.training.checkpoints`).
+The run itself is fine-tuning's (`bit_tf.training.run.TrainingRun`): with a `checkpoint_dir`
+it keeps `last.keras` and `best.keras` (the student and the optimizer; the teacher is not
+saved, it never changes), resumes an unfinished run, stops on a NaN loss with
+`TrainingDivergedError` and on SIGTERM or SIGINT with `TrainingInterruptedError` after a
+checkpoint (`bit_tf.training.checkpoints`).
 
 Example:
     >>> import bit_tf
