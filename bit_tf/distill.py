@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -43,10 +44,17 @@ import numpy as np
 import tensorflow as tf
 
 from bit_tf import data as data_lib
-from bit_tf.distill_data import MIN_CROP_AREA, consistent_batches
+from bit_tf.distill_data import MIN_CROP_AREA
 from bit_tf.distill_model import DistillationLoss, Distiller
 from bit_tf.distill_optimizer import distillation_optimizer
+from bit_tf.distill_recipes import with_recipe
+from bit_tf.distill_run_settings import (
+    check_variant_settings,
+    evaluation_batches,
+    recipe_settings,
+)
 from bit_tf.distill_schedule import patient_steps, warmup_steps
+from bit_tf.distill_variants import fixed_teacher_targets, variant_batches
 from bit_tf.finetune import (
     VALIDATIONS_PER_RUN,
     TrainingDivergedError,
@@ -88,24 +96,42 @@ log = logging.getLogger(__name__)
 class DistillConfig:
     """The settings of one `distill` run; each field is also a keyword of `distill`.
 
-    The defaults are the paper's recipe (big_vision `configs/proj/distill/`).
+    A setting left None comes from the run's recipe (`bit_tf.distill_recipes`: big_vision's
+    `configs/proj/distill/` settings per data set and schedule length); one given keeps its
+    value. recipe="legacy" gives bit-tf's earlier single setting (lr 0.003, weight decay 3e-4,
+    temperature 1, batch 512, the HyperRule's crop).
+
+    Recipe and variant:
+        recipe: "auto" (the row of the TFDS data set the train images come from, else by the
+            number of training examples), "flowers", "pet", "food", "sun", "imagenet", "size"
+            or "legacy" (`bit_tf.distill_recipes.pick_recipe`).
+        variant: "function_matching" (same crop for both models, and MixUp), "consistent" (same
+            crop, no MixUp), "independent" (a crop of its own for each model, no MixUp) or
+            "fixed_teacher" (the teacher's outputs computed once on the unaugmented images;
+            `bit_tf.distill_variants`).
+        teacher_crop: the teacher's square size when it differs from the student's `crop`
+            (e.g. 384 for a student at 224): it sees the same crop at its own size.
+        eval_resize: "short_side_crop" (big_vision's: shorter side resized, central crop;
+            `bit_tf.eval_crops`) or "resize" (straight to the crop, as before).
 
     Models:
         student_weights: for a student name: a released checkpoint name, a path or a URL to
             start from; None for random weights (as the paper's students).
         dtype: for a student name, the Keras dtype policy ("mixed_bfloat16", ...); None for
             Keras' global policy.
-        temperature: T of the softmax both outputs are compared at (1 on ImageNet; the paper
-            uses 1 to 10 on small data sets).
+        temperature: T of the softmax both outputs are compared at; None for the recipe's
+            (1 on ImageNet, 1 to 10 on the small data sets).
 
     Input:
-        batch_size: the global batch per optimizer update (512; 4096 on ImageNet).
+        batch_size: the global batch per optimizer update; None for the recipe's (512; 4096 on
+            ImageNet).
         gradient_accumulation_steps: micro-batches per update (same batch, less memory);
             "auto" splits the batch only where the student's step would not fit the memory
             available (`bit_tf.finetune.accumulation_and_micro_batch`).
-        crop: the square size of the images; None for the HyperRule's for the train images
-            (the resolution `bit_tf.finetune` trained a teacher at).
-        mixup_alpha: MixUp's Beta(alpha, alpha) (1.0: the paper's `mixup p=1`); 0 for none.
+        crop: the student's square size (and the teacher's, unless `teacher_crop`); None for
+            the recipe's (128; 224 on ImageNet; "legacy": the HyperRule's for the images).
+        mixup_alpha: MixUp's Beta(alpha, alpha) of function matching (1.0: the paper's
+            `mixup p=1`); 0 for none. The other variants train without MixUp.
         min_crop_area: the smallest inception crop, as a fraction of the image (0.05).
         random_flip: flip at random; turn it off where a flip changes the label.
         dataset_size: training examples, only for a `tf.data.Dataset` train input.
@@ -117,14 +143,14 @@ class DistillConfig:
             a local disk; `bit_tf.encoded_cache`); decoded images never are.
 
     Schedule:
-        steps: optimizer updates; None for the `patience` schedule for the train set's size.
-        patience: "fast", "medium" or "long": the paper's schedule lengths
-            (`bit_tf.distill_schedule`); medium is 100k epochs for 1k images, 3k epochs for
-            3k images, 1k epochs for 70k, 1,200 for ImageNet.
-        base_lr: Adam's peak learning rate, after the warm-up.
-        weight_decay: decoupled weight decay of the kernels at the peak (big_vision's `wd`).
-        warmup_steps: linear warm-up; None for the paper's 1,500 (5,000 on ImageNet), at most a
-            quarter of the run.
+        steps: optimizer updates; None for the recipe's epochs of `patience` on the train set.
+        patience: "fast", "medium" or "long": the recipe's schedule length; medium is 100k
+            epochs on Flowers, 3k on Pet, 1k on Food and SUN, 1,200 on ImageNet.
+        base_lr: Adam's peak learning rate, after the warm-up; None for the recipe's.
+        weight_decay: decoupled weight decay of the kernels at the peak (big_vision's `wd`);
+            None for the recipe's.
+        warmup_steps: linear warm-up; None for the recipe's 1,500 (5,000 on ImageNet), at most
+            a quarter of the run.
         clip_norm: the global gradient norm clipped to; None for no clipping.
         validation_every: optimizer steps between validations; None for 10 per run.
 
@@ -148,10 +174,14 @@ class DistillConfig:
         >>> student, history = bit_tf.distill(teacher, "BiT-S-R50x1", train, validation, config)
     """
 
+    recipe: str = "auto"
+    variant: str = "function_matching"
+    teacher_crop: int | None = None
+    eval_resize: str = "short_side_crop"
     student_weights: str | None = None
     dtype: str | keras.DTypePolicy | None = None
-    temperature: float = 1.0
-    batch_size: int = 512
+    temperature: float | None = None
+    batch_size: int | None = None
     gradient_accumulation_steps: int | str = "auto"
     crop: int | None = None
     mixup_alpha: float = 1.0
@@ -162,8 +192,8 @@ class DistillConfig:
     cache: bool | str = "auto"
     steps: int | None = None
     patience: str = "medium"
-    base_lr: float = 0.003
-    weight_decay: float = 3e-4
+    base_lr: float | None = None
+    weight_decay: float | None = None
     warmup_steps: int | None = None
     clip_norm: float | None = 1.0
     validation_every: int | None = None
@@ -244,30 +274,25 @@ def _distill(
     validation = _as_source(validation, "validation")
     if train is None:
         raise ValueError("train is required.")
-    policy = resolve_dtype_policy(config.dtype) if isinstance(student, str) else None
-    if config.dtype is not None and not isinstance(student, str):
-        raise ValueError(
-            f"dtype={config.dtype!r} applies to a student name; build the student with "
-            "bit_tf.create_model(..., dtype=...) instead."
-        )
+    config, recipe = with_recipe(config, *_name_and_size(train, config))
+    policy = _student_policy(student, config)
     student_name = student if isinstance(student, str) else student.name
     crop = _crop(train, student_name, config)
     if config.gradient_accumulation_steps not in (None, "auto"):
         accumulation_and_micro_batch(config)  # a number that cannot work: before the teacher
-    with (config.strategy or tf.distribute.get_strategy()).scope():
+    in_use = config.strategy or tf.distribute.get_strategy()
+    with in_use.scope():
         teacher = load_teacher(teacher, clone=config.strategy is not None)
     # Planned once the teacher's weights are in memory; the student's activations are kept
     # for the backward pass, the teacher's are not.
     # A tf.data train input comes in batches of its own: "auto" keeps them whole.
+    image_crop = crop if isinstance(train, data_lib.ImageSource) else None
     accumulation, micro_batch = accumulation_and_micro_batch(
-        config,
-        student,
-        crop if isinstance(train, data_lib.ImageSource) else None,
-        policy,
-        config.strategy or tf.distribute.get_strategy(),
+        config, student, image_crop, policy, in_use
     )
     strategy = _strategy_for(micro_batch, config.strategy)
-    inputs = _input_pipelines(train, validation, crop, config, micro_batch)
+    targets = _fixed_targets(teacher, train, crop, config, micro_batch)
+    inputs = _input_pipelines(train, validation, crop, config, micro_batch, targets)
     _check_teacher_classes(teacher, inputs.num_classes)
     total_steps, warmup, validation_every = _run_schedule(inputs.dataset_size, config)
     settings = {
@@ -276,18 +301,12 @@ def _distill(
         "student_weights": config.student_weights,
         "dataset": _dataset_identity(train),
         "num_classes": inputs.num_classes,
-        "batch_size": config.batch_size,
         "gradient_accumulation_steps": accumulation,
         "crop": crop,
         "total_steps": total_steps,
         "warmup_steps": warmup,
-        "base_lr": config.base_lr,
-        "weight_decay": config.weight_decay,
-        "temperature": config.temperature,
-        "mixup_alpha": config.mixup_alpha,
         "dtype": policy.name if policy is not None else None,
-        "augmentation": {"min_crop_area": config.min_crop_area, "random_flip": config.random_flip},
-        "seed": config.seed,
+        **recipe_settings(config, recipe),
     }
     found = None
     if config.checkpoint_dir:
@@ -298,28 +317,49 @@ def _distill(
             distiller, progress = load_resumable(*found, accumulation)
             distiller.set_teacher(teacher)
         else:
-            if config.seed is not None:  # the same initial weights for a student name
-                keras.utils.set_random_seed(config.seed)
             student_model = _student_model(student, inputs.num_classes, train, config, policy)
-            distiller = Distiller(student_model, teacher, temperature=config.temperature)
-            optimizer = distillation_optimizer(
-                config.base_lr,
-                config.weight_decay,
-                total_steps,
-                warmup,
-                config.clip_norm,
-                accumulation,
-            )
-            distiller.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+            distiller = _new_distiller(student_model, teacher, config, settings)
     run = RunProgress(config.checkpoint_dir, progress, total_steps, accumulation, config.base_lr)
     callbacks = _all_callbacks(Checkpointer(run), config.callbacks, config.logdir)
+    with _frozen(teacher):
+        history = _fit_segments(distiller, inputs, run, validation_every, callbacks, config)
+    return distiller.student, history
+
+
+def _student_policy(student, config: DistillConfig) -> keras.DTypePolicy | None:
+    """The dtype policy of a student name; None for a model (which keeps its own)."""
+    if config.dtype is not None and not isinstance(student, str):
+        raise ValueError(
+            f"dtype={config.dtype!r} applies to a student name; build the student with "
+            "bit_tf.create_model(..., dtype=...) instead."
+        )
+    return resolve_dtype_policy(config.dtype) if isinstance(student, str) else None
+
+
+@contextlib.contextmanager
+def _frozen(teacher: keras.Model):
+    """The teacher set non-trainable for the run, and restored after it."""
     was_trainable = teacher.trainable
     teacher.trainable = False
     try:
-        history = _fit_segments(distiller, inputs, run, validation_every, callbacks, config)
+        yield teacher
     finally:
         teacher.trainable = was_trainable
-    return distiller.student, history
+
+
+def _new_distiller(
+    student: keras.Model, teacher: keras.Model, config: DistillConfig, settings: dict
+) -> Distiller:
+    """A compiled Distiller of `student` (built in the current strategy's scope) and `teacher`,
+    with the optimizer of the run's `settings`."""
+    total_steps, warmup = settings["total_steps"], settings["warmup_steps"]
+    accumulation = settings["gradient_accumulation_steps"]
+    distiller = Distiller(student, teacher, temperature=config.temperature)
+    optimizer = distillation_optimizer(
+        config.base_lr, config.weight_decay, total_steps, warmup, config.clip_norm, accumulation
+    )
+    distiller.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+    return distiller
 
 
 def _merged_config(config: DistillConfig | None, overrides: dict) -> DistillConfig:
@@ -337,13 +377,14 @@ def _merged_config(config: DistillConfig | None, overrides: dict) -> DistillConf
                 f"the fields of DistillConfig: {', '.join(_FIELDS)}."
             )
     config = dataclasses.replace(config, **overrides)
-    if not config.temperature > 0:
+    if config.temperature is not None and not config.temperature > 0:
         raise ValueError(f"temperature must be positive, got {config.temperature!r}.")
-    if config.base_lr < 0 or config.weight_decay < 0:
+    if (config.base_lr or 0) < 0 or (config.weight_decay or 0) < 0:
         raise ValueError(
             f"base_lr ({config.base_lr!r}) and weight_decay ({config.weight_decay!r}) must not "
             "be negative."
         )
+    check_variant_settings(config)
     return config
 
 
@@ -419,9 +460,9 @@ def _crop(train, student_name: str, config: DistillConfig) -> int | None:
 
 
 def _input_pipelines(
-    train, validation, crop: int | None, config: DistillConfig, micro_batch: int
+    train, validation, crop: int | None, config: DistillConfig, micro_batch: int, targets=None
 ) -> _Inputs:
-    """The consistent train stream and the validation batches."""
+    """The variant's train stream and the validation batches."""
     if isinstance(train, data_lib.ImageSource):
         if isinstance(validation, data_lib.ImageSource):
             if validation.num_classes != train.num_classes:
@@ -432,26 +473,29 @@ def _input_pipelines(
         seed = data_lib.resolve_seed(config.seed)
 
         def train_stream(start_batch: int) -> tf.data.Dataset:
-            return consistent_batches(
+            return variant_batches(
                 train,
                 micro_batch,
+                config.variant,
                 crop,
+                teacher_crop=config.teacher_crop,
                 mixup_alpha=config.mixup_alpha,
                 seed=seed,
                 min_crop_area=config.min_crop_area,
                 random_flip=config.random_flip,
                 cache=config.cache,
                 start_batch=start_batch,
+                teacher_targets=targets,
             )
 
         num_classes, dataset_size = train.num_classes, train.num_examples
         log.info(
-            "Distilling on %s: %d examples, %d classes, crop %d, MixUp %s.",
+            "Distilling on %s: %d examples, %d classes, crop %d, %s.",
             train.name,
             dataset_size,
             num_classes,
             crop,
-            config.mixup_alpha,
+            config.variant,
         )
     else:
         if config.dataset_size is None and config.steps is None:
@@ -467,8 +511,28 @@ def _input_pipelines(
     if isinstance(validation, data_lib.ImageSource):
         if crop is None:
             raise ValueError("crop= is needed to evaluate an ImageSource next to a tf.data train.")
-        validation_batches = data_lib.eval_pipeline(validation, micro_batch, crop)
+        validation_batches = evaluation_batches(
+            validation, micro_batch, crop, config.teacher_crop, config.eval_resize
+        )
     return _Inputs(train_stream, validation_batches, num_classes, dataset_size)
+
+
+def _name_and_size(train, config: DistillConfig) -> tuple[str | None, int | None]:
+    """(the train set's name, its size) as the recipe is picked by: an ImageSource's, or the
+    `dataset_size` given with a tf.data input."""
+    if isinstance(train, data_lib.ImageSource):
+        return train.name, train.num_examples
+    return None, config.dataset_size
+
+
+def _fixed_targets(teacher, train, crop, config: DistillConfig, batch_size: int):
+    """The fixed teacher's outputs for every train example (computed here, once), else None."""
+    if config.variant != "fixed_teacher":
+        return None
+    if not isinstance(train, data_lib.ImageSource):
+        raise ValueError("variant='fixed_teacher' needs train images, not a tf.data.Dataset.")
+    log.info("Computing the fixed teacher's outputs for the %d train images.", train.num_examples)
+    return fixed_teacher_targets(teacher, train, config.teacher_crop or crop, batch_size)
 
 
 def _run_schedule(dataset_size: int | None, config: DistillConfig) -> tuple[int, int, int]:
@@ -500,6 +564,8 @@ def _student_model(
     """The student: a named BiT with a new zero head, or the model given (a copy under an
     explicit strategy), with a new head unless it already outputs `num_classes` logits."""
     class_names = train.class_names if isinstance(train, data_lib.ImageSource) else None
+    if config.seed is not None:  # the same initial weights for a student name
+        keras.utils.set_random_seed(config.seed)
     if isinstance(student, str):
         backbone = create_model(
             student, num_classes=None, weights=config.student_weights, dtype=policy
