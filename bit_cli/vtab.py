@@ -227,7 +227,10 @@ def _few_shot_splits():
     if FLAGS.dataset == datasets.DIGITS or os.path.isdir(FLAGS.dataset):
         # ValueError here: a folder without images or classes.
         with common.user_errors(PROGRAM, ValueError):
-            return datasets.load(PROGRAM, FLAGS.dataset, FEW_SHOT_TEST_FRACTION, seed=FLAGS.seed)
+            train, test, _ = datasets.load(
+                PROGRAM, FLAGS.dataset, FEW_SHOT_TEST_FRACTION, seed=FLAGS.seed
+            )
+            return train, test
     import tensorflow_datasets as tfds
 
     try:

@@ -40,6 +40,7 @@ __all__ = [
     "RECIPE_CHOICES",
     "SIZE_RULE",
     "TFDS_RECIPES",
+    "VARIANTS",
     "DistillRecipe",
     "pick_recipe",
     "recipe_steps",
@@ -222,6 +223,8 @@ def recipe_warmup(recipe: DistillRecipe, total_steps: int, dataset_size: int | N
     return min(recipe.warmup_steps, total_steps // 4)
 
 
+#: The distillation variants (`bit_tf.distill_variants`), the default first.
+VARIANTS = ("function_matching", "consistent", "independent", "fixed_teacher")
 #: The `DistillConfig` fields a recipe fills where they are None.
 RECIPE_FIELDS = ("base_lr", "weight_decay", "temperature", "batch_size", "crop")
 

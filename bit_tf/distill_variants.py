@@ -47,6 +47,7 @@ from bit_tf.data import (
     training_records,
 )
 from bit_tf.distill_data import MIN_CROP_AREA, consistent_batches, inception_box
+from bit_tf.distill_recipes import VARIANTS
 from bit_tf.encoded_cache import CachePolicy
 from bit_tf.eval_crops import eval_short_side
 from bit_tf.example_order import shuffled_positions
@@ -54,8 +55,6 @@ from bit_tf.mixup import mix_batches
 
 __all__ = ["VARIANTS", "fixed_teacher_targets", "variant_batches", "variant_mixup"]
 
-#: The variants, the default first.
-VARIANTS = ("function_matching", "consistent", "independent", "fixed_teacher")
 # Folded into an example's seed for the teacher's own crop of "independent".
 _TEACHER_STREAM = 0x54454143  # "TEAC"
 

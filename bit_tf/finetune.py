@@ -38,6 +38,7 @@ import tensorflow as tf
 from bit_tf import data as data_lib
 from bit_tf import hyperrule
 from bit_tf.bit_model import BitModel
+from bit_tf.eval_crops import EVAL_RESIZES
 from bit_tf.finetune_checkpoints import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -50,6 +51,13 @@ from bit_tf.finetune_checkpoints import (
     load_resumable,
     read_progress,
     signals_caught,
+)
+from bit_tf.hyperrule_choice import (
+    HYPERRULES,
+    rule_batch_size,
+    rule_boundaries,
+    rule_resolution,
+    rule_schedule,
 )
 from bit_tf.micro_batch import Architecture, plan_accumulation
 from bit_tf.models import create_model, resolve_dtype_policy
@@ -116,6 +124,13 @@ class FinetuneConfig:
             off where it changes the label (as VTAB does per task, `bit_tf.vtab.Task`).
 
     Schedule:
+        hyperrule: "lecture" (the default: 448/384 crops for larger images, decays at 30/60/90%
+            of the run, `base_lr` scaled by `batch_size / 512`) or "authors" (the authors'
+            released code: 512/480 crops, decays after steps 200/300/400 of 500 and their
+            equivalents, `base_lr` at any batch; `bit_tf.hyperrule_choice`).
+        eval_resize: how validation images are brought to the crop: "resize" (the default,
+            straight, as the authors' BiT code) or "short_side_crop" (the shorter side to the
+            resize size, then the central crop, as big_vision evaluates; `bit_tf.eval_crops`).
         steps: optimizer updates; None for the HyperRule's (500, 10k or 20k by dataset size).
         base_lr: the learning rate at batch 512 (HyperRule: 0.003).
         warmup_steps: linear warm-up; None for the HyperRule's, scaled to `steps`.
@@ -167,6 +182,8 @@ class FinetuneConfig:
     random_flip: bool = True
     random_crop: bool = True
     cache: bool | str = "auto"
+    hyperrule: str = "lecture"
+    eval_resize: str = "resize"
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(FinetuneConfig))
@@ -259,6 +276,8 @@ def _finetune(
         "augmentation": {"random_flip": config.random_flip, "random_crop": config.random_crop},
         "seed": config.seed,
         "dtype": (policy or _model_policy(model_or_name)).name,
+        "hyperrule": config.hyperrule,
+        "eval_resize": config.eval_resize,
     }
     progress, resumed = _progress_or_resumable(config.checkpoint_dir, settings, config.overwrite)
     with strategy.scope():
@@ -291,7 +310,13 @@ def _merged_config(config: FinetuneConfig | None, overrides: dict) -> FinetuneCo
                 f"finetune() got an unexpected keyword argument {name!r}; its settings are "
                 f"the fields of FinetuneConfig: {', '.join(_FIELDS)}."
             )
-    return dataclasses.replace(config, **overrides)
+    config = dataclasses.replace(config, **overrides)
+    for name, choices in (("hyperrule", HYPERRULES), ("eval_resize", EVAL_RESIZES)):
+        if getattr(config, name) not in choices:
+            raise ValueError(
+                f"{name} must be one of {', '.join(choices)}; got {getattr(config, name)!r}."
+            )
+    return config
 
 
 def accumulation_and_micro_batch(
@@ -475,7 +500,10 @@ def _input_pipelines(
     if isinstance(validation, data_lib.ImageSource):
         if crop is None:
             raise ValueError("crop= is needed to evaluate an ImageSource next to a tf.data train.")
-        validation_batches = data_lib.eval_pipeline(validation, micro_batch, crop)
+        short_side = resolution[0] if config.eval_resize == "short_side_crop" else None
+        validation_batches = data_lib.eval_pipeline(
+            validation, micro_batch, crop, short_side=short_side
+        )
     return _Inputs(
         train_stream, validation_batches, num_classes, dataset_size, resolution, mixup_alpha
     )
@@ -508,7 +536,9 @@ def _image_settings(
                 f"{validation.class_names[first]!r} in validation; they must be the same "
                 "classification task, with the classes in the same order."
             )
-    resize, crop = resolve_resolution(train, model_name, config.resize, config.crop)
+    resize, crop = resolve_resolution(
+        train, model_name, config.resize, config.crop, config.hyperrule
+    )
     mixup_alpha = config.mixup_alpha
     if mixup_alpha is None:
         mixup_alpha = hyperrule.get_mixup(train.num_examples)
@@ -535,12 +565,12 @@ class _Schedule:
 
 def _run_schedule(dataset_size: int | None, config: FinetuneConfig) -> _Schedule:
     """The HyperRule's schedule for `dataset_size`, with the config's steps and warm-up."""
-    rule = hyperrule.get_schedule(dataset_size) if dataset_size else _UNSIZED_SCHEDULE
+    rule = rule_schedule(config.hyperrule, dataset_size) if dataset_size else _UNSIZED_SCHEDULE
     total_steps = int(config.steps) if config.steps is not None else rule[-1]
     warmup_steps = config.warmup_steps
     if warmup_steps is None:
         warmup_steps = round(total_steps * rule[0] / rule[-1])
-    boundaries = hyperrule.schedule_from_total(total_steps, warmup_steps=int(warmup_steps))
+    boundaries = rule_boundaries(config.hyperrule, dataset_size, total_steps, int(warmup_steps))
     validation_every = int(
         config.validation_every or max(1, math.ceil(total_steps / VALIDATIONS_PER_RUN))
     )
@@ -583,7 +613,7 @@ def _compile(
     """Compiles SGD with momentum 0.9 on the HyperRule schedule, softmax cross-entropy and
     accuracy."""
     schedule = hyperrule.HyperRuleSchedule(
-        batch_size=config.batch_size,
+        batch_size=rule_batch_size(config.hyperrule, config.batch_size),
         base_lr=config.base_lr,
         boundaries=boundaries,
         gradient_accumulation_steps=accumulation,
@@ -739,14 +769,19 @@ def _segments(start: int, total: int, every: int) -> list[tuple[int, int, int]]:
 
 
 def resolve_resolution(
-    train: data_lib.ImageSource, model_name: str, resize: int | None, crop: int | None
+    train: data_lib.ImageSource,
+    model_name: str,
+    resize: int | None,
+    crop: int | None,
+    rule: str = "lecture",
 ) -> tuple[int, int]:
-    """The (resize, crop) `finetune` uses: given values, else the HyperRule's for the images.
+    """The (resize, crop) `finetune` uses: given values, else the HyperRule's (`rule`: "lecture"
+    or "authors") for the images.
 
     Example:
         >>> resolve_resolution(source_of_32x32_images, "BiT-M-R50x1", None, None)
         (160, 128)
     """
-    default_resize, default_crop = hyperrule.get_resolution(train.image_size, model_name)
+    default_resize, default_crop = rule_resolution(rule, train.image_size, model_name)
     resize = resize or (default_resize if crop is None else max(crop, default_resize))
     return resize, crop or min(default_crop, resize)

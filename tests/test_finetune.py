@@ -300,6 +300,8 @@ def test_config_defaults_are_the_keyword_defaults_of_finetune():
         "random_crop": True,
         "overwrite": False,
         "cache": "auto",
+        "hyperrule": "lecture",
+        "eval_resize": "resize",
     }
 
 
@@ -338,6 +340,8 @@ def test_a_config_and_keywords_give_the_same_run(tmp_path):
         "augmentation": {"random_flip": True, "random_crop": True},
         "seed": 0,
         "dtype": "float32",
+        "hyperrule": "lecture",
+        "eval_resize": "resize",
     }
     assert progress["config"] == progress["keywords"] == progress["config and keywords"]
     for label in ("config", "config and keywords"):
