@@ -65,6 +65,14 @@ flags.DEFINE_integer("steps", 0, "Optimizer steps per task; 0: the HyperRule's (
 flags.DEFINE_integer("resize", 0, "Resize images to this square size; 0: the HyperRule's.")
 flags.DEFINE_integer("crop", 0, "Random-crop size for training, resize for testing; 0: HyperRule.")
 flags.DEFINE_float("base_lr", 0.003, "Learning rate at batch 512 (HyperRule: 0.003).")
+flags.DEFINE_enum(
+    "hyperrule",
+    "lecture",
+    ["lecture", "authors"],
+    "lecture (448/384 crops for larger images, decays at 30/60/90%, lr scaled with the batch) "
+    "or authors (their code: 512/480 crops, decays after 200/300/400 of 500, lr 0.003 at any "
+    "batch).",
+)
 flags.DEFINE_integer(
     "gradient_accumulation_steps",
     0,
@@ -184,6 +192,7 @@ def _run() -> None:
         "max_test_examples": _optional(FLAGS.max_test_examples),
         "base_lr": FLAGS.base_lr,
         "gradient_accumulation_steps": FLAGS.gradient_accumulation_steps or "auto",
+        "hyperrule": FLAGS.hyperrule,
     }
     if FLAGS.mode == "vtab":
         results = vtab.run_vtab(

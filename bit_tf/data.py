@@ -474,11 +474,15 @@ def few_shot(source: ImageSource, examples_per_class: int, seed: int = 0) -> Ima
     return source.subset(np.concatenate(chosen), name=name)
 
 
-def split(source: ImageSource, validation_fraction: float = 0.2, seed: int = 0) -> tuple:
-    """Splits a source into (train, validation), holding out `validation_fraction` of each class.
+def split(
+    source: ImageSource, validation_fraction: float = 0.2, seed: int = 0, at_least: int = 0
+) -> tuple:
+    """Splits a source into (train, validation), holding out `validation_fraction` of each class
+    (and `at_least` examples of a class that has more than that).
 
     Example:
         >>> train, validation = split(source, 0.2, seed=0)
+        >>> train, minival = split(source, 0.02, seed=0, at_least=1)
     """
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(
@@ -488,7 +492,10 @@ def split(source: ImageSource, validation_fraction: float = 0.2, seed: int = 0) 
     held_out = []
     for members in _examples_by_class(source):
         shuffled = generator.permutation(members)
-        held_out.append(shuffled[: int(round(validation_fraction * len(members)))])
+        count = int(round(validation_fraction * len(members)))
+        if len(members) > at_least:
+            count = max(count, at_least)
+        held_out.append(shuffled[:count])
     held_out = np.concatenate(held_out)
     kept = np.setdiff1d(np.arange(source.num_examples), held_out)
     return (

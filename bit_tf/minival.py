@@ -16,7 +16,8 @@ distillation validates on `train[99%:]` (`configs/proj/distill/bit_i1k.py` L92-9
   as big_vision's distillation configs validate on Flowers and SUN
   (`bigsweep_flowers_pet.py` L117-118, `bigsweep_food_sun.py` L115-117);
 - any other data set: `validation_fraction` of every class of the train split (2% by default,
-  the authors' CIFAR minival) is held out at random from `seed` (`bit_tf.data.split`).
+  the authors' CIFAR minival; at least one example of every class) is held out at random from
+  `seed` (`bit_tf.data.split`).
 
 The test is `test_split` (ImageNet: `validation`). A `validation_fraction` given always holds
 out that share of the train split.
@@ -68,7 +69,7 @@ def tfds_splits(
     ):
         return train, data.from_tfds(name, split="validation", **options), test
     fraction = MINIVAL_FRACTION if validation_fraction is None else validation_fraction
-    train, minival = data.split(train, fraction, seed=seed)
+    train, minival = data.split(train, fraction, seed=seed, at_least=1)
     return train, minival, test
 
 

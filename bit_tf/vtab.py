@@ -464,10 +464,12 @@ def evaluate_accuracy(model, source: data_lib.ImageSource, crop: int, batch_size
     return correct / max(total, 1)
 
 
-def _resolution(source, resize, crop, model_name):
-    from bit_tf import hyperrule
+def _resolution(source, resize, crop, model_name, options: dict):
+    """(resize, crop) of a run: given sizes, else the HyperRule's (options' "hyperrule")."""
+    from bit_tf.hyperrule_choice import rule_resolution
 
-    rule_resize, rule_crop = hyperrule.get_resolution(source.image_size, model_name)
+    rule = options.get("hyperrule", "lecture")
+    rule_resize, rule_crop = rule_resolution(rule, source.image_size, model_name)
     crop = crop or (rule_crop if resize is None else min(rule_crop, resize))
     return resize or max(rule_resize, crop), crop
 
@@ -619,7 +621,7 @@ def run_vtab(
         train = splits.train_and_validation if train_on_validation else splits.train
         validation = None if train_on_validation else splits.validation
         test = _limited(splits.test, max_test_examples)
-        task_resize, task_crop = _resolution(train, resize, crop, model_name)
+        task_resize, task_crop = _resolution(train, resize, crop, model_name, finetune_options)
         options = {"random_flip": task.random_flip, "random_crop": task.random_crop}
         options.update(finetune_options)
         run_rows = []
@@ -774,7 +776,7 @@ def run_few_shot(
     for shot_count in shots:
         for seed in seeds:
             subset = data_lib.few_shot(train, int(shot_count), seed=int(seed))
-            run_resize, run_crop = _resolution(subset, resize, crop, model_name)
+            run_resize, run_crop = _resolution(subset, resize, crop, model_name, finetune_options)
             fine_tuned, _ = finetune(
                 _fresh_backbone(model),
                 subset,
