@@ -4,15 +4,20 @@
 function, as Beyer et al. ("Knowledge distillation: A good teacher is patient and consistent",
 2022) turned BiT-M-R152x2 into a BiT-R50x1 of 82.8% ImageNet top-1:
 
-- consistent: in every step the teacher and the student see the same aggressively augmented
-  images (an inception crop, a flip, MixUp with Beta(1, 1) applied once to the batch;
-  `bit_tf.distill_data`), and the teacher's logits are computed then, in inference mode, not
-  precomputed (`bit_tf.distill_model.Distiller`);
-- function matching: the loss is the KL divergence between the teacher's and the student's
-  softmax at a temperature (`bit_tf.distill_model.DistillationLoss`); labels are not used;
+- function matching (the default `variant`): in every step the teacher and the student see the
+  same aggressively augmented images (an inception crop, a flip, MixUp with Beta(1, 1) applied
+  once to the batch; `bit_tf.distill_data`), and the teacher's logits are computed then, in
+  inference mode (`bit_tf.distill_model.Distiller`); the paper's other variants (consistent,
+  independent noise, a fixed teacher) and a teacher at its own resolution are
+  `bit_tf.distill_variants`';
+- the loss is the KL divergence between the teacher's and the student's softmax at a
+  temperature (`bit_tf.distill_model.DistillationLoss`); labels are not used;
 - patient: Adam with warm-up and cosine decay, gradients clipped at norm 1.0, kernel-only
-  weight decay (`bit_tf.distill_optimizer`) over long schedules whose length follows the
-  training set's size as the paper's fast/medium/long variants do (`bit_tf.distill_schedule`).
+  weight decay (`bit_tf.distill_optimizer`) over long schedules;
+- the rate, weight decay, temperature, batch, resolution, length and warm-up are a row of
+  big_vision's configurations for the data set and the fast/medium/long length
+  (`bit_tf.distill_recipes`), each overridable; validation images are resized on their shorter
+  side and centrally cropped, as big_vision evaluates (`bit_tf.eval_crops`).
 
 The run itself is `bit_tf.finetune`'s: with a `checkpoint_dir` it keeps `last.keras` and
 `best.keras` (the student and the optimizer; the teacher is not saved, it never changes),
@@ -25,7 +30,7 @@ Example:
     >>> train, validation = data.split(data.from_folder("flowers/"), 0.2)
     >>> student, history = bit_tf.distill(
     ...     "runs/flowers/model.keras", "BiT-S-R50x1", train, validation,
-    ...     patience="fast", batch_size=128, checkpoint_dir="runs/distill")
+    ...     recipe="flowers", patience="fast", checkpoint_dir="runs/distill")
     >>> history.history["val_agreement"][-1]
 """
 

@@ -10,7 +10,8 @@ warm-up, with the file and lines each value is read from (`DistillRecipe.source`
 
 - a data set's name: "flowers", "pet", "food", "sun" or "imagenet";
 - "auto" (the default): the row of the TFDS data set the train images come from
-  (`oxford_flowers102`, `oxford_iiit_pet`, `food101`, `sun397`, `imagenet2012`), else "size";
+  (`oxford_flowers102`, `oxford_iiit_pet`, `food101`, `sun397`, `imagenet2012`), else "size"
+  (else, for a `tf.data.Dataset` of unknown size, "legacy");
 - "size": by the number of training examples (`SIZE_RULE`): up to 2,000 Flowers' row (1,020
   images), up to 20,000 Pet's (3,312), up to 500,000 Food's (68,175; SUN's row differs from
   Food's only in the weight decay and temperature of the medium and long runs), above that
@@ -191,6 +192,8 @@ def pick_recipe(
         return _legacy(patience, dataset_size)
     if recipe == "auto":
         recipe = _by_name(dataset_name) or "size"
+        if recipe == "size" and dataset_size is None:  # a tf.data input of unknown size
+            return _legacy(patience, dataset_size)
     if recipe == "size":
         recipe = _by_size(dataset_size)
     return RECIPES[recipe, patience]

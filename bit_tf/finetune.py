@@ -38,7 +38,7 @@ import tensorflow as tf
 from bit_tf import data as data_lib
 from bit_tf import hyperrule
 from bit_tf.bit_model import BitModel
-from bit_tf.eval_crops import EVAL_RESIZES
+from bit_tf.eval_crops import EVAL_RESIZES, eval_short_side
 from bit_tf.finetune_checkpoints import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -500,7 +500,9 @@ def _input_pipelines(
     if isinstance(validation, data_lib.ImageSource):
         if crop is None:
             raise ValueError("crop= is needed to evaluate an ImageSource next to a tf.data train.")
-        short_side = resolution[0] if config.eval_resize == "short_side_crop" else None
+        short_side = None
+        if config.eval_resize == "short_side_crop":  # the resize size, or the 8/7 rule
+            short_side = resolution[0] if resolution else eval_short_side(crop)
         validation_batches = data_lib.eval_pipeline(
             validation, micro_batch, crop, short_side=short_side
         )

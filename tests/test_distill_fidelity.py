@@ -125,7 +125,8 @@ def test_recipes_by_size_legacy_and_overrides():
     with pytest.raises(ValueError, match="recipe must be one of auto, flowers"):
         pick_recipe("cifar", "fast", None, 10)
     with pytest.raises(ValueError, match="needs the number of training examples"):
-        pick_recipe("auto", "fast", None, None)
+        pick_recipe("size", "fast", None, None)
+    assert pick_recipe("auto", "fast", None, None).dataset == "legacy"  # tf.data, size unknown
 
 
 def test_a_run_records_its_recipe_rows_settings_in_its_progress_file(tmp_path):
