@@ -8,8 +8,10 @@ for 2 CPU cores (see `DIGITS_DEFAULTS`), and writes the model to ./bit_finetune/
     bit-finetune --dataset=oxford_flowers102 --weights=BiT-M-R50x1 --batch_size=128
     bit-finetune --dataset=/data/my_photos --weights=BiT-M-R50x1 --examples_per_class=10
 
-The last line of output is `final validation accuracy: <number>`. SIGTERM or SIGINT writes a
-checkpoint and exits (status 128 + signal number); running the same command again resumes.
+A TFDS dataset is validated on a minival of its train split (`--validation_split` empty) and its
+test split evaluated once at the end: `test accuracy: <number>` comes before the last line of
+output, `final validation accuracy: <number>`. SIGTERM or SIGINT writes a checkpoint and exits
+(status 128 + signal number); running the same command again resumes.
 """
 
 from __future__ import annotations
