@@ -58,7 +58,7 @@ def write_checkpoint(name: str, path: str) -> dict:
     import numpy as np
 
     import bit_tf
-    from bit_tf.weights import HEAD_KERNEL, official_variables
+    from bit_tf.models.weights import HEAD_KERNEL, official_variables
 
     model = bit_tf.create_model(name)
     shapes = {key: tuple(variable.shape) for key, variable in official_variables(model).items()}

@@ -12,7 +12,7 @@ in the same run, and the versions.
     python benchmarks/cpu.py --dtype=mixed_bfloat16 # bfloat16 compute (timm under autocast)
 
 Contenders: `bit_tf.predict` (model.predict), `bit_tf.predict_folded` (model.predict of the
-inference copy from `bit_tf.inference.fold_weight_standardization`), `bit_tf.serving` (the
+inference copy from `bit_tf.models.inference.fold_weight_standardization`), `bit_tf.serving` (the
 serving SavedModel of
 hub_export: JPEG bytes in, top-k out), `bit_tf.finetune` (the `model.fit` path of
 bit_tf.finetune, one optimizer step), `timm.eager` inference and training step (when torch and
@@ -99,11 +99,11 @@ class BitPredict(Worker):
 
 class BitPredictFolded(BitPredict):
     """`model.predict` of the inference copy with weight standardization folded (users call
-    `bit_tf.inference.fold_weight_standardization(model)` once, then predict with it)."""
+    `bit_tf.models.inference.fold_weight_standardization(model)` once, then predict with it)."""
 
     def prepare(self):
         super().prepare()
-        from bit_tf.inference import fold_weight_standardization
+        from bit_tf.models.inference import fold_weight_standardization
 
         self.model = fold_weight_standardization(self.model)
 

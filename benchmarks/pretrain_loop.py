@@ -34,7 +34,7 @@ def main() -> None:
     if arguments.steps % arguments.steps_per_loop:
         parser.error("--steps must be a multiple of --steps_per_loop")
 
-    from bit_tf.pretrain import configure_cpu_devices
+    from bit_tf.pretrain.recipe import configure_cpu_devices
 
     configure_cpu_devices(2)
     import harness
@@ -43,7 +43,7 @@ def main() -> None:
     import tensorflow as tf
 
     import bit_tf
-    from bit_tf.pretrain import make_optimizer, make_strategy, make_train_loop
+    from bit_tf.pretrain.recipe import make_optimizer, make_strategy, make_train_loop
 
     started = time.time()
     strategy = make_strategy("mirrored")
@@ -87,7 +87,7 @@ def main() -> None:
     run = {
         "schema": "bit_tf-pretrain-loop/1",
         "benchmark": (
-            "bit_tf.pretrain_loop.make_train_loop, BiT-S-R18x1 with units (1,1,1,1), 32x32, "
+            "bit_tf.pretrain.loop.make_train_loop, BiT-S-R18x1 with units (1,1,1,1), 32x32, "
             "global batch 16, 5 classes, MirroredStrategy over 2 logical CPU devices, in-memory "
             f"data; {arguments.rounds} alternating rounds of {arguments.steps} steps each"
         ),

@@ -12,12 +12,12 @@ Three parts, each measured in processes of their own:
   answers 0.1 s per file). `CONTENDERS` maps a name to the function that builds its command;
   add one there.
 - `step_memory`: peak resident memory of real training steps (`bit_tf.finetune`, float32)
-  against model, batch and resolution, and the estimate of `bit_tf.micro_batch` for each.
+  against model, batch and resolution, and the estimate of `bit_tf.training.micro_batch` for each.
 - `throughput`: images per second of the train pipeline alone (decode, resize, crop, flip,
   MixUp), and the growth of its peak resident memory, on folders of small, 3- and
   12-megapixel JPEGs (with and without reduced-scale JPEG decoding), against the training
   step of BiT-S-R50x1 at the same crop; and decoding smooth and textured photos whole and at
-  a reduced scale (`bit_tf.image_folder.decode_for_pipeline`): speed, and how far apart the
+  a reduced scale (`bit_tf.data.image_folder.decode_for_pipeline`): speed, and how far apart the
   resized images are.
 
 `--code=PATH` runs the contenders of `sizes` against another checkout (its bit_tf and bit_cli
@@ -105,7 +105,7 @@ EVALUATE = textwrap.dedent(
     """
     import sys
     import bit_tf
-    from bit_tf import data
+    from bit_tf.data import pipelines as data
     source = data.from_folder(sys.argv[1])
     model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), unit="basic",
                              num_classes=source.num_classes)
@@ -244,7 +244,7 @@ STEP = textwrap.dedent(
     import json, sys
     import numpy as np
     import bit_tf
-    from bit_tf.finetune import finetune
+    from bit_tf.finetune.recipe import finetune
 
     name, batch, resolution = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
@@ -277,7 +277,7 @@ STEP_POINTS = (
 
 def step_memory_part(arguments, work: str) -> list:
     sys.path.insert(0, REPOSITORY)
-    from bit_tf.micro_batch import Architecture, training_bytes
+    from bit_tf.training.micro_batch import Architecture, training_bytes
 
     rows = []
     points = STEP_POINTS[:2] if arguments.quick else STEP_POINTS
@@ -313,7 +313,7 @@ THROUGHPUT = textwrap.dedent(
     """
     import json, sys, time
     import bit_tf
-    from bit_tf import data
+    from bit_tf.data import pipelines as data
 
     folder, resize, crop, batches, reduced = sys.argv[1], *map(int, sys.argv[2:6])
 
@@ -348,7 +348,7 @@ DECODE = textwrap.dedent(
     import numpy as np
     import tensorflow as tf
     from PIL import Image
-    from bit_tf import image_folder
+    from bit_tf.data import image_folder
 
     def textured(seed):
         generator = np.random.default_rng(seed)
@@ -391,7 +391,7 @@ TRAIN_STEP = textwrap.dedent(
     import json, sys, time
     import numpy as np
     import bit_tf
-    from bit_tf.finetune import finetune
+    from bit_tf.finetune.recipe import finetune
     import keras
 
     name, crop, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -70,7 +70,7 @@ def fixture_in_timm(folder: str) -> dict:
     from timm.models.resnetv2 import ResNetV2
 
     import bit_tf
-    from bit_tf.models import resnet_v2
+    from bit_tf.models.resnet_v2 import resnet_v2
 
     model = resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=10)
     bit_tf.load_official_weights(model, os.path.join(FIXTURES, "bit_r14x1_official.npz"))
@@ -105,7 +105,7 @@ def bit_tf_files_in_timm(folder: str, images) -> dict:
     import torch
 
     import bit_tf
-    from bit_tf.weights import official_arrays
+    from bit_tf.models.weights import official_arrays
 
     rng = np.random.default_rng(0)
     model = bit_tf.create_model("BiT-M-R50x1", num_classes=5)

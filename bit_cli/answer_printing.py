@@ -17,11 +17,11 @@ import time
 from typing import TextIO
 
 from bit_cli.answers import format_json_line, table_header, table_rows, table_width
-from bit_tf.download_progress import DownloadProgress, format_seconds
+from bit_tf.models.download_progress import DownloadProgress, format_seconds
 
 
 class FileProgress(DownloadProgress):
-    """How far bit-predict is, drawn on stderr as `bit_tf.download_progress` draws a download
+    """How far bit-predict is, drawn on stderr as `bit_tf.models.download_progress` draws a download
     (in place, on a terminal only): "bit-predict: 120 of 2,000 files (6%), 7.1 files/s,
     4 min 24 s left". `update` counts files.
 

@@ -47,7 +47,7 @@ def model_name(program: str, name: str | None) -> None:
         >>> model_name("bit-export", "BiT-M-R51x1")
         bit-export: error: --model: Unknown model name 'BiT-M-R51x1': ...
     """
-    from bit_tf.registry import find_release, parse_model_name
+    from bit_tf.models.registry import find_release, parse_model_name
 
     if not name or find_release(name) is not None:
         return

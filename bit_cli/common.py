@@ -118,7 +118,7 @@ def with_shared_ending(
 def leave(program: str, message: str, status: int) -> NoReturn:
     """Ends the command at once with `<program>: <message>` on stderr and exit `status`.
 
-    The run's folder locks are released first (`bit_tf.run_lock.release_all`). It leaves
+    The run's folder locks are released first (`bit_tf.training.run_lock.release_all`). It leaves
     with `os._exit`: after an interruption TensorFlow's runtime can hang at interpreter
     shutdown, and a library's worker threads (TFDS' downloads retrying) would keep the process
     alive until they end. Files being written are removed before this is reached (the
@@ -127,7 +127,7 @@ def leave(program: str, message: str, status: int) -> NoReturn:
     Example:
         >>> leave("bit-export", "stopped by SIGINT (Ctrl-C).", 130)
     """
-    from bit_tf.run_lock import release_all
+    from bit_tf.training.run_lock import release_all
 
     if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0") and sys.exc_info()[0]:
         traceback.print_exc()
@@ -152,12 +152,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         >>> bit_tf.CheckpointError in user_error_types()
         True
     """
-    from bit_tf.download import DownloadError
-    from bit_tf.file_errors import FileWriteError
-    from bit_tf.finetune_checkpoints import DamagedRunFileError
-    from bit_tf.run_lock import RunLockedError
-    from bit_tf.run_settings import RunSettingsError
-    from bit_tf.weights import CheckpointError
+    from bit_tf.models.download import DownloadError
+    from bit_tf.models.weights import CheckpointError
+    from bit_tf.training.checkpoints import DamagedRunFileError
+    from bit_tf.training.file_errors import FileWriteError
+    from bit_tf.training.run_lock import RunLockedError
+    from bit_tf.training.run_settings import RunSettingsError
     from hub_export.atomic import TargetExistsError
 
     return (
@@ -214,13 +214,13 @@ def user_errors(program: str, *more: type[BaseException]) -> Iterator[None]:
 
 def disk_error_message(error: BaseException) -> str | None:
     """One sentence for an error that is the disk's state (full, read-only, forbidden:
-    `bit_tf.file_errors.disk_problem`), naming the path where the error has one; else None.
+    `bit_tf.training.file_errors.disk_problem`), naming the path where the error has one; else None.
 
     Example:
         >>> disk_error_message(OSError(errno.EROFS, "Read-only file system", "out"))
         'Could not write out: the file system is read-only. Choose a folder you can write to.'
     """
-    from bit_tf.file_errors import FileWriteError, disk_problem
+    from bit_tf.training.file_errors import FileWriteError, disk_problem
 
     problem = disk_problem(error)
     if problem is None:
@@ -249,13 +249,14 @@ def weights_stem(weights: str) -> str:
 
 
 def model_layout(model: keras.Model) -> dict:
-    """The architecture of a bit_tf model, as `bit_tf.weights.describe_layout` reads checkpoints.
+    """The architecture of a bit_tf model, as `bit_tf.models.weights.describe_layout` reads
+    checkpoints.
 
     Example:
         >>> model_layout(bit_tf.create_model("BiT-S-R50x1"))["units_per_block"]
         (3, 4, 6, 3)
     """
-    from bit_tf.weights import describe_layout, official_variables
+    from bit_tf.models.weights import describe_layout, official_variables
 
     return describe_layout(
         {key: tuple(variable.shape) for key, variable in official_variables(model).items()}
@@ -265,7 +266,8 @@ def model_layout(model: keras.Model) -> dict:
 def architecture_name(layout: dict) -> str:
     """A short name of an architecture from `describe_layout`: "R50x1", or its units and width.
 
-    Names like "R152x4" are what `bit_tf.hyperrule.get_resolution` looks for in a model name.
+    Names like "R152x4" are what `bit_tf.finetune.hyperrule.get_resolution` looks for in a model
+    name.
 
     Example:
         >>> architecture_name({"units_per_block": (3, 4, 6, 3), "width_factor": 1,
@@ -273,7 +275,7 @@ def architecture_name(layout: dict) -> str:
         ...                    "weight_standardization": True})
         'R50x1'
     """
-    from bit_tf.models import BASIC_DEPTHS, UNITS_PER_BLOCK
+    from bit_tf.models.resnet_v2 import BASIC_DEPTHS, UNITS_PER_BLOCK
 
     units, width, unit = tuple(layout["units_per_block"]), layout["width_factor"], layout["unit"]
     name = next(
@@ -303,7 +305,7 @@ def read_class_names(value: str) -> list[str] | None:
         >>> read_class_names("daisy,rose,tulip")
         ['daisy', 'rose', 'tulip']
     """
-    from bit_tf.class_names import read_class_names_file
+    from bit_tf.models.class_names import read_class_names_file
 
     if not value:
         return None
@@ -338,9 +340,9 @@ def load_keras_file(
     """
     import keras
 
-    from bit_tf.models import pre_logits_model
-    from bit_tf.registry import parse_model_name
-    from bit_tf.weights import CheckpointError
+    from bit_tf.models.registry import parse_model_name
+    from bit_tf.models.resnet_v2 import pre_logits_model
+    from bit_tf.models.weights import CheckpointError
 
     expected = None
     if model_name:
@@ -414,7 +416,7 @@ def build_model(
         model_name: e.g. "BiT-M-R50x1"; empty or None: the checkpoint's architecture.
         weights: a released name, a path or URL of an official-layout `.npz`, timm's
             checkpoint ("hf-hub:<owner>/<name>", a timm release name, a `.safetensors` path:
-            `bit_tf.timm_weights`), or a `.keras` file bit_tf wrote (`load_keras_file`: it
+            `bit_tf.models.timm_weights`), or a `.keras` file bit_tf wrote (`load_keras_file`: it
             keeps its own head and dtype policy);
             empty or None: random initialisation (needs `model_name`).
         num_classes: the head size; None for the feature vector (pre-logits);
@@ -425,7 +427,7 @@ def build_model(
     Returns:
         A bit_tf `keras.Model`; without `model_name`, named after the checkpoint's file. A head
         loaded from a checkpoint of a released head's size (1000 or 21843 classes) carries
-        those class names (`bit_tf.class_names.released_head_class_names`).
+        those class names (`bit_tf.models.class_names.released_head_class_names`).
 
     Raises:
         CheckpointError: the checkpoint is missing, damaged, not a BiT checkpoint, or does not
@@ -439,9 +441,9 @@ def build_model(
         (None, 2048)
     """
     import bit_tf
-    from bit_tf.class_names import released_head_class_names
-    from bit_tf.timm_weights import read_weights
-    from bit_tf.weights import CheckpointError, assign_official_arrays, describe_layout
+    from bit_tf.models.class_names import released_head_class_names
+    from bit_tf.models.timm_weights import read_weights
+    from bit_tf.models.weights import CheckpointError, assign_official_arrays, describe_layout
 
     if not model_name and not weights:
         raise ValueError("Give --model, --weights, or both.")

@@ -75,14 +75,15 @@ def load(
 
     Digits and folders hold out `validation_fraction` (None: `FOLDER_VALIDATION_FRACTION`) of
     every class for validation and have no test. A TFDS dataset validates on a minival of the
-    train split and tests on `test_split` (`bit_tf.minival.tfds_splits`), unless
+    train split and tests on `test_split` (`bit_tf.data.minival.tfds_splits`), unless
     `validation_split` names a split to validate on (then no test; validating on the test
     split itself logs a warning: best.keras is then chosen on the test set).
 
     Example:
         >>> train, validation, test = load("bit-finetune", "/data/photos", 0.2)
     """
-    from bit_tf import data, minival
+    from bit_tf.data import minival
+    from bit_tf.data import pipelines as data
 
     fraction = validation_fraction or FOLDER_VALIDATION_FRACTION
     if dataset == DIGITS:

@@ -30,7 +30,6 @@ from absl import flags
 
 from bit_cli import checks, common, datasets
 from bit_cli.datasets import DIGITS
-from bit_tf.distill_recipes import RECIPE_CHOICES, VARIANTS
 
 FLAGS = flags.FLAGS
 PROGRAM = "bit-distill"
@@ -49,6 +48,10 @@ DIGITS_DEFAULTS = {
     "validation_every": 200,
 }
 PATIENCE = ("fast", "medium", "long")
+# bit_tf.distill.recipes' RECIPE_CHOICES and VARIANTS, written here so that the flags need no
+# TensorFlow (tests/cli/test_cli_distill.py checks they are the same).
+RECIPE_CHOICES = ("auto", "flowers", "pet", "food", "sun", "imagenet", "size", "legacy")
+VARIANTS = ("function_matching", "consistent", "independent", "fixed_teacher")
 
 flags.DEFINE_string(
     "teacher",
@@ -304,7 +307,7 @@ def main(argv):
     del argv
     _check_flags()
     logging.getLogger("bit_tf").setLevel(logging.INFO)
-    from bit_tf.run_lock import holding
+    from bit_tf.training.run_lock import holding
 
     # One run per folder: a second run into this --export_dir is refused while this one runs.
     with holding(FLAGS.export_dir, program=PROGRAM, flag="--export_dir"):
@@ -314,7 +317,7 @@ def main(argv):
 def _distill_and_write() -> None:
     import tensorflow as tf
 
-    from bit_tf.distill import TrainingDivergedError, TrainingInterruptedError, distill
+    from bit_tf.distill.recipe import TrainingDivergedError, TrainingInterruptedError, distill
 
     defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
 
@@ -397,9 +400,9 @@ def _teacher_and_data(strategy) -> tuple:
 def _evaluate_and_write(student, teacher, splits: dict, checkpoint_dir: str) -> None:
     """Writes the student to model.keras and prints its accuracy, the teacher's and their
     agreement on the test split (once, never chosen on) and last on the validation split."""
-    from bit_tf.distill_run_settings import evaluation_batches
-    from bit_tf.finetune_checkpoints import atomic_save, read_progress
-    from bit_tf.interruption import signals_deferred
+    from bit_tf.distill.run_settings import evaluation_batches
+    from bit_tf.training.checkpoints import atomic_save, read_progress
+    from bit_tf.training.interruption import signals_deferred
 
     path = os.path.join(FLAGS.export_dir, "model.keras")
     settings = read_progress(checkpoint_dir)["settings"]  # what the run used

@@ -95,7 +95,8 @@ flags.DEFINE_integer(
     "image_size",
     0,
     "Square crop for the serving export's in-graph resize: the crop the model was fine-tuned "
-    f"at (BiT-HyperRule, bit_tf.hyperrule.get_resolution: {hyperrule_image_size(None, False)} "
+    "at (BiT-HyperRule, bit_tf.finetune.hyperrule.get_resolution: "
+    f"{hyperrule_image_size(None, False)} "
     f"for images under 96x96 pixels, else {hyperrule_image_size()}, or "
     f"{hyperrule_image_size('R152x4')} for R152x4). 0: the model's fixed input size, else the "
     "HyperRule's crop for images over 96x96 pixels. --format=timm: the input size written in "
@@ -240,8 +241,8 @@ def holds_module_of(export_dir: str, model: keras.Model, kind: str) -> bool:
     import numpy as np
     import tensorflow as tf
 
-    from bit_tf.models import pre_logits_model
-    from bit_tf.weights import official_arrays, official_name
+    from bit_tf.models.resnet_v2 import pre_logits_model
+    from bit_tf.models.weights import official_arrays, official_name
     from hub_export.module import read_metadata
 
     try:
@@ -259,7 +260,7 @@ def holds_module_of(export_dir: str, model: keras.Model, kind: str) -> bool:
 
 def _export_timm(model, export_dir: str, class_names: list[str] | None) -> None:
     """Writes timm's files; --class_names (one per class) become config.json's label_names."""
-    from bit_tf.timm_weights import save_timm_weights
+    from bit_tf.models.timm_weights import save_timm_weights
 
     if class_names is not None and FLAGS.kind == "classification":
         if len(class_names) != model.output_shape[-1]:
@@ -341,7 +342,7 @@ def main(argv):
     with common.user_errors("bit-export", ValueError):
         model = load_model(FLAGS.model, weights, FLAGS.kind, FLAGS.num_classes)
     _check_serving(model, class_names)
-    from bit_tf.run_lock import holding
+    from bit_tf.training.run_lock import holding
 
     # One run per folder: another bit-export into these folders is refused while this one runs.
     # An existing published version or timm file, a target another writer created meanwhile, a

@@ -240,7 +240,7 @@ def _checkpoint_dir() -> str:
 def _check_unknown_model_file() -> None:
     """Ends the command if --export_dir holds a model.keras that no recorded run explains
     (its checkpoints are gone): it would be replaced without a word."""
-    from bit_tf.finetune_checkpoints import read_progress
+    from bit_tf.training.checkpoints import read_progress
 
     path = os.path.join(FLAGS.export_dir, "model.keras")
     checkpoint_dir = _checkpoint_dir()
@@ -256,7 +256,7 @@ def _check_unknown_model_file() -> None:
 
 
 def _load_data():
-    from bit_tf import data
+    from bit_tf.data import pipelines as data
 
     train, validation, test = datasets.load(
         PROGRAM,
@@ -291,7 +291,7 @@ def main(argv):
     del argv
     _check_flags()
     logging.getLogger("bit_tf").setLevel(logging.INFO)
-    from bit_tf.run_lock import holding
+    from bit_tf.training.run_lock import holding
 
     # One run per folder: a second run into this --export_dir is refused while this one runs.
     with holding(FLAGS.export_dir, program=PROGRAM, flag="--export_dir"):
@@ -301,7 +301,7 @@ def main(argv):
 def _fine_tune_and_write() -> None:
     import tensorflow as tf
 
-    from bit_tf.finetune import (
+    from bit_tf.finetune.recipe import (
         TrainingDivergedError,
         TrainingInterruptedError,
         finetune,
@@ -366,9 +366,9 @@ def _fine_tune_and_write() -> None:
 def _evaluate_and_write(model, history, splits: dict, batch_size: int, resolution) -> None:
     """Evaluates the fine-tuned `model` and writes it to model.keras (a finished run's whole
     model.keras is kept; a damaged one ends the command with the way out)."""
-    from bit_tf import data
-    from bit_tf.finetune_checkpoints import atomic_save
-    from bit_tf.interruption import signals_deferred
+    from bit_tf.data import pipelines as data
+    from bit_tf.training.checkpoints import atomic_save
+    from bit_tf.training.interruption import signals_deferred
 
     path = os.path.join(FLAGS.export_dir, "model.keras")
     # Nothing trained: the checkpoints hold this run, finished earlier.

@@ -51,7 +51,8 @@ flags.DEFINE_integer(
     "image_size",
     0,
     "Square size to resize each image to. 0: the model's fixed input size, else the "
-    "BiT-HyperRule's evaluation crop for the file's size (bit_tf.hyperrule.get_resolution: 128 "
+    "BiT-HyperRule's evaluation crop for the file's size "
+    "(bit_tf.finetune.hyperrule.get_resolution: 128 "
     "under 96x96 pixels, else 384, or 480 for R152x4). Not for serving SavedModels, which "
     "resize to their export size.",
 )

@@ -4,13 +4,13 @@
   released name or an official `.npz`). Each file is decoded and resized by
   `hub_export.serving.decode_images`, the serving signature's own function, at the size given,
   else the BiT-HyperRule's evaluation crop for the file's size
-  (`bit_tf.hyperrule.get_resolution`).
+  (`bit_tf.finetune.hyperrule.get_resolution`).
 - `ServingClassifier`: a TensorFlow Serving SavedModel from `hub_export.export_serving`. Each
   file's bytes go to its `serving_default` signature, which decodes and resizes them in its
   graph, at the size it was exported at.
 
 `load_classifier` picks one for a `--model` value. Both read photos upright (their EXIF
-orientation applied, `bit_tf.orientation`). A file that cannot be read or decoded (not an
+orientation applied, `bit_tf.data.orientation`). A file that cannot be read or decoded (not an
 image, truncated, damaged) gets an `Answer` with a one-line `error`; the other files are
 answered as they would be alone. `answer_batches` answers a list of files a batch at a time,
 reading each batch's files only when it comes to it, so the first answers come before the last
@@ -167,7 +167,7 @@ class KerasClassifier(_BatchedClassifier):
             >>> classifier.image_size_for(32, 32), classifier.image_size_for(480, 640)
             (128, 384)
         """
-        from bit_tf import hyperrule
+        from bit_tf.finetune import hyperrule
 
         return self.image_size or hyperrule.get_resolution((height, width), self.architecture)[1]
 
@@ -331,7 +331,7 @@ def load_classifier(
 
     Raises:
         ValueError: the model cannot classify, or the settings do not fit it (with what to do).
-        bit_tf.CheckpointError, bit_tf.download.DownloadError: the checkpoint cannot be had.
+        bit_tf.CheckpointError, bit_tf.models.download.DownloadError: the checkpoint cannot be had.
 
     Example:
         >>> load_classifier("BiT-M-R50x1-ILSVRC2012").class_names[:2]

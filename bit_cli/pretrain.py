@@ -229,7 +229,7 @@ def _logdir() -> str | None:
 
 
 def _config():
-    from bit_tf.pretrain import PretrainConfig
+    from bit_tf.pretrain.recipe import PretrainConfig
 
     return PretrainConfig(
         model=FLAGS.model,
@@ -276,16 +276,16 @@ def main(argv) -> int:
     del argv
     check_flags()
     logging.getLogger().setLevel(logging.INFO)
-    from bit_tf.interruption import signals_deferred
-    from bit_tf.pretrain import (
+    from bit_tf.pretrain.data import DataError
+    from bit_tf.pretrain.recipe import (
         StrategyError,
         TrainingInterrupted,
         WorkerLost,
         configure_cpu_devices,
         pretrain,
     )
-    from bit_tf.pretrain_data import DataError
-    from bit_tf.run_lock import holding
+    from bit_tf.training.interruption import signals_deferred
+    from bit_tf.training.run_lock import holding
 
     # One run per folder. Under multi_worker the library's chief holds it (the workers share it).
     folder = None if FLAGS.strategy == "multi_worker" else FLAGS.checkpoint_dir

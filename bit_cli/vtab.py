@@ -37,7 +37,9 @@ flags.DEFINE_string(
     ".keras file bit-finetune wrote (its architecture is used; --model, if given, must fit it). "
     "Default: the released weights of --model.",
 )
-flags.DEFINE_list("tasks", [], "VTAB tasks to run (see bit_tf.vtab.TASKS); empty: all 19.")
+flags.DEFINE_list(
+    "tasks", [], "VTAB tasks to run (see bit_tf.evaluation.vtab.TASKS); empty: all 19."
+)
 flags.DEFINE_string(
     "dataset",
     "oxford_iiit_pet",
@@ -138,7 +140,7 @@ def _check_flags() -> None:
             _integers("seeds", 0)
         checks.positive(PROGRAM, few_shot_runs=FLAGS.few_shot_runs)
         datasets.check(PROGRAM, FLAGS.dataset)
-    from bit_tf import vtab
+    from bit_tf.evaluation import vtab
 
     unknown = [name for name in FLAGS.tasks if name not in vtab.TASKS]
     if unknown:
@@ -171,7 +173,7 @@ def main(argv) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _check_flags()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from bit_tf import vtab
+    from bit_tf.evaluation import vtab
 
     # CheckpointError, DownloadError (user_error_types) and a dataset TFDS cannot provide.
     with common.user_errors(PROGRAM, vtab.DatasetUnavailableError):
@@ -179,7 +181,7 @@ def main(argv) -> None:
 
 
 def _run() -> None:
-    from bit_tf import vtab
+    from bit_tf.evaluation import vtab
 
     model, weights = _backbone_and_weights()
     settings = {
@@ -226,7 +228,8 @@ def _run() -> None:
 def _few_shot_splits():
     """(train, test) of few-shot mode's --dataset: a VTAB task, the embedded digits or a folder
     (a `FEW_SHOT_TEST_FRACTION` of every class held out for testing), or a TFDS dataset."""
-    from bit_tf import data, vtab
+    from bit_tf.data import pipelines as data
+    from bit_tf.evaluation import vtab
 
     if FLAGS.dataset in vtab.TASKS:
         splits = vtab.load_task(

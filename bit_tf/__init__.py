@@ -12,36 +12,65 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import pkgutil
 import sys
+import types
 import warnings
 
+
+def _load_onednn() -> types.ModuleType:
+    """`bit_tf.kernels.onednn`, loaded from its file without running `bit_tf.kernels`' __init__,
+    which imports Keras (and with it TensorFlow) before the oneDNN switch below is set.
+
+    `bit_tf.kernels` finds it in `sys.modules` when it is imported later.
+    """
+    name = f"{__name__}.kernels.onednn"
+    path = os.path.join(os.path.dirname(__file__), "kernels", "onednn.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 # TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX512_VNNI, AVX512_BF16,
-# AVX_VNNI or AMX (bit_tf.onednn); on others (AVX2 machines such as AMD EPYC Zen 2/3) BiT trains
-# about 4x faster with them. Set before Keras imports TensorFlow, with a warning where TensorFlow
-# came first and left them off; an explicit TF_ENABLE_ONEDNN_OPTS always wins.
-from bit_tf import onednn
+# AVX_VNNI or AMX (bit_tf.kernels.onednn); on others (AVX2 machines such as AMD EPYC Zen 2/3)
+# BiT trains about 4x faster with them. Set before Keras imports TensorFlow, with a warning where
+# TensorFlow came first and left them off; an explicit TF_ENABLE_ONEDNN_OPTS always wins.
+_onednn = _load_onednn()
+if _onednn.too_late_to_enable():
+    warnings.warn(_onednn.TOO_LATE, stacklevel=2)
+os.environ.setdefault(_onednn.ENVIRONMENT_VARIABLE, "1")
 
-if onednn.too_late_to_enable():
-    warnings.warn(onednn.TOO_LATE, stacklevel=2)
-os.environ.setdefault(onednn.ENVIRONMENT_VARIABLE, "1")
+# The module paths from before the modules were grouped by role (`bit_tf.hyperrule`, ...) import
+# the modules that hold their code now.
+from bit_tf._aliases import MOVED, MovedModuleFinder  # noqa: E402
 
-import importlib  # noqa: E402
-import pkgutil  # noqa: E402
-import types  # noqa: E402
+if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.append(MovedModuleFinder())
 
-from bit_tf import hyperrule  # registers the schedule that saved .keras files refer to
-from bit_tf.layers import (
+# hyperrule registers the schedule that saved .keras files refer to.
+from bit_tf.finetune import hyperrule  # noqa: E402
+from bit_tf.models.layers import (  # noqa: E402
     GroupNormalization,
     PreActBasic,
     PreActBottleneck,
     StandardizedConv2D,
 )
-from bit_tf.models import create_model, list_models, resnet_v2
-from bit_tf.optimizers import FusedMomentumSGD  # registered for saved .keras files
-from bit_tf.registry import list_released_checkpoints
-from bit_tf.timm_weights import load_timm_weights, save_timm_weights
-from bit_tf.weights import CheckpointError, load_official_weights, save_official_weights
+from bit_tf.models.registry import list_released_checkpoints  # noqa: E402
+from bit_tf.models.resnet_v2 import create_model, list_models, resnet_v2  # noqa: E402
+from bit_tf.models.timm_weights import load_timm_weights, save_timm_weights  # noqa: E402
+from bit_tf.models.weights import (  # noqa: E402
+    CheckpointError,
+    load_official_weights,
+    save_official_weights,
+)
+
+# FusedMomentumSGD: registered for saved .keras files.
+from bit_tf.training.optimizers import FusedMomentumSGD  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -50,8 +79,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "finetune": "bit_tf.finetune",
     "distill": "bit_tf.distill",
-    "HubLayer": "bit_tf.hub",
-    "from_hub": "bit_tf.hub",
+    "HubLayer": "bit_tf.models.hub",
+    "from_hub": "bit_tf.models.hub",
 }
 
 
@@ -84,14 +113,19 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+# Bound before the class was set: `bit_tf.finetune`, by the import of its hyperrule above.
+for _name in _CALLABLE:
+    if _name in globals():
+        setattr(sys.modules[__name__], _name, globals()[_name])
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
         return module if name in _CALLABLE else getattr(module, name)
-    # Submodules too, on first use, as the docstrings write them: `bit_tf.data.from_arrays`.
-    if name in _SUBMODULES:
+    # Submodules too, on first use, as the docstrings write them: `bit_tf.data.from_arrays`,
+    # and the old module paths: `bit_tf.hyperrule.get_schedule`.
+    if name in _SUBMODULES or f"{__name__}.{name}" in MOVED:
         try:
             return importlib.import_module(f"{__name__}.{name}")
         except ImportError as error:  # e.g. TensorFlow missing on a JAX-only install

@@ -77,7 +77,7 @@ def evaluate(student, teacher, validation, crop: int) -> tuple[float, float, flo
     """(student accuracy, teacher accuracy, agreement) on the validation images."""
     import numpy as np
 
-    from bit_tf import data
+    from bit_tf.data import pipelines as data
 
     truth, student_classes, teacher_classes = [], [], []
     for images, labels in data.eval_pipeline(validation, 128, crop):
@@ -170,7 +170,7 @@ def main(argv) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import keras
 
-    from bit_tf import data
+    from bit_tf.data import pipelines as data
 
     budgets = [4, 8] if FLAGS.quick else sorted(int(steps) for steps in FLAGS.budgets)
     if any(steps < 1 for steps in budgets):

@@ -14,8 +14,8 @@ import os
 import sys
 
 import bit_tf
-from bit_tf import data
-from bit_tf.finetune import TrainingInterruptedError
+from bit_tf.data import pipelines as data
+from bit_tf.finetune.recipe import TrainingInterruptedError
 
 
 def main():

@@ -3,7 +3,7 @@
 A small ResNetV2 from `bit_tf.resnet_v2` (GroupNorm + Weight Standardization, as BiT) is trained
 from scratch at 32x32 on a subset of scikit-learn's handwritten digits (offline), once without
 MixUp, once with the BiT-HyperRule's alpha = 0.1 and once with a larger alpha (1.0, Zhang et
-al.'s choice for CIFAR). MixUp comes from `bit_tf.data.train_pipeline` (`bit_tf.mixup`):
+al.'s choice for CIFAR). MixUp comes from `bit_tf.data.train_pipeline` (`bit_tf.data.mixup`):
 each batch is mixed with a shuffled copy of itself with one lambda ~ Beta(alpha, alpha) per
 batch, as the authors mix, images and one-hot labels alike. The test error is recorded after
 every epoch.
@@ -51,7 +51,7 @@ def train_and_test(alpha: float, train, test, epochs: int, steps_per_epoch: int,
     import keras
 
     import bit_tf
-    from bit_tf import data
+    from bit_tf.data import pipelines as data
 
     keras.utils.set_random_seed(settings["seed"])
     model = bit_tf.resnet_v2(
@@ -125,7 +125,7 @@ def write_plot(results: dict, path: str) -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from bit_tf import data
+    from bit_tf.data import pipelines as data
 
     alphas = [float(alpha) for alpha in FLAGS.alphas]
     if any(alpha < 0 for alpha in alphas):

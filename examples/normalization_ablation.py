@@ -77,7 +77,7 @@ def train_and_test(config: str, batch_size: int, train, test, steps: int, settin
     """Trains one model from scratch; returns its test error and the run's wall time."""
     import keras
 
-    from bit_tf import data
+    from bit_tf.data import pipelines as data
 
     keras.utils.set_random_seed(settings["seed"])
     normalization, weight_standardization = CONFIGS[config]
@@ -155,7 +155,7 @@ def write_plot(results: list, path: str) -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from bit_tf import data
+    from bit_tf.data import pipelines as data
 
     unknown = [config for config in FLAGS.configs if config not in CONFIGS]
     if unknown:

@@ -11,7 +11,7 @@ Example:
     ...                           class_names=["daisy", "rose", "tulip"])
 """
 
-from bit_tf.hub import UnsafeArchiveError, extract_archive_safely
+from bit_tf.models.hub import UnsafeArchiveError, extract_archive_safely
 from hub_export.atomic import TargetExistsError
 from hub_export.image_decoding import DEFAULT_MAX_PIXELS, decode_images
 from hub_export.model_card import model_card

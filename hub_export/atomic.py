@@ -19,7 +19,7 @@ import uuid
 
 import tensorflow as tf
 
-from bit_tf.file_errors import FileWriteError, disk_problem
+from bit_tf.training.file_errors import FileWriteError, disk_problem
 
 
 class TargetExistsError(FileExistsError):
@@ -65,8 +65,8 @@ def atomic_path(target: str, overwrite: bool = False, what: str = "Target"):
 
     The caller writes a file or a folder at the yielded path. On an exception (Ctrl-C too)
     the temporary is removed and `target` is untouched; a full, read-only or forbidden disk is
-    raised as `bit_tf.file_errors.FileWriteError`, naming `target`. With `overwrite=True` an
-    existing target is replaced; otherwise `TargetExistsError` is raised, before any work and
+    raised as `bit_tf.training.file_errors.FileWriteError`, naming `target`. With `overwrite=True`
+    an existing target is replaced; otherwise `TargetExistsError` is raised, before any work and
     again at the rename (in case another writer got there first).
 
     Example:

@@ -7,7 +7,7 @@ first frame; an animated WebP is flagged invalid, as TensorFlow's WebP decoder i
 one; an 8-bit BMP is read as grayscale, as TensorFlow's BMP decoder ignores its palette),
 resized to `image_size` x `image_size` (the crop the model was fine-tuned at), as BiT's
 evaluation pipeline does, and turned upright by their EXIF orientation (JPEG, PNG and WebP;
-`bit_tf.orientation`), as photo viewers and the training folder reader show them. WebP needs a
+`bit_tf.data.orientation`), as photo viewers and the training folder reader show them. WebP needs a
 TensorFlow with `tf.io.decode_webp` at export; exported by an older one, WebP items are flagged
 invalid.
 
@@ -38,8 +38,8 @@ import functools
 
 import tensorflow as tf
 
-from bit_tf.image_bytes import bytes_at, jpeg_segments, unsigned
-from bit_tf.orientation import apply_orientation, exif_orientation
+from bit_tf.data.image_bytes import bytes_at, jpeg_segments, unsigned
+from bit_tf.data.orientation import apply_orientation, exif_orientation
 
 DEFAULT_MAX_PIXELS = 64_000_000
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -247,10 +247,11 @@ def _looks_truncated(data, image_format):
 
 
 def _cut_jpegs(data, image_format):
-    """Per item (elementwise): whether it is a JPEG cut short (`bit_tf.image_bytes.jpeg_segments`),
-    which neither `extract_jpeg_shape` nor the decoder may see: both write a line to stderr for
-    such a file. Only the JPEGs that do not end with an end-of-image marker are walked: cut
-    ones, and those with data appended (a motion photo's video)."""
+    """Per item (elementwise): whether it is a JPEG cut short
+    (`bit_tf.data.image_bytes.jpeg_segments`), which neither `extract_jpeg_shape` nor the decoder
+    may see: both write a line to stderr for such a file. Only the JPEGs that do not end with an
+    end-of-image marker are walked: cut ones, and those with data appended (a motion photo's
+    video)."""
     ends = tf.equal(_last_bytes(data, 2), b"\xff\xd9")
     suspects = tf.equal(image_format, _JPEG) & ~ends
 
@@ -349,7 +350,7 @@ def decode_images_with_reasons(image_bytes, image_size: int, max_pixels: int = D
 
     Each file is decoded to RGB (grayscale repeated, alpha dropped, the first frame of a GIF)
     and resized to `image_size` x `image_size`, turned upright by its EXIF orientation
-    (`bit_tf.orientation`). An item that cannot be decoded (see the module docstring) is
+    (`bit_tf.data.orientation`). An item that cannot be decoded (see the module docstring) is
     zeros, `valid` false and `reason` says why, e.g. "truncated JPEG: no end-of-image
     marker"; the other items are decoded as they would be alone. Graph ops only: it runs
     inside exported signatures.

@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from bit_tf import hyperrule
+from bit_tf.finetune import hyperrule
 
 UPSTREAM_DATA = {
     "s": "ILSVRC-2012 (ImageNet-1k: 1.28M images, 1000 classes)",
@@ -27,7 +27,7 @@ def _upstream_from_name(*names: str) -> str | None:
 
 
 def _hyperrule_paragraph() -> str:
-    """The fine-tuning recipe, with every number read from `bit_tf.hyperrule`."""
+    """The fine-tuning recipe, with every number read from `bit_tf.finetune.hyperrule`."""
     small, medium, large = (
         hyperrule.get_schedule(size)
         for size in (1, hyperrule.SMALL_DATASET, hyperrule.LARGE_DATASET)

@@ -40,8 +40,8 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from bit_tf import hyperrule
-from bit_tf.inference import fold_weight_standardization as fold_weights
+from bit_tf.finetune import hyperrule
+from bit_tf.models.inference import fold_weight_standardization as fold_weights
 from hub_export.atomic import atomic_path, join
 from hub_export.image_decoding import (
     DEFAULT_MAX_PIXELS,
@@ -193,7 +193,8 @@ class ServingModule(tf.Module):
 
 
 def hyperrule_image_size(model_name: str | None = None, large_images: bool = True) -> int:
-    """The crop size the BiT-HyperRule fine-tunes at, as `bit_tf.hyperrule.get_resolution` says.
+    """The crop size the BiT-HyperRule fine-tunes at, as
+    `bit_tf.finetune.hyperrule.get_resolution` says.
 
     A classifier is best served at the size it was fine-tuned at.
 
@@ -263,7 +264,7 @@ def export_serving(
         class_names: one name per class, in class-id order (adds `top_k_class_names`); None:
             the model's own `class_names` (`bit_tf.BitModel`), if it has them.
         image_size: the square crop the model was fine-tuned at (`hyperrule_image_size`, from
-            `bit_tf.hyperrule.get_resolution`: 128 for images under 96x96 pixels, else 384,
+            `bit_tf.finetune.hyperrule.get_resolution`: 128 for images under 96x96 pixels, else 384,
             or 480 for R152x4). Defaults to the model's fixed input size.
         top_k: how many classes to list per image.
         fold_weight_standardization: standardize the kernels once here and use plain

@@ -20,8 +20,8 @@ import keras
 import tensorflow as tf
 
 from bit_tf import kernels
-from bit_tf.input_scale import integer_scale
-from bit_tf.weights import HEAD_KERNEL, describe_layout, official_variables
+from bit_tf.models.input_scale import integer_scale
+from bit_tf.models.weights import HEAD_KERNEL, describe_layout, official_variables
 
 
 def _run_with(model: keras.Model, keras_variables: dict, weights: dict, trainable: bool):
@@ -44,7 +44,7 @@ def _run_with(model: keras.Model, keras_variables: dict, weights: dict, trainabl
 
 def unit_scale_images(images, where: str = "a BiT export") -> tf.Tensor:
     """`images` as float32 in [0, 1]: uint8 / uint16 pixels divided by 255 / 65535, floats cast
-    (`bit_tf.input_scale`). Decided by the dtype, so it holds in every traced signature.
+    (`bit_tf.models.input_scale`). Decided by the dtype, so it holds in every traced signature.
 
     Raises:
         ValueError: images of another integer dtype, naming it.

@@ -7,12 +7,12 @@ import hides a cycle until the function runs; it does not remove it). Only impor
 (`importlib.import_module(name)`) are not seen.
 
 A package's `__init__` counts as a module of its own, which `import a.b.c` and
-`from a.b import c` run before `a.b.c` (as Python does): an import of `bit_tf.hub` from
-`hub_export.module` is an edge to `bit_tf` and one to `bit_tf.hub`. The one exception: an edge
-from a module to a package that contains it (`bit_tf.layers` -> `bit_tf`). Python always runs
-that `__init__` before the module, so such an import adds nothing and is no cycle by itself
-(`bit_tf/__init__.py` imports `bit_tf.layers`, which does `from bit_tf import fused`). It does
-count where the module takes a name that the `__init__` itself defines
+`from a.b import c` run before `a.b.c` (as Python does): an import of `bit_tf.models.hub` from
+`hub_export.module` is an edge to `bit_tf` and one to `bit_tf.models.hub`. The one exception: an
+edge from a module to a package that contains it (`bit_tf.models.layers` -> `bit_tf`). Python always
+runs that `__init__` before the module, so such an import adds nothing and is no cycle by itself
+(`bit_tf/__init__.py` imports `bit_tf.models.layers`, which does `from bit_tf import fused`). It
+does count where the module takes a name that the `__init__` itself defines
 (`from bit_tf import create_model` in `bit_tf.models`): that needs the `__init__` to have run to
 its end, which a module the `__init__` imports cannot have.
 """

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bit_tf import onednn
+from bit_tf.kernels import onednn
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # conftest.py sets TF_CPP_MIN_LOG_LEVEL, and its `import bit_tf` TF_ENABLE_ONEDNN_OPTS: a user
@@ -47,7 +47,7 @@ def console_script(name: str) -> str:
     return path
 
 
-# --- bit_tf.onednn: TensorFlow's rule, from CPU features given as arguments ---------------------
+# --- bit_tf.kernels.onednn: TensorFlow's rule, from CPU features given as arguments -------------
 
 
 @pytest.mark.parametrize("feature", sorted(onednn.X86_FEATURES))
@@ -100,7 +100,7 @@ def test_cpu_features_reads_the_first_processor_of_cpuinfo():
 def keras_then_bit_tf() -> subprocess.CompletedProcess:
     """`import keras; import bit_tf` with TensorFlow's full log, and bit_tf's decision on stdout."""
     result = python(
-        "import keras; import bit_tf; print(bit_tf.onednn.tensorflow_default())",
+        "import keras; import bit_tf; print(bit_tf.kernels.onednn.tensorflow_default())",
         TF_CPP_MIN_LOG_LEVEL="0",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,10 +1,10 @@
-"""Writes the ImageNet class-name files that bit_tf ships (see `bit_tf.class_names`).
+"""Writes the ImageNet class-name files that bit_tf ships (see `bit_tf.models.class_names`).
 
-- `bit_tf/imagenet_classes/ilsvrc2012_names.txt`: the 1000 ILSVRC-2012 classes in the order of
-  TensorFlow Datasets' `imagenet2012` label file (WordNet ids, the order of the released heads),
+- `bit_tf/models/imagenet_classes/ilsvrc2012_names.txt`: the 1000 ILSVRC-2012 classes in the order
+  of TensorFlow Datasets' `imagenet2012` label file (WordNet ids, the order of the released heads),
   each named by the first lemma of its WordNet synset, from timm's `imagenet_synset_to_lemma.txt`.
-- `bit_tf/imagenet_classes/imagenet21k_wordnet_ids.txt`: the 21843 ImageNet-21k WordNet ids, in
-  the order of the BiT-M heads, from timm's `imagenet21k_goog_synsets.txt`.
+- `bit_tf/models/imagenet_classes/imagenet21k_wordnet_ids.txt`: the 21843 ImageNet-21k WordNet ids,
+  in the order of the BiT-M heads, from timm's `imagenet21k_goog_synsets.txt`.
 
 TensorFlow Datasets and timm are Apache-2.0. Run from the repository root, with both installed:
 
@@ -26,7 +26,7 @@ def package_folder(name: str) -> str:
 
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET = os.path.join(REPOSITORY, "bit_tf", "imagenet_classes")
+TARGET = os.path.join(REPOSITORY, "bit_tf", "models", "imagenet_classes")
 TFDS_LABELS = os.path.join(
     package_folder("tensorflow_datasets"), "datasets", "imagenet2012", "labels.txt"
 )

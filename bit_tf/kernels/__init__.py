@@ -1,6 +1,6 @@
 """The one seam for speed: BiT's GroupNorm(+ReLU), weight standardization and convolutions.
 
-The layers of `bit_tf.layers` call these functions and nothing else for their math; which
+The layers of `bit_tf.models.layers` call these functions and nothing else for their math; which
 implementation runs is chosen here, by the Keras backend, the settings and what the graph
 being traced is for:
 
@@ -13,7 +13,7 @@ being traced is for:
 
 The switches are one `KernelSettings` object (`settings`, `configure`, `configured`), each with
 its environment variable (`bit_tf.kernels.settings` module). Every implementation is tested
-against the reference (tests/test_kernels.py).
+against the reference (tests/kernels/test_kernels.py).
 
 Example:
     >>> import numpy as np
@@ -34,7 +34,10 @@ from types import ModuleType
 import keras
 from keras import ops
 
-from bit_tf.kernels import reference
+from bit_tf.kernels import (  # noqa: F401 (onednn: loaded first by bit_tf/__init__.py, bound here)
+    onednn,
+    reference,
+)
 from bit_tf.kernels.purpose import TRAINABLE_EXPORT, exporting, local_inference, purpose
 from bit_tf.kernels.settings import KernelSettings, configure, configured, settings
 

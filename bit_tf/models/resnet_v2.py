@@ -1,0 +1,247 @@
+"""The ResNetV2 builder: BiT models by name (`create_model`) or by shape (`resnet_v2`).
+
+Only `keras` and `keras.ops` are used here: the models run on the TensorFlow and JAX backends.
+The names, depths and heads are data in `bit_tf.models.registry`.
+
+Example:
+    >>> import bit_tf
+    >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=10)
+    >>> model.output_shape
+    (None, 10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from bit_tf.models.bit_model import BitModel
+from bit_tf.models.layers import (
+    NORMALIZATIONS,
+    PreActBasic,
+    PreActBottleneck,
+    make_convolution,
+    make_normalization,
+)
+from bit_tf.models.registry import (  # noqa: F401 (the registry's names, as bit_tf.models has them)
+    BASIC_DEPTHS,
+    UNITS_PER_BLOCK,
+    UPSTREAM,
+    WIDTH_FACTORS,
+    architecture,
+    default_num_classes,
+    list_models,
+    parse_model_name,
+)
+from bit_tf.models.timm_weights import read_weights
+from bit_tf.models.weights import assign_official_arrays, checkpoint_num_classes
+
+_DEFAULT = object()
+
+
+def resolve_dtype_policy(dtype: str | keras.DTypePolicy | None) -> keras.DTypePolicy:
+    """The Keras dtype policy named by `dtype`; None gives Keras' global policy.
+
+    Example:
+        >>> resolve_dtype_policy("mixed_bfloat16").compute_dtype
+        'bfloat16'
+    """
+    if dtype is None:
+        return keras.config.dtype_policy()
+    try:
+        return keras.dtype_policies.get(dtype)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"Unknown dtype policy {dtype!r}: use a Keras policy name such as 'float32' or "
+            "'mixed_bfloat16', or a keras.DTypePolicy."
+        ) from error
+
+
+def resnet_v2(
+    depth: int | None = 50,
+    *,
+    units_per_block: Sequence[int] | None = None,
+    width_factor: int = 1,
+    num_classes: int | None = 1000,
+    input_shape: tuple = (None, None, 3),
+    normalization: str = "group",
+    weight_standardization: bool = True,
+    unit: str | None = None,
+    name: str = "resnet_v2",
+    dtype: str | keras.DTypePolicy | None = None,
+) -> keras.Model:
+    """Builds a BiT ResNetV2 as a functional Keras model.
+
+    The model takes float images in [0, 1] (NHWC, any size) and rescales them to [-1, 1].
+    The stem is a 7x7/2 convolution, padding 1 and a 3x3/2 max pool ('valid'); then four
+    blocks of pre-activation units, the first unit of blocks 2-4 carrying stride 2; then
+    GN -> ReLU -> global average pool -> a zero-initialised Dense head.
+
+    Args:
+        depth: 18, 26, 34, 50, 101 or 152; ignored when `units_per_block` is given.
+        units_per_block: explicit units of the four blocks, e.g. (1, 1, 1, 1).
+        width_factor: 1 to 4; multiplies every channel count.
+        num_classes: size of the head; None returns the pre-logit feature vector.
+        input_shape: (height, width, 3); None for any size.
+        normalization: "group" (BiT), "batch", "noisy_batch" or "none".
+        weight_standardization: standardize convolution kernels (BiT: True).
+        unit: "bottleneck" or "basic"; by default basic for depths 18 and 34.
+        name: the Keras model name.
+        dtype: the dtype policy of every layer, e.g. "mixed_bfloat16" (weights in float32,
+            computation in bfloat16: faster on CPUs with AMX or AVX512-BF16 and on GPUs);
+            None for Keras' global policy. The pooling and the head keep the policy's variable
+            dtype, so the features and logits of a mixed model are float32.
+
+    Example:
+        >>> model = resnet_v2(units_per_block=(1, 1, 1, 1), num_classes=10)
+        >>> model(np.zeros((1, 64, 64, 3), "float32")).shape
+        (1, 10)
+    """
+    explicit_units = units_per_block is not None
+    if not explicit_units:
+        if depth not in UNITS_PER_BLOCK:
+            raise ValueError(
+                f"Unsupported depth {depth!r}; choose one of {sorted(UNITS_PER_BLOCK)} "
+                "or pass units_per_block."
+            )
+        units_per_block = UNITS_PER_BLOCK[depth]
+    units_per_block = tuple(int(units) for units in units_per_block)
+    if not units_per_block or min(units_per_block) < 1:
+        raise ValueError(f"units_per_block must be positive counts, got {units_per_block!r}.")
+    if not isinstance(width_factor, int) or width_factor < 1:
+        raise ValueError(f"width_factor must be a positive integer, got {width_factor!r}.")
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}.")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"Unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}."
+        )
+    if unit is None:
+        unit = "basic" if (not explicit_units and depth in BASIC_DEPTHS) else "bottleneck"
+    if unit not in ("basic", "bottleneck"):
+        raise ValueError(f"unit must be 'basic' or 'bottleneck', got {unit!r}.")
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape!r}.")
+    policy = resolve_dtype_policy(dtype)
+
+    unit_options = {
+        "normalization": normalization,
+        "weight_standardization": weight_standardization,
+    }
+    root_channels = 64 * width_factor
+
+    images = keras.Input(shape=input_shape, name="images")
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus_one_one", dtype=policy)(images)
+    x = keras.layers.ZeroPadding2D(3, name="root_pad", dtype=policy)(x)
+    x = make_convolution(
+        root_channels,
+        7,
+        strides=2,
+        weight_standardization=weight_standardization,
+        name="root_conv",
+        dtype=policy,
+    )(x)
+    x = keras.layers.ZeroPadding2D(1, name="root_pool_pad", dtype=policy)(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="root_pool", dtype=policy)(x)
+
+    for block_index, units in enumerate(units_per_block):
+        channels = root_channels * 2**block_index
+        for unit_index in range(units):
+            strides = 2 if (block_index > 0 and unit_index == 0) else 1
+            layer_name = f"block{block_index + 1}_unit{unit_index + 1:02d}"
+            unit_class = PreActBottleneck if unit == "bottleneck" else PreActBasic
+            x = unit_class(channels, strides, name=layer_name, dtype=policy, **unit_options)(x)
+
+    pre_head_norm = make_normalization(normalization, name="pre_head_norm", dtype=policy)
+    if pre_head_norm is not None:
+        x = pre_head_norm(x)
+    x = keras.layers.ReLU(name="pre_head_relu", dtype=policy)(x)
+    # The features and the head keep the policy's variable dtype (float32 for mixed policies):
+    # the pooled features and the logits come out as float32, as Keras advises for outputs.
+    outputs = keras.layers.GlobalAveragePooling2D(name="pre_logits", dtype=policy.variable_dtype)(x)
+    if num_classes is not None:
+        outputs = keras.layers.Dense(
+            num_classes,
+            kernel_initializer="zeros",
+            bias_initializer="zeros",
+            name="head",
+            dtype=policy.variable_dtype,
+        )(outputs)
+    return BitModel(images, outputs, name=name)
+
+
+def pre_logits_model(model: keras.Model) -> keras.Model:
+    """A bit_tf model without its head: the model itself if it has none, else a model over the
+    same layers (and weights) up to its pre-logits.
+
+    Example:
+        >>> pre_logits_model(create_model("BiT-S-R50x1")).output_shape
+        (None, 2048)
+    """
+    names = [layer.name for layer in model.layers]
+    if "head" not in names or "pre_logits" not in names:
+        return model
+    return keras.Model(model.inputs, model.get_layer("pre_logits").output, name=model.name)
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = _DEFAULT,
+    weights: str | None = None,
+    input_shape: tuple = (None, None, 3),
+    **kwargs,
+) -> keras.Model:
+    """Creates a BiT model by name, optionally with official (or own) weights.
+
+    The head follows the checkpoint: with `weights` and no `num_classes`, the model gets the
+    head of the file (1000 classes for "BiT-M-R50x1-ILSVRC2012") and loads it. An explicit
+    `num_classes` wins; a head of another size then stays zero-initialised, as in fine-tuning.
+
+    Args:
+        name: "BiT-{S,M,L}-R{depth}x{width}", e.g. "BiT-M-R50x1" (see `list_models()`), or a
+            released name such as "BiT-M-R50x1-ILSVRC2012", "BiT-M-R50x1-run0-caltech101" or
+            "BiT-R50x1-distilled-224" (see `list_released_checkpoints()`), or timm's name of
+            one, e.g. "resnetv2_50x1_bit.goog_in21k".
+        num_classes: the head size; by default that of the checkpoint in `weights`, else that
+            of the name (a release's head; S: 1000, M: 21843, L: 18291). None gives the
+            feature-vector model (pre-logits).
+        weights: None (random backbone, zero head), a released name such as "BiT-M-R50x1",
+            a path to an official-layout `.npz`, or an http(s) URL of one; or timm's
+            checkpoints (`bit_tf.models.timm_weights`): "hf-hub:timm/resnetv2_50x1_bit.goog_in21k"
+            (any "hf-hub:<owner>/<name>[@revision]"), a timm release name (see
+            `list_released_checkpoints("timm")`), or a path to a `.safetensors` file.
+        input_shape: (height, width, 3); None for any size.
+        **kwargs: passed to `resnet_v2` (normalization, weight_standardization, and dtype,
+            e.g. "mixed_bfloat16" for bfloat16 computation with float32 weights).
+
+    Returns:
+        A `keras.Model` taking float32 images in [0, 1], NHWC.
+
+    Example:
+        >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=5, weights="BiT-M-R50x1")
+        >>> probabilities = keras.ops.softmax(model(images))
+        >>> bit_tf.create_model("BiT-M-R50x1", weights="BiT-M-R50x1-ILSVRC2012").output_shape
+        (None, 1000)
+        >>> timm = "hf-hub:timm/resnetv2_50x1_bit.goog_in21k_ft_in1k"  # timm's copy, from the Hub
+        >>> bit_tf.create_model("BiT-M-R50x1", weights=timm).output_shape
+        (None, 1000)
+    """
+    depth, width = architecture(name)
+    path = arrays = None
+    if weights is not None:
+        path, arrays = read_weights(weights)  # the authors' .npz or timm's .safetensors
+    if num_classes is _DEFAULT:
+        from_checkpoint = None if arrays is None else checkpoint_num_classes(arrays)
+        num_classes = from_checkpoint or default_num_classes(name)
+    model = resnet_v2(
+        depth,
+        width_factor=width,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        name=name.rsplit("/", 1)[-1].replace("-", "_").lower(),  # "hf-hub:timm/<name>": <name>
+        **kwargs,
+    )
+    if arrays is not None:
+        assign_official_arrays(model, arrays, path)
+    return model
