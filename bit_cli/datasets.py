@@ -13,12 +13,16 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 
 from bit_cli import checks, common
 
+log = logging.getLogger(__name__)
 DIGITS = "digits"
+#: The share of every class of the digits or a folder held out for validation by default.
+FOLDER_VALIDATION_FRACTION = 0.2
 # What a TFDS name looks like ("oxford_flowers102", "cifar10:3.0.2", "name/config:1.*.*");
 # anything else that is not a folder is a path that does not exist.
 TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[\w.\-]+)?(:[\w.*]+)?")
@@ -58,37 +62,56 @@ def _check_tfds_name(program: str, dataset: str) -> None:
 def load(
     program: str,
     dataset: str,
-    validation_fraction: float,
+    validation_fraction: float | None,
     seed: int = 0,
     train_split: str = "train",
     validation_split: str = "",
     data_dir: str | None = None,
     manual_dir: str | None = None,
+    test_split: str = "test",
 ):
-    """(train, validation) `bit_tf.data.ImageSource`s of `dataset`.
+    """(train, validation, test) `bit_tf.data.ImageSource`s of `dataset`; test is None where
+    there is none to keep apart.
 
-    Digits and folders hold out `validation_fraction` of every class; a TFDS dataset is read
-    from `train_split` and `validation_split` (empty: `validation_fraction` of the train split
-    held out).
+    Digits and folders hold out `validation_fraction` (None: `FOLDER_VALIDATION_FRACTION`) of
+    every class for validation and have no test. A TFDS dataset validates on a minival of the
+    train split and tests on `test_split` (`bit_tf.data.minival.tfds_splits`), unless
+    `validation_split` names a split to validate on (then no test; validating on the test
+    split itself logs a warning: best.keras is then chosen on the test set).
 
     Example:
-        >>> train, validation = load("bit-finetune", "/data/photos", validation_fraction=0.2)
+        >>> train, validation, test = load("bit-finetune", "/data/photos", 0.2)
     """
+    from bit_tf.data import minival
     from bit_tf.data import pipelines as data
     from bit_tf.data.resolve import resolve
 
+    fraction = validation_fraction or FOLDER_VALIDATION_FRACTION
     if dataset == DIGITS:
-        return data.load_digits(validation_fraction, seed=seed)
+        return (*data.load_digits(fraction, seed=seed), None)
     folder = os.path.isdir(dataset)
     if not folder:
         _check_tfds_name(program, dataset)
     options = {"data_dir": data_dir, "manual_dir": manual_dir}
+    if folder:
+        source = resolve(dataset)
+        if source.skipped:
+            print(f"skipped {len(source.skipped)} unreadable file(s); see the warning above")
+        return (*data.split(source, fraction, seed=seed), None)
+    if not validation_split:
+        return minival.tfds_splits(
+            dataset, train_split, test_split, validation_fraction, seed=seed, **options
+        )
+    if validation_split == test_split:
+        log.warning(
+            "%s validates on the %r split, its test split: best.keras is then chosen on the "
+            "test set. Leave --validation_split empty to validate on a minival of the train "
+            "split.",
+            program,
+            validation_split,
+        )
     train = resolve(dataset, "train", split=train_split, **options)
-    if folder and train.skipped:
-        print(f"skipped {len(train.skipped)} unreadable file(s); see the warning above")
-    if validation_split and not folder:
-        return train, resolve(dataset, "validation", split=validation_split, **options)
-    return data.split(train, validation_fraction, seed=seed)
+    return train, resolve(dataset, "validation", split=validation_split, **options), None
 
 
 def tensorboard_logdir(logdir: str | None, export_dir: str) -> str | None:
@@ -106,4 +129,11 @@ def tensorboard_logdir(logdir: str | None, export_dir: str) -> str | None:
     return os.path.join(export_dir, "logs")
 
 
-__all__ = ["DIGITS", "TFDS_NAME", "check", "load", "tensorboard_logdir"]
+__all__ = [
+    "DIGITS",
+    "FOLDER_VALIDATION_FRACTION",
+    "TFDS_NAME",
+    "check",
+    "load",
+    "tensorboard_logdir",
+]

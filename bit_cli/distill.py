@@ -11,9 +11,10 @@ The student goes to ./bit_distill/model.keras.
 
     bit-finetune && bit-distill
     bit-distill --teacher=runs/pets/model.keras --student=BiT-S-R50x1 \
-        --dataset=oxford_iiit_pet --validation_split=test --patience=fast --batch_size=128
+        --dataset=oxford_iiit_pet --recipe=pet --patience=fast
 
-The last line of output is `final validation accuracy: X (teacher: Y, agreement: Z)`.
+The last line of output is `final validation accuracy: X (teacher: Y, agreement: Z)`, after
+`test accuracy: ...` where the data set has a test split (evaluated once, at the end).
 SIGTERM or SIGINT writes a checkpoint and exits (status 128 + signal number); running the same
 command again resumes.
 """
@@ -38,6 +39,7 @@ DEFAULT_STUDENT = "BiT-S-R18x1"
 # 800 steps instead of thousands, and crops of at least half the image (8x8 digits upsampled to
 # 32x32 keep little in a 5% crop) at a lower rate than the paper's.
 DIGITS_DEFAULTS = {
+    "recipe": "legacy",
     "batch_size": 32,
     "steps": 800,
     "crop": 32,
@@ -46,6 +48,10 @@ DIGITS_DEFAULTS = {
     "validation_every": 200,
 }
 PATIENCE = ("fast", "medium", "long")
+# bit_tf.distill.recipes' RECIPE_CHOICES and VARIANTS, written here so that the flags need no
+# TensorFlow (tests/cli/test_cli_distill.py checks they are the same).
+RECIPE_CHOICES = ("auto", "flowers", "pet", "food", "sun", "imagenet", "size", "legacy")
+VARIANTS = ("function_matching", "consistent", "independent", "fixed_teacher")
 
 flags.DEFINE_string(
     "teacher",
@@ -76,50 +82,96 @@ flags.DEFINE_string("manual_dir", None, "TFDS folder of manually downloaded file
 flags.DEFINE_string("train_split", "train", "TFDS split to distil on.")
 flags.DEFINE_string(
     "validation_split",
-    "test",
-    "TFDS split to validate on; empty to hold out --validation_fraction of the train split.",
+    "",
+    "TFDS split to validate on (and choose best.keras by). Default: a minival of the train "
+    "split (ImageNet: its last 1%; a data set's own 'validation' split where it has one; else "
+    "--validation_fraction of every class), and --test_split evaluated once at the end. "
+    "'test' validates on the test split, with a warning.",
+)
+flags.DEFINE_string(
+    "test_split", "test", "TFDS split evaluated once after training (ImageNet: validation)."
 )
 flags.DEFINE_float(
     "validation_fraction",
-    0.2,
-    "Fraction of every class held out for validation (digits, folders, empty --validation_split);"
-    " with the same --seed as bit-finetune, the teacher never saw these images.",
+    None,
+    "Fraction of every class held out for validation. Default: 0.2 for digits and folders (with "
+    "the same --seed as bit-finetune, the teacher never saw these images), 0.02 of a TFDS "
+    "train split.",
+)
+flags.DEFINE_enum(
+    "recipe",
+    None,
+    list(RECIPE_CHOICES),
+    "The paper's settings (lr, weight decay, temperature, batch, crop, epochs, warm-up; each "
+    "overridable by its flag): flowers, pet, food, sun or imagenet (big_vision's configs), size "
+    "(the row for the training set's size: <=2k Flowers, <=20k Pet, <=500k Food, else "
+    "ImageNet), legacy (lr 0.003, wd 3e-4, T 1, batch 512, HyperRule crop) or auto. Default: "
+    "auto (by TFDS name, else size); legacy on digits.",
+)
+flags.DEFINE_enum(
+    "variant",
+    "function_matching",
+    list(VARIANTS),
+    "What the teacher sees: function_matching (same crop and MixUp), consistent (same crop), "
+    "independent (a crop of its own) or fixed_teacher (outputs computed once on the "
+    "unaugmented images).",
+)
+flags.DEFINE_integer(
+    "teacher_crop",
+    None,
+    "The teacher's image size, when not the student's --crop (e.g. 384 for a 224 student): it "
+    "sees the same crop at its own size.",
+)
+flags.DEFINE_enum(
+    "eval_resize",
+    "short_side_crop",
+    ["short_side_crop", "resize"],
+    "Validation images: short_side_crop (shorter side resized, central crop, as big_vision) or "
+    "resize (straight to the crop).",
 )
 flags.DEFINE_integer(
     "batch_size",
     None,
-    f"Global batch size. Default: 512 (paper), {DIGITS_DEFAULTS['batch_size']} on digits.",
+    f"Global batch size. Default: the recipe's (512; 4096 on ImageNet), "
+    f"{DIGITS_DEFAULTS['batch_size']} on digits.",
 )
 flags.DEFINE_integer(
     "steps",
     None,
-    "Optimizer steps. Default: the --patience schedule for the training set's size, "
+    "Optimizer steps. Default: the recipe's --patience epochs on the training set, "
     f"{DIGITS_DEFAULTS['steps']} on digits.",
 )
 flags.DEFINE_enum(
     "patience",
     "medium",
     list(PATIENCE),
-    "The paper's schedule length when --steps is not given: fast, medium or long "
-    "(e.g. 1,000 / 3,000 / 30,000 epochs for a data set of 3k images).",
+    "The recipe's schedule length when --steps is not given: fast, medium or long "
+    "(e.g. 1,000 / 3,000 / 30,000 epochs on Pet).",
 )
 flags.DEFINE_float(
     "base_lr",
     None,
-    f"Adam's peak learning rate. Default: 0.003, {DIGITS_DEFAULTS['base_lr']} on digits.",
+    f"Adam's peak learning rate. Default: the recipe's, {DIGITS_DEFAULTS['base_lr']} on digits.",
 )
-flags.DEFINE_float("weight_decay", 3e-4, "Decoupled weight decay of the kernels (paper: wd).")
 flags.DEFINE_float(
-    "temperature", 1.0, "Softmax temperature of the distillation loss (paper: 1 to 10)."
+    "weight_decay", None, "Decoupled weight decay of the kernels (wd). Default: the recipe's."
+)
+flags.DEFINE_float(
+    "temperature", None, "Softmax temperature of the distillation loss. Default: the recipe's."
 )
 flags.DEFINE_integer(
-    "warmup_steps", None, "Warm-up steps. Default: 1,500 (5,000 on ImageNet), at most 1/4 run."
+    "warmup_steps",
+    None,
+    "Warm-up steps. Default: the recipe's 1,500 (5,000 on ImageNet), at most 1/4 of the run.",
 )
 flags.DEFINE_integer(
     "crop",
     None,
-    f"Image size. Default: the HyperRule's crop (128/384), {DIGITS_DEFAULTS['crop']} on digits.",
+    "The student's image size (and the teacher's, unless --teacher_crop). Default: the "
+    f"recipe's (128; 224 on ImageNet; legacy: the HyperRule's), {DIGITS_DEFAULTS['crop']} on "
+    "digits.",
 )
+flags.DEFINE_alias("student_crop", "crop")
 flags.DEFINE_float("mixup_alpha", 1.0, "MixUp alpha (paper: 1.0); 0 for none.")
 flags.DEFINE_float(
     "min_crop_area",
@@ -190,6 +242,7 @@ def _check_flags() -> None:
         batch_size=FLAGS.batch_size,
         steps=FLAGS.steps,
         crop=FLAGS.crop,
+        teacher_crop=FLAGS.teacher_crop,
         temperature=FLAGS.temperature,
         validation_every=FLAGS.validation_every,
         gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
@@ -205,7 +258,7 @@ def _check_flags() -> None:
     )
     if FLAGS.min_crop_area is not None and FLAGS.min_crop_area > 1:
         common.fail(PROGRAM, f"--min_crop_area must be at most 1, got {FLAGS.min_crop_area}.")
-    if not 0 < FLAGS.validation_fraction < 1:
+    if FLAGS.validation_fraction is not None and not 0 < FLAGS.validation_fraction < 1:
         common.fail(
             PROGRAM,
             f"--validation_fraction must be between 0 and 1, got {FLAGS.validation_fraction}.",
@@ -239,8 +292,10 @@ def _agreement(student, teacher, batches) -> tuple[float, float, float]:
     hits = teacher_hits = agreements = count = 0
     for images, labels in batches:
         truth = np.argmax(labels, axis=-1)
-        student_classes = np.argmax(student.predict_on_batch(images), axis=-1)
-        teacher_classes = np.argmax(teacher.predict_on_batch(images), axis=-1)
+        # One batch for both, or {"student": ..., "teacher": ...} at two sizes.
+        views = images if isinstance(images, dict) else {"student": images, "teacher": images}
+        student_classes = np.argmax(student.predict_on_batch(views["student"]), axis=-1)
+        teacher_classes = np.argmax(teacher.predict_on_batch(views["teacher"]), axis=-1)
         hits += int(np.sum(student_classes == truth))
         teacher_hits += int(np.sum(teacher_classes == truth))
         agreements += int(np.sum(student_classes == teacher_classes))
@@ -262,10 +317,7 @@ def main(argv):
 def _distill_and_write() -> None:
     import tensorflow as tf
 
-    from bit_tf.data import pipelines as data
     from bit_tf.distill.recipe import TrainingDivergedError, TrainingInterruptedError, distill
-    from bit_tf.training.checkpoints import atomic_save
-    from bit_tf.training.interruption import signals_deferred
 
     defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
 
@@ -274,33 +326,15 @@ def _distill_and_write() -> None:
         return value if value is not None else defaults.get(name)
 
     strategy = tf.distribute.MirroredStrategy() if FLAGS.strategy == "mirrored" else None
-    # ValueError here: a checkpoint without a head, an unknown name.
-    with common.user_errors(PROGRAM, ValueError):
-        if strategy is None:
-            teacher = common.build_model("", FLAGS.teacher)
-        else:
-            with strategy.scope():
-                teacher = common.build_model("", FLAGS.teacher)
-        train, validation = datasets.load(
-            PROGRAM,
-            FLAGS.dataset,
-            FLAGS.validation_fraction,
-            seed=FLAGS.seed,
-            train_split=FLAGS.train_split,
-            validation_split=FLAGS.validation_split,
-            data_dir=FLAGS.data_dir,
-            manual_dir=FLAGS.manual_dir,
-        )
+    teacher, train, validation, test = _teacher_and_data(strategy)
     print(f"teacher: {teacher.name} ({teacher.count_params():,} parameters)")
-    print(f"train: {train}\nvalidation: {validation}")
+    print(f"train: {train}\nvalidation: {validation}" + (f"\ntest: {test}" if test else ""))
     export_dir = FLAGS.export_dir
     os.makedirs(export_dir, exist_ok=True)
     checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(export_dir, "checkpoints")
-    options = {
-        name: setting(name)
-        for name in ("batch_size", "steps", "crop", "base_lr", "min_crop_area", "validation_every")
-        if setting(name) is not None
-    }
+    named = ("batch_size", "steps", "crop", "base_lr", "min_crop_area", "validation_every")
+    named += ("recipe", "temperature", "weight_decay", "teacher_crop")
+    options = {name: setting(name) for name in named if setting(name) is not None}
     try:
         # ValueError here: a teacher of another number of classes, settings that do not fit
         # an unfinished run in the checkpoint folder.
@@ -312,13 +346,13 @@ def _distill_and_write() -> None:
                 validation,
                 student_weights=FLAGS.student_weights or None,
                 dtype=FLAGS.dtype,
-                temperature=FLAGS.temperature,
+                variant=FLAGS.variant,
+                eval_resize=FLAGS.eval_resize,
                 gradient_accumulation_steps=FLAGS.gradient_accumulation_steps or "auto",
                 cache=FLAGS.cache,
                 mixup_alpha=FLAGS.mixup_alpha,
                 seed=FLAGS.seed,
                 patience=FLAGS.patience,
-                weight_decay=FLAGS.weight_decay,
                 warmup_steps=FLAGS.warmup_steps,
                 clip_norm=FLAGS.clip_norm or None,
                 strategy=strategy,
@@ -337,12 +371,54 @@ def _distill_and_write() -> None:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
 
-    path = os.path.join(export_dir, "model.keras")
-    crop = setting("crop") or _student_crop(train)
+    _evaluate_and_write(student, teacher, {"test": test, "validation": validation}, checkpoint_dir)
+
+
+def _teacher_and_data(strategy) -> tuple:
+    """(teacher, train, validation, test) of the flags; a bad one ends the command (one line)."""
+    # ValueError here: a checkpoint without a head, an unknown name.
+    with common.user_errors(PROGRAM, ValueError):
+        if strategy is None:
+            teacher = common.build_model("", FLAGS.teacher)
+        else:
+            with strategy.scope():
+                teacher = common.build_model("", FLAGS.teacher)
+        train, validation, test = datasets.load(
+            PROGRAM,
+            FLAGS.dataset,
+            FLAGS.validation_fraction,
+            seed=FLAGS.seed,
+            train_split=FLAGS.train_split,
+            validation_split=FLAGS.validation_split,
+            data_dir=FLAGS.data_dir,
+            manual_dir=FLAGS.manual_dir,
+            test_split=FLAGS.test_split,
+        )
+    return teacher, train, validation, test
+
+
+def _evaluate_and_write(student, teacher, splits: dict, checkpoint_dir: str) -> None:
+    """Writes the student to model.keras and prints its accuracy, the teacher's and their
+    agreement on the test split (once, never chosen on) and last on the validation split."""
+    from bit_tf.distill.run_settings import evaluation_batches
+    from bit_tf.training.checkpoints import atomic_save, read_progress
+    from bit_tf.training.interruption import signals_deferred
+
+    path = os.path.join(FLAGS.export_dir, "model.keras")
+    settings = read_progress(checkpoint_dir)["settings"]  # what the run used
     # A signal now waits for model.keras: the checkpoints already say the run is finished.
     with signals_deferred() as deferred:
-        batches = data.eval_pipeline(validation, min(setting("batch_size") or 512, 256), crop)
-        accuracy, teacher_accuracy, agreement = _agreement(student, teacher, batches)
+        results = {}
+        for name, split in splits.items():
+            if split is not None:
+                batches = evaluation_batches(
+                    split,
+                    min(settings["batch_size"], 256),
+                    settings["crop"],
+                    settings["teacher_crop"],
+                    settings["eval_resize"],
+                )
+                results[name] = _agreement(student, teacher, batches)
         atomic_save(student, path)
     print(f"wrote {path}")
     if deferred.received is not None:
@@ -350,18 +426,14 @@ def _distill_and_write() -> None:
         common.leave(
             PROGRAM, f"{name} received: stopped after writing {path}.", 128 + deferred.received
         )
-    print(
-        f"final validation accuracy: {accuracy:.4f} (teacher: {teacher_accuracy:.4f}, "
-        f"agreement: {agreement:.4f})",
-        flush=True,
-    )
-
-
-def _student_crop(train) -> int:
-    """The crop `distill` takes when --crop is not given: the HyperRule's for the images."""
-    from bit_tf.finetune.recipe import resolve_resolution
-
-    return resolve_resolution(train, FLAGS.student, None, None)[1]
+    for name, line in (("test", "test accuracy"), ("validation", "final validation accuracy")):
+        if name in results:
+            accuracy, teacher_accuracy, agreement = results[name]
+            print(
+                f"{line}: {accuracy:.4f} (teacher: {teacher_accuracy:.4f}, "
+                f"agreement: {agreement:.4f})",
+                flush=True,
+            )
 
 
 def run():

@@ -8,8 +8,10 @@ for 2 CPU cores (see `DIGITS_DEFAULTS`), and writes the model to ./bit_finetune/
     bit-finetune --dataset=oxford_flowers102 --weights=BiT-M-R50x1 --batch_size=128
     bit-finetune --dataset=/data/my_photos --weights=BiT-M-R50x1 --examples_per_class=10
 
-The last line of output is `final validation accuracy: <number>`. SIGTERM or SIGINT writes a
-checkpoint and exits (status 128 + signal number); running the same command again resumes.
+A TFDS dataset is validated on a minival of its train split (`--validation_split` empty) and its
+test split evaluated once at the end: `test accuracy: <number>` comes before the last line of
+output, `final validation accuracy: <number>`. SIGTERM or SIGINT writes a checkpoint and exits
+(status 128 + signal number); running the same command again resumes.
 """
 
 from __future__ import annotations
@@ -63,13 +65,35 @@ flags.DEFINE_string("manual_dir", None, "TFDS folder of manually downloaded file
 flags.DEFINE_string("train_split", "train", "TFDS split to train on.")
 flags.DEFINE_string(
     "validation_split",
-    "test",
-    "TFDS split to validate on; empty to hold out --validation_fraction of the train split.",
+    "",
+    "TFDS split to validate on (and choose best.keras by). Default: a minival of the train "
+    "split (ImageNet: its last 1%; a data set's own 'validation' split where it has one; else "
+    "--validation_fraction of every class), and --test_split evaluated once at the end. "
+    "'test' validates on the test split, with a warning.",
+)
+flags.DEFINE_string(
+    "test_split", "test", "TFDS split evaluated once after training (ImageNet: validation)."
 )
 flags.DEFINE_float(
     "validation_fraction",
-    0.2,
-    "Fraction of every class held out for validation (digits, folders, empty --validation_split).",
+    None,
+    "Fraction of every class held out for validation. Default: 0.2 for digits and folders, "
+    "0.02 of a TFDS train split (the authors' CIFAR minival).",
+)
+flags.DEFINE_enum(
+    "hyperrule",
+    "lecture",
+    ["lecture", "authors"],
+    "lecture (448/384 crops for larger images, decays at 30/60/90%, lr scaled with the batch) "
+    "or authors (their code: 512/480 crops, decays after 200/300/400 of 500, lr 0.003 at any "
+    "batch).",
+)
+flags.DEFINE_enum(
+    "eval_resize",
+    "resize",
+    ["resize", "short_side_crop"],
+    "Validation images: resize (straight to the crop, the authors' BiT code) or "
+    "short_side_crop (shorter side to the resize size, then the central crop, as big_vision).",
 )
 flags.DEFINE_integer(
     "examples_per_class", None, "Few-shot: train on exactly this many examples per class."
@@ -184,7 +208,7 @@ def _check_flags() -> None:
         warmup_steps=FLAGS.warmup_steps,
         mixup_alpha=FLAGS.mixup_alpha,
     )
-    if not 0 < FLAGS.validation_fraction < 1:
+    if FLAGS.validation_fraction is not None and not 0 < FLAGS.validation_fraction < 1:
         common.fail(
             PROGRAM,
             f"--validation_fraction must be between 0 and 1, got {FLAGS.validation_fraction}.",
@@ -234,7 +258,7 @@ def _check_unknown_model_file() -> None:
 def _load_data():
     from bit_tf.data import pipelines as data
 
-    train, validation = datasets.load(
+    train, validation, test = datasets.load(
         PROGRAM,
         FLAGS.dataset,
         FLAGS.validation_fraction,
@@ -243,10 +267,11 @@ def _load_data():
         validation_split=FLAGS.validation_split,
         data_dir=FLAGS.data_dir,
         manual_dir=FLAGS.manual_dir,
+        test_split=FLAGS.test_split,
     )
     if FLAGS.examples_per_class:
         train = data.few_shot(train, FLAGS.examples_per_class, seed=FLAGS.seed)
-    return train, validation
+    return train, validation, test
 
 
 def _backbone():
@@ -292,9 +317,11 @@ def _fine_tune_and_write() -> None:
     model_or_name, dtype, architecture = _backbone()
     # ValueError here: a folder without images or classes, too few examples for the split.
     with common.user_errors(PROGRAM, ValueError):
-        train, validation = _load_data()
-    print(f"train: {train}\nvalidation: {validation}")
-    resize, crop = resolve_resolution(train, architecture, setting("resize"), setting("crop"))
+        train, validation, test = _load_data()
+    print(f"train: {train}\nvalidation: {validation}" + (f"\ntest: {test}" if test else ""))
+    resize, crop = resolve_resolution(
+        train, architecture, setting("resize"), setting("crop"), FLAGS.hyperrule
+    )
     strategy = tf.distribute.MirroredStrategy() if FLAGS.strategy == "mirrored" else None
     export_dir = FLAGS.export_dir
     os.makedirs(export_dir, exist_ok=True)
@@ -322,6 +349,8 @@ def _fine_tune_and_write() -> None:
             jit_compile=FLAGS.jit_compile,
             verbose=2,
             overwrite=FLAGS.overwrite,
+            hyperrule=FLAGS.hyperrule,
+            eval_resize=FLAGS.eval_resize,
         )
     except TrainingInterruptedError as interrupted:
         # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
@@ -330,10 +359,11 @@ def _fine_tune_and_write() -> None:
     except TrainingDivergedError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
-    _evaluate_and_write(model, history, validation, setting("batch_size", 512), crop)
+    splits = {"validation": validation, "test": test}
+    _evaluate_and_write(model, history, splits, setting("batch_size", 512), (resize, crop))
 
 
-def _evaluate_and_write(model, history, validation, batch_size: int, crop: int) -> None:
+def _evaluate_and_write(model, history, splits: dict, batch_size: int, resolution) -> None:
     """Evaluates the fine-tuned `model` and writes it to model.keras (a finished run's whole
     model.keras is kept; a damaged one ends the command with the way out)."""
     from bit_tf.data import pipelines as data
@@ -353,8 +383,16 @@ def _evaluate_and_write(model, history, validation, batch_size: int, crop: int) 
         # The micro-batch of the run (gradient accumulation) bounds the evaluation's batch too.
         accumulation = getattr(model.optimizer, "gradient_accumulation_steps", None) or 1
         eval_batch = min(batch_size // accumulation, 256)
-        batches = data.eval_pipeline(validation, eval_batch, crop)
-        results = model.evaluate(batches, return_dict=True, verbose=0)
+        short_side = resolution[0] if FLAGS.eval_resize == "short_side_crop" else None
+        accuracies = {
+            name: model.evaluate(
+                data.eval_pipeline(split, eval_batch, resolution[1], short_side=short_side),
+                return_dict=True,
+                verbose=0,
+            )["accuracy"]
+            for name, split in splits.items()
+            if split is not None
+        }
         if not keep:
             atomic_save(model, path)
             print(f"wrote {path}")
@@ -363,7 +401,9 @@ def _evaluate_and_write(model, history, validation, batch_size: int, crop: int) 
         common.leave(
             PROGRAM, f"{name} received: stopped after writing {path}.", 128 + deferred.received
         )
-    print(f"final validation accuracy: {results['accuracy']:.4f}", flush=True)
+    if "test" in accuracies:  # evaluated once, after training; never chosen on
+        print(f"test accuracy: {accuracies['test']:.4f}")
+    print(f"final validation accuracy: {accuracies['validation']:.4f}", flush=True)
 
 
 def run():

@@ -50,7 +50,8 @@ flags.DEFINE_boolean(
 # bit-finetune's and bit-distill's digits settings (bit_cli.finetune.DIGITS_DEFAULTS and
 # bit_cli.distill.DIGITS_DEFAULTS), but for the step count.
 FINETUNE = {"batch_size": 32, "base_lr": 0.4, "resize": 36, "crop": 32}
-DISTILL = {"batch_size": 32, "base_lr": 0.001, "crop": 32, "min_crop_area": 0.5}
+# bit-distill's digits defaults: the legacy recipe, scaled down for CPUs.
+DISTILL = {"recipe": "legacy", "batch_size": 32, "base_lr": 0.001, "crop": 32, "min_crop_area": 0.5}
 QUICK = {"batch_size": 8, "crop": 16}
 
 

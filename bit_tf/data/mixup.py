@@ -43,6 +43,9 @@ def mix_batch(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Mixes a batch with a permutation of itself using one coefficient from Beta(alpha, alpha).
 
+    `images` may be a structure of batches (e.g. {"student": ..., "teacher": ...}, two views of
+    the same examples): each is mixed with the same coefficient and permutation.
+
     Returns `l * images + (1 - l) * images[permutation]` and the same for the one-hot `labels`,
     with one `l` for the whole batch; `seed` (2 int64) decides `l` and the permutation.
 
@@ -57,14 +60,14 @@ def mix_batch(
     )
     coefficient = beta_sample(alpha, coefficient_seed)
     permutation = tf.random.experimental.stateless_shuffle(
-        tf.range(tf.shape(images)[0]), seed=permutation_seed
+        tf.range(tf.shape(tf.nest.flatten(images)[0])[0]), seed=permutation_seed
     )
 
     def mixed(values):
         weight = tf.cast(coefficient, values.dtype)
         return weight * values + (1 - weight) * tf.gather(values, permutation)
 
-    return mixed(images), mixed(labels)
+    return tf.nest.map_structure(mixed, images), mixed(labels)
 
 
 def mix_batches(

@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from bit_tf.data import image_folder
 from bit_tf.data.encoded_cache import CACHE_BYTES, CachePolicy
+from bit_tf.data.eval_crops import short_side_central_crop
 from bit_tf.data.example_order import shuffled_records
 from bit_tf.data.example_readers import (
     ArrayReader,
@@ -473,11 +474,15 @@ def few_shot(source: ImageSource, examples_per_class: int, seed: int = 0) -> Ima
     return source.subset(np.concatenate(chosen), name=name)
 
 
-def split(source: ImageSource, validation_fraction: float = 0.2, seed: int = 0) -> tuple:
-    """Splits a source into (train, validation), holding out `validation_fraction` of each class.
+def split(
+    source: ImageSource, validation_fraction: float = 0.2, seed: int = 0, at_least: int = 0
+) -> tuple:
+    """Splits a source into (train, validation), holding out `validation_fraction` of each class
+    (and `at_least` examples of a class that has more than that).
 
     Example:
         >>> train, validation = split(source, 0.2, seed=0)
+        >>> train, minival = split(source, 0.02, seed=0, at_least=1)
     """
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(
@@ -487,7 +492,10 @@ def split(source: ImageSource, validation_fraction: float = 0.2, seed: int = 0) 
     held_out = []
     for members in _examples_by_class(source):
         shuffled = generator.permutation(members)
-        held_out.append(shuffled[: int(round(validation_fraction * len(members)))])
+        count = int(round(validation_fraction * len(members)))
+        if len(members) > at_least:
+            count = max(count, at_least)
+        held_out.append(shuffled[:count])
     held_out = np.concatenate(held_out)
     kept = np.setdiff1d(np.arange(source.num_examples), held_out)
     return (
@@ -665,22 +673,33 @@ def _decoded_cache_fits(source: ImageSource, size: int, cache: bool | str) -> bo
 
 
 def eval_pipeline(
-    source: ImageSource, batch_size: int, crop: int, cache: bool | str = "auto"
+    source: ImageSource,
+    batch_size: int,
+    crop: int,
+    cache: bool | str = "auto",
+    short_side: int | None = None,
 ) -> tf.data.Dataset:
-    """Evaluation batches: resize to `crop` (as the authors evaluate), in order, last batch kept.
+    """Evaluation batches: resize to `crop` (as the authors' BiT code evaluates), in order, last
+    batch kept; with `short_side`, resize the shorter side to it and take the central `crop`
+    instead (as big_vision's distillation evaluates, `bit_tf.data.eval_crops`).
 
     The resized images are cached in memory when all of them fit `DECODED_CACHE_BYTES`
     (validation runs many times), unless `cache` is "none" or False.
 
     Example:
         >>> model.evaluate(eval_pipeline(validation, batch_size=256, crop=128))
+        >>> model.evaluate(eval_pipeline(validation, 256, crop=128, short_side=160))
     """
     _check_sizes(batch_size=batch_size, crop=crop)
+    if short_side is not None:
+        _check_sizes(short_side=short_side)
     reader = source.reader
 
     def decode_and_resize(record, label):
         # Whole-size decoding, as bit-predict and the serving export read a photo.
         image, decoded = reader.decode(record)
+        if short_side is not None:
+            return short_side_central_crop(image, short_side, crop), label, decoded
         return tf.image.resize(image, (crop, crop)), label, decoded
 
     dataset = reader.records_in_order(source.indices).map(

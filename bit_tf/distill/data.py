@@ -37,7 +37,7 @@ from bit_tf.data.pipelines import (
     training_records,
 )
 
-__all__ = ["MIN_CROP_AREA", "consistent_batches", "inception_crop"]
+__all__ = ["MIN_CROP_AREA", "consistent_batches", "inception_box", "inception_crop"]
 
 #: The smallest crop, as a fraction of the image's area (big_vision's `inception_crop`).
 MIN_CROP_AREA = 0.05
@@ -55,6 +55,16 @@ def inception_crop(
         >>> inception_crop(tf.zeros((8, 8, 3)), 32, tf.constant([0, 1], tf.int64)).shape
         TensorShape([32, 32, 3])
     """
+    return tf.image.resize(inception_box(image, seed, min_area), (size, size))
+
+
+def inception_box(image: tf.Tensor, seed: tf.Tensor, min_area: float = MIN_CROP_AREA) -> tf.Tensor:
+    """The random box of `inception_crop`, not resized (to resize to two sizes, one per model).
+
+    Example:
+        >>> inception_box(tf.zeros((8, 8, 3)), tf.constant([0, 1], tf.int64), 1.0).shape
+        TensorShape([8, 8, 3])
+    """
     begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
@@ -64,8 +74,7 @@ def inception_crop(
         area_range=(min_area, 1.0),
         use_image_if_no_bounding_boxes=True,
     )
-    box = tf.slice(image, begin, box_size)
-    return tf.image.resize(box, (size, size))
+    return tf.slice(image, begin, box_size)
 
 
 def decode_size(crop: int, min_area: float) -> int:

@@ -72,6 +72,15 @@ class DistillationLoss(keras.losses.Loss):
         return {**super().get_config(), "temperature": self.temperature}
 
 
+def _views(images) -> tuple:
+    """(the student's images, the teacher's images, the teacher's precomputed logits or None)
+    of a batch: one tensor for both models, or a dict with "student" and "teacher" (or
+    "teacher_logits")."""
+    if not isinstance(images, dict):
+        return images, images, None
+    return images["student"], images.get("teacher"), images.get("teacher_logits")
+
+
 class _NotSaved:
     """Holds the teacher out of sight of Keras' tracking and saving (it is no sublayer)."""
 
@@ -87,7 +96,9 @@ class Distiller(keras.Model):
     with `training=False` and its output goes through `stop_gradient`. The trainable weights
     are the student's only. Compile it with an optimizer and no loss: the loss is
     `DistillationLoss(temperature)`. Batches are (images, one-hot labels); the labels only
-    feed the metrics.
+    feed the metrics. The images are one batch for both models, or a dict: {"student": ...,
+    "teacher": ...} (two views, e.g. two resolutions) or {"student": ..., "teacher_logits":
+    ...} (a fixed teacher's outputs, computed before; the teacher is then not run).
 
     Args:
         student: the Keras model to train; it outputs logits of the teacher's classes.
@@ -143,14 +154,18 @@ class Distiller(keras.Model):
         self.built = True
 
     def call(self, images, training=False):
-        teacher = self._teacher.model
-        if teacher is None:
-            raise ValueError(
-                "This Distiller has no teacher (a loaded Distiller does not keep one); "
-                "give it with set_teacher(teacher)."
-            )
-        student_logits = self.student(images, training=training)
-        teacher_logits = ops.stop_gradient(teacher(images, training=False))
+        student_images, teacher_images, fixed_logits = _views(images)
+        student_logits = self.student(student_images, training=training)
+        if fixed_logits is not None:
+            teacher_logits = fixed_logits
+        else:
+            teacher = self._teacher.model
+            if teacher is None:
+                raise ValueError(
+                    "This Distiller has no teacher (a loaded Distiller does not keep one); "
+                    "give it with set_teacher(teacher)."
+                )
+            teacher_logits = ops.stop_gradient(teacher(teacher_images, training=False))
         return {
             "student": ops.cast(student_logits, "float32"),
             "teacher": ops.cast(teacher_logits, "float32"),

@@ -4,15 +4,20 @@
 function, as Beyer et al. ("Knowledge distillation: A good teacher is patient and consistent",
 2022) turned BiT-M-R152x2 into a BiT-R50x1 of 82.8% ImageNet top-1:
 
-- consistent: in every step the teacher and the student see the same aggressively augmented
-  images (an inception crop, a flip, MixUp with Beta(1, 1) applied once to the batch;
-  `bit_tf.distill.data`), and the teacher's logits are computed then, in inference mode, not
-  precomputed (`bit_tf.distill.model.Distiller`);
-- function matching: the loss is the KL divergence between the teacher's and the student's
-  softmax at a temperature (`bit_tf.distill.model.DistillationLoss`); labels are not used;
+- function matching (the default `variant`): in every step the teacher and the student see the
+  same aggressively augmented images (an inception crop, a flip, MixUp with Beta(1, 1) applied
+  once to the batch; `bit_tf.distill.data`), and the teacher's logits are computed then, in
+  inference mode (`bit_tf.distill.model.Distiller`); the paper's other variants (consistent,
+  independent noise, a fixed teacher) and a teacher at its own resolution are
+  `bit_tf.distill.variants`';
+- the loss is the KL divergence between the teacher's and the student's softmax at a
+  temperature (`bit_tf.distill.model.DistillationLoss`); labels are not used;
 - patient: Adam with warm-up and cosine decay, gradients clipped at norm 1.0, kernel-only
-  weight decay (`bit_tf.distill.optimizer`) over long schedules whose length follows the
-  training set's size as the paper's fast/medium/long variants do (`bit_tf.distill.schedule`).
+  weight decay (`bit_tf.distill.optimizer`) over long schedules;
+- the rate, weight decay, temperature, batch, resolution, length and warm-up are a row of
+  big_vision's configurations for the data set and the fast/medium/long length
+  (`bit_tf.distill.recipes`), each overridable; validation images are resized on their shorter
+  side and centrally cropped, as big_vision evaluates (`bit_tf.data.eval_crops`).
 
 The run itself is fine-tuning's (`bit_tf.training.run.TrainingRun`): with a `checkpoint_dir`
 it keeps `last.keras` and `best.keras` (the student and the optimizer; the teacher is not
@@ -26,12 +31,13 @@ Example:
     >>> train, validation = data.split(data.from_folder("flowers/"), 0.2)
     >>> student, history = bit_tf.distill(
     ...     "runs/flowers/model.keras", "BiT-S-R50x1", train, validation,
-    ...     patience="fast", batch_size=128, checkpoint_dir="runs/distill")
+    ...     recipe="flowers", patience="fast", checkpoint_dir="runs/distill")
     >>> history.history["val_agreement"][-1]
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -43,10 +49,17 @@ import tensorflow as tf
 
 from bit_tf.data import pipelines as data_lib
 from bit_tf.data.resolve import resolve
-from bit_tf.distill.data import MIN_CROP_AREA, consistent_batches
+from bit_tf.distill.data import MIN_CROP_AREA
 from bit_tf.distill.model import DistillationLoss, Distiller
 from bit_tf.distill.optimizer import distillation_optimizer
+from bit_tf.distill.recipes import with_recipe
+from bit_tf.distill.run_settings import (
+    check_variant_settings,
+    evaluation_batches,
+    recipe_settings,
+)
 from bit_tf.distill.schedule import patient_steps, warmup_steps
+from bit_tf.distill.variants import fixed_teacher_targets, variant_batches
 from bit_tf.finetune.recipe import resolve_resolution
 from bit_tf.models.registry import find_release
 from bit_tf.models.resnet_v2 import create_model
@@ -59,7 +72,6 @@ from bit_tf.training.inputs import (
     class_names_of,
     dataset_identity,
     given_train_stream,
-    validation_batches,
 )
 from bit_tf.training.models import copied, dtype_policy_for, with_new_head
 from bit_tf.training.run import TrainingRun
@@ -83,25 +95,42 @@ log = logging.getLogger(__name__)
 class DistillConfig(TrainingConfig):
     """The settings of one `distill` run; each field is also a keyword of `distill`.
 
-    The defaults are the paper's recipe (big_vision `configs/proj/distill/`). The fields every
-    recipe shares are `bit_tf.training.config.TrainingConfig`'s.
+    A setting left None comes from the run's recipe (`bit_tf.distill.recipes`: big_vision's
+    `configs/proj/distill/` settings per data set and schedule length); one given keeps its
+    value. recipe="legacy" gives bit-tf's earlier single setting (lr 0.003, weight decay 3e-4,
+    temperature 1, batch 512, the HyperRule's crop).
+
+    Recipe and variant:
+        recipe: "auto" (the row of the TFDS data set the train images come from, else by the
+            number of training examples), "flowers", "pet", "food", "sun", "imagenet", "size"
+            or "legacy" (`bit_tf.distill.recipes.pick_recipe`).
+        variant: "function_matching" (same crop for both models, and MixUp), "consistent" (same
+            crop, no MixUp), "independent" (a crop of its own for each model, no MixUp) or
+            "fixed_teacher" (the teacher's outputs computed once on the unaugmented images;
+            `bit_tf.distill.variants`).
+        teacher_crop: the teacher's square size when it differs from the student's `crop`
+            (e.g. 384 for a student at 224): it sees the same crop at its own size.
+        eval_resize: "short_side_crop" (big_vision's: shorter side resized, central crop;
+            `bit_tf.data.eval_crops`) or "resize" (straight to the crop, as before).
 
     Models:
         student_weights: for a student name: a released checkpoint name, a path or a URL to
             start from; None for random weights (as the paper's students).
         dtype: for a student name, the Keras dtype policy ("mixed_bfloat16", ...); None for
             Keras' global policy.
-        temperature: T of the softmax both outputs are compared at (1 on ImageNet; the paper
-            uses 1 to 10 on small data sets).
+        temperature: T of the softmax both outputs are compared at; None for the recipe's
+            (1 on ImageNet, 1 to 10 on the small data sets).
 
     Input:
-        batch_size: the global batch per optimizer update (512; 4096 on ImageNet).
+        batch_size: the global batch per optimizer update; None for the recipe's (512; 4096 on
+            ImageNet).
         gradient_accumulation_steps: micro-batches per update (same batch, less memory);
             "auto" splits the batch only where the student's step would not fit the memory
             available (`bit_tf.finetune.accumulation_and_micro_batch`).
-        crop: the square size of the images; None for the HyperRule's for the train images
-            (the resolution `bit_tf.finetune` trained a teacher at).
-        mixup_alpha: MixUp's Beta(alpha, alpha) (1.0: the paper's `mixup p=1`); 0 for none.
+        crop: the student's square size (and the teacher's, unless `teacher_crop`); None for
+            the recipe's (128; 224 on ImageNet; "legacy": the HyperRule's for the images).
+        mixup_alpha: MixUp's Beta(alpha, alpha) of function matching (1.0: the paper's
+            `mixup p=1`); 0 for none. The other variants train without MixUp.
         min_crop_area: the smallest inception crop, as a fraction of the image (0.05).
         random_flip: flip at random; turn it off where a flip changes the label.
         dataset_size: training examples, only for a `tf.data.Dataset` train input.
@@ -113,14 +142,14 @@ class DistillConfig(TrainingConfig):
             a local disk; `bit_tf.data.encoded_cache`); decoded images never are.
 
     Schedule:
-        steps: optimizer updates; None for the `patience` schedule for the train set's size.
-        patience: "fast", "medium" or "long": the paper's schedule lengths
-            (`bit_tf.distill.schedule`); medium is 100k epochs for 1k images, 3k epochs for
-            3k images, 1k epochs for 70k, 1,200 for ImageNet.
-        base_lr: Adam's peak learning rate, after the warm-up.
-        weight_decay: decoupled weight decay of the kernels at the peak (big_vision's `wd`).
-        warmup_steps: linear warm-up; None for the paper's 1,500 (5,000 on ImageNet), at most a
-            quarter of the run.
+        steps: optimizer updates; None for the recipe's epochs of `patience` on the train set.
+        patience: "fast", "medium" or "long": the recipe's schedule length; medium is 100k
+            epochs on Flowers, 3k on Pet, 1k on Food and SUN, 1,200 on ImageNet.
+        base_lr: Adam's peak learning rate, after the warm-up; None for the recipe's.
+        weight_decay: decoupled weight decay of the kernels at the peak (big_vision's `wd`);
+            None for the recipe's.
+        warmup_steps: linear warm-up; None for the recipe's 1,500 (5,000 on ImageNet), at most
+            a quarter of the run.
         clip_norm: the global gradient norm clipped to; None for no clipping.
         validation_every: optimizer steps between validations; None for 10 per run.
 
@@ -144,13 +173,20 @@ class DistillConfig(TrainingConfig):
         >>> student, history = bit_tf.distill(teacher, "BiT-S-R50x1", train, validation, config)
     """
 
+    recipe: str = "auto"
+    variant: str = "function_matching"
+    teacher_crop: int | None = None
+    eval_resize: str = "short_side_crop"
     student_weights: str | None = None
-    temperature: float = 1.0
+    temperature: float | None = None
     mixup_alpha: float = 1.0
     min_crop_area: float = MIN_CROP_AREA
     patience: str = "medium"
-    weight_decay: float = 3e-4
+    weight_decay: float | None = None
     clip_norm: float | None = 1.0
+    # Shared fields whose default is the recipe's here (None), not TrainingConfig's.
+    batch_size: int | None = None
+    base_lr: float | None = None
 
 
 def distill(
@@ -217,51 +253,38 @@ def _distill(
     train, validation = resolve(train, "train"), resolve(validation, "validation")
     if train is None:
         raise ValueError("train is required.")
+    config, recipe = with_recipe(config, *_name_and_size(train, config))
     policy = dtype_policy_for(student, config.dtype, role="student")
     student_name = student if isinstance(student, str) else student.name
     crop = _crop(train, student_name, config)
     if config.gradient_accumulation_steps not in (None, "auto"):
         accumulation_and_micro_batch(config)  # a number that cannot work: before the teacher
-    with (config.strategy or tf.distribute.get_strategy()).scope():
+    in_use = config.strategy or tf.distribute.get_strategy()
+    with in_use.scope():
         teacher = load_teacher(teacher, clone=config.strategy is not None)
     # Planned once the teacher's weights are in memory; the student's activations are kept
     # for the backward pass, the teacher's are not.
     # A tf.data train input comes in batches of its own: "auto" keeps them whole.
+    image_crop = crop if isinstance(train, data_lib.ImageSource) else None
     accumulation, micro_batch = accumulation_and_micro_batch(
-        config,
-        student,
-        crop if isinstance(train, data_lib.ImageSource) else None,
-        policy,
-        config.strategy or tf.distribute.get_strategy(),
+        config, student, image_crop, policy, in_use
     )
     strategy = strategy_for(micro_batch, config.strategy)
-    inputs = _input_pipelines(train, validation, crop, config, micro_batch)
+    targets = _fixed_targets(teacher, train, crop, config, micro_batch)
+    inputs = _input_pipelines(train, validation, crop, config, micro_batch, targets)
     _check_teacher_classes(teacher, inputs.num_classes)
     run = _training_run(teacher, student_name, train, inputs, crop, accumulation, policy, config)
+    run.settings.update(recipe_settings(config, recipe))
 
     def build() -> Distiller:
         student_model = _student_model(student, inputs.num_classes, train, config, policy)
-        distiller = Distiller(student_model, teacher, temperature=config.temperature)
-        optimizer = distillation_optimizer(
-            config.base_lr,
-            config.weight_decay,
-            run.total_steps,
-            run.settings["warmup_steps"],
-            config.clip_norm,
-            accumulation,
-        )
-        distiller.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-        return distiller
+        return _new_distiller(student_model, teacher, config, run.settings)
 
     distiller = run.resume_or_build(
         strategy, build, restore=lambda found: found.set_teacher(teacher)
     )
-    was_trainable = teacher.trainable
-    teacher.trainable = False
-    try:
+    with _frozen(teacher):
         history = run.fit(distiller, inputs)
-    finally:
-        teacher.trainable = was_trainable
     return distiller.student, history
 
 
@@ -275,7 +298,8 @@ def _training_run(
     policy: keras.DTypePolicy | None,
     config: DistillConfig,
 ) -> TrainingRun:
-    """The run: its schedule, and the settings that identify it (in its progress.json)."""
+    """The run: its schedule, and the settings that identify it (in its progress.json) but
+    those of its recipe and variant."""
     total_steps, warmup, validation_every = _run_schedule(inputs.dataset_size, config)
     settings = {
         "teacher": teacher_fingerprint(teacher),
@@ -283,32 +307,52 @@ def _training_run(
         "student_weights": config.student_weights,
         "dataset": dataset_identity(train),
         "num_classes": inputs.num_classes,
-        "batch_size": config.batch_size,
         "gradient_accumulation_steps": accumulation,
         "crop": crop,
         "total_steps": total_steps,
         "warmup_steps": warmup,
-        "base_lr": config.base_lr,
-        "weight_decay": config.weight_decay,
-        "temperature": config.temperature,
-        "mixup_alpha": config.mixup_alpha,
         "dtype": policy.name if policy is not None else None,
-        "augmentation": {"min_crop_area": config.min_crop_area, "random_flip": config.random_flip},
-        "seed": config.seed,
     }
     return TrainingRun(config, settings, total_steps, validation_every, accumulation)
+
+
+@contextlib.contextmanager
+def _frozen(teacher: keras.Model):
+    """The teacher set non-trainable for the run, and restored after it."""
+    was_trainable = teacher.trainable
+    teacher.trainable = False
+    try:
+        yield teacher
+    finally:
+        teacher.trainable = was_trainable
+
+
+def _new_distiller(
+    student: keras.Model, teacher: keras.Model, config: DistillConfig, settings: dict
+) -> Distiller:
+    """A compiled Distiller of `student` (built in the current strategy's scope) and `teacher`,
+    with the optimizer of the run's `settings`."""
+    total_steps, warmup = settings["total_steps"], settings["warmup_steps"]
+    accumulation = settings["gradient_accumulation_steps"]
+    distiller = Distiller(student, teacher, temperature=config.temperature)
+    optimizer = distillation_optimizer(
+        config.base_lr, config.weight_decay, total_steps, warmup, config.clip_norm, accumulation
+    )
+    distiller.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+    return distiller
 
 
 def _merged_config(config: DistillConfig | None, overrides: dict) -> DistillConfig:
     """`config` (or the defaults) with the keyword `overrides` in place of its fields."""
     config = merged_config(DistillConfig, config, overrides, caller="distill")
-    if not config.temperature > 0:
+    if config.temperature is not None and not config.temperature > 0:
         raise ValueError(f"temperature must be positive, got {config.temperature!r}.")
-    if config.base_lr < 0 or config.weight_decay < 0:
+    if (config.base_lr or 0) < 0 or (config.weight_decay or 0) < 0:
         raise ValueError(
             f"base_lr ({config.base_lr!r}) and weight_decay ({config.weight_decay!r}) must not "
             "be negative."
         )
+    check_variant_settings(config)
     return config
 
 
@@ -380,10 +424,16 @@ def _crop(train, student_name: str, config: DistillConfig) -> int | None:
 
 
 def _input_pipelines(
-    train, validation, crop: int | None, config: DistillConfig, micro_batch: int
+    train, validation, crop: int | None, config: DistillConfig, micro_batch: int, targets=None
 ) -> Inputs:
-    """The consistent train stream and the validation batches."""
-    batches = validation_batches(validation, micro_batch, crop)
+    """The variant's train stream and the validation batches."""
+    batches = validation
+    if isinstance(validation, data_lib.ImageSource):
+        if crop is None:
+            raise ValueError("crop= is needed to evaluate an ImageSource next to a tf.data train.")
+        batches = evaluation_batches(
+            validation, micro_batch, crop, config.teacher_crop, config.eval_resize
+        )
     if not isinstance(train, data_lib.ImageSource):
         train_stream, num_classes, dataset_size = given_train_stream(train, config)
         return Inputs(train_stream, batches, num_classes, dataset_size)
@@ -391,27 +441,48 @@ def _input_pipelines(
     seed = data_lib.resolve_seed(config.seed)
 
     def train_stream(start_batch: int) -> tf.data.Dataset:
-        return consistent_batches(
+        return variant_batches(
             train,
             micro_batch,
+            config.variant,
             crop,
+            teacher_crop=config.teacher_crop,
             mixup_alpha=config.mixup_alpha,
             seed=seed,
             min_crop_area=config.min_crop_area,
             random_flip=config.random_flip,
             cache=config.cache,
             start_batch=start_batch,
+            teacher_targets=targets,
         )
 
     log.info(
-        "Distilling on %s: %d examples, %d classes, crop %d, MixUp %s.",
+        "Distilling on %s: %d examples, %d classes, crop %d, %s.",
         train.name,
         train.num_examples,
         train.num_classes,
         crop,
-        config.mixup_alpha,
+        config.variant,
     )
     return Inputs(train_stream, batches, train.num_classes, train.num_examples)
+
+
+def _name_and_size(train, config: DistillConfig) -> tuple[str | None, int | None]:
+    """(the train set's name, its size) as the recipe is picked by: an ImageSource's, or the
+    `dataset_size` given with a tf.data input."""
+    if isinstance(train, data_lib.ImageSource):
+        return train.name, train.num_examples
+    return None, config.dataset_size
+
+
+def _fixed_targets(teacher, train, crop, config: DistillConfig, batch_size: int):
+    """The fixed teacher's outputs for every train example (computed here, once), else None."""
+    if config.variant != "fixed_teacher":
+        return None
+    if not isinstance(train, data_lib.ImageSource):
+        raise ValueError("variant='fixed_teacher' needs train images, not a tf.data.Dataset.")
+    log.info("Computing the fixed teacher's outputs for the %d train images.", train.num_examples)
+    return fixed_teacher_targets(teacher, train, config.teacher_crop or crop, batch_size)
 
 
 def _run_schedule(dataset_size: int | None, config: DistillConfig) -> tuple[int, int, int]:

@@ -32,8 +32,16 @@ import keras
 import tensorflow as tf
 
 from bit_tf.data import pipelines as data_lib
+from bit_tf.data.eval_crops import EVAL_RESIZES, eval_short_side
 from bit_tf.data.resolve import resolve
 from bit_tf.finetune import hyperrule
+from bit_tf.finetune.hyperrule_choice import (
+    HYPERRULES,
+    rule_batch_size,
+    rule_boundaries,
+    rule_resolution,
+    rule_schedule,
+)
 from bit_tf.models.resnet_v2 import create_model
 from bit_tf.training.accumulation import accumulation_and_micro_batch, strategy_for
 from bit_tf.training.checkpoints import (
@@ -119,6 +127,13 @@ class FinetuneConfig(TrainingConfig):
             off where it changes the label (as VTAB does per task, `bit_tf.evaluation.vtab.Task`).
 
     Schedule:
+        hyperrule: "lecture" (the default: 448/384 crops for larger images, decays at 30/60/90%
+            of the run, `base_lr` scaled by `batch_size / 512`) or "authors" (the authors'
+            released code: 512/480 crops, decays after steps 200/300/400 of 500 and their
+            equivalents, `base_lr` at any batch; `bit_tf.finetune.hyperrule_choice`).
+        eval_resize: how validation images are brought to the crop: "resize" (the default,
+            straight, as the authors' BiT code) or "short_side_crop" (the shorter side to the
+            resize size, then the central crop, as big_vision evaluates; `bit_tf.data.eval_crops`).
         steps: optimizer updates; None for the HyperRule's (500, 10k or 20k by dataset size).
         base_lr: the learning rate at batch 512 (HyperRule: 0.003).
         warmup_steps: linear warm-up; None for the HyperRule's, scaled to `steps`.
@@ -151,6 +166,8 @@ class FinetuneConfig(TrainingConfig):
     mixup_alpha: float | None = None
     resize: int | None = None
     random_crop: bool = True
+    hyperrule: str = "lecture"
+    eval_resize: str = "resize"
 
 
 def finetune(
@@ -265,12 +282,20 @@ def _run_settings(
         "augmentation": {"random_flip": config.random_flip, "random_crop": config.random_crop},
         "seed": config.seed,
         "dtype": dtype,
+        "hyperrule": config.hyperrule,
+        "eval_resize": config.eval_resize,
     }
 
 
 def _merged_config(config: FinetuneConfig | None, overrides: dict) -> FinetuneConfig:
     """`config` (or the defaults) with the keyword `overrides` in place of its fields."""
-    return merged_config(FinetuneConfig, config, overrides, caller="finetune")
+    config = merged_config(FinetuneConfig, config, overrides, caller="finetune")
+    for name, choices in (("hyperrule", HYPERRULES), ("eval_resize", EVAL_RESIZES)):
+        if getattr(config, name) not in choices:
+            raise ValueError(
+                f"{name} must be one of {', '.join(choices)}; got {getattr(config, name)!r}."
+            )
+    return config
 
 
 def _model_policy_or_none(model_or_name) -> keras.DTypePolicy | None:
@@ -292,7 +317,7 @@ def _input_pipelines(
     """The pipelines of micro-batches: the HyperRule's for an ImageSource, else as given."""
     if not isinstance(train, data_lib.ImageSource):
         train_stream, num_classes, dataset_size = given_train_stream(train, config)
-        batches = validation_batches(validation, micro_batch, config.crop)
+        batches = _validation(validation, micro_batch, config.crop, None, config)
         return Inputs(train_stream, batches, num_classes, dataset_size, None, config.mixup_alpha)
     seed = data_lib.resolve_seed(config.seed)
 
@@ -312,12 +337,20 @@ def _input_pipelines(
 
     return Inputs(
         train_stream,
-        validation_batches(validation, micro_batch, images.crop),
+        _validation(validation, micro_batch, images.crop, images.resize, config),
         train.num_classes,
         train.num_examples,
         (images.resize, images.crop),
         images.mixup_alpha,
     )
+
+
+def _validation(validation, micro_batch: int, crop, resize, config: FinetuneConfig):
+    """The validation batches, resized as `config.eval_resize` says."""
+    short_side = None
+    if config.eval_resize == "short_side_crop" and crop is not None:
+        short_side = resize or eval_short_side(crop)  # the resize size, or the 8/7 rule
+    return validation_batches(validation, micro_batch, crop, short_side=short_side)
 
 
 def _image_settings(
@@ -328,7 +361,9 @@ def _image_settings(
     if not isinstance(train, data_lib.ImageSource):
         return None
     check_same_task(train, validation)
-    resize, crop = resolve_resolution(train, model_name, config.resize, config.crop)
+    resize, crop = resolve_resolution(
+        train, model_name, config.resize, config.crop, config.hyperrule
+    )
     mixup_alpha = config.mixup_alpha
     if mixup_alpha is None:
         mixup_alpha = hyperrule.get_mixup(train.num_examples)
@@ -355,12 +390,12 @@ class _Schedule:
 
 def _run_schedule(dataset_size: int | None, config: FinetuneConfig) -> _Schedule:
     """The HyperRule's schedule for `dataset_size`, with the config's steps and warm-up."""
-    rule = hyperrule.get_schedule(dataset_size) if dataset_size else _UNSIZED_SCHEDULE
+    rule = rule_schedule(config.hyperrule, dataset_size) if dataset_size else _UNSIZED_SCHEDULE
     total_steps = int(config.steps) if config.steps is not None else rule[-1]
     warmup_steps = config.warmup_steps
     if warmup_steps is None:
         warmup_steps = round(total_steps * rule[0] / rule[-1])
-    boundaries = hyperrule.schedule_from_total(total_steps, warmup_steps=int(warmup_steps))
+    boundaries = rule_boundaries(config.hyperrule, dataset_size, total_steps, int(warmup_steps))
     validation_every = validation_interval(total_steps, config.validation_every)
     return _Schedule(total_steps, boundaries, validation_every)
 
@@ -383,7 +418,7 @@ def _compile(
     """Compiles SGD with momentum 0.9 on the HyperRule schedule, softmax cross-entropy and
     accuracy."""
     schedule = hyperrule.HyperRuleSchedule(
-        batch_size=config.batch_size,
+        batch_size=rule_batch_size(config.hyperrule, config.batch_size),
         base_lr=config.base_lr,
         boundaries=boundaries,
         gradient_accumulation_steps=accumulation,
@@ -402,14 +437,19 @@ def _compile(
 
 
 def resolve_resolution(
-    train: data_lib.ImageSource, model_name: str, resize: int | None, crop: int | None
+    train: data_lib.ImageSource,
+    model_name: str,
+    resize: int | None,
+    crop: int | None,
+    rule: str = "lecture",
 ) -> tuple[int, int]:
-    """The (resize, crop) `finetune` uses: given values, else the HyperRule's for the images.
+    """The (resize, crop) `finetune` uses: given values, else the HyperRule's (`rule`: "lecture"
+    or "authors") for the images.
 
     Example:
         >>> resolve_resolution(source_of_32x32_images, "BiT-M-R50x1", None, None)
         (160, 128)
     """
-    default_resize, default_crop = hyperrule.get_resolution(train.image_size, model_name)
+    default_resize, default_crop = rule_resolution(rule, train.image_size, model_name)
     resize = resize or (default_resize if crop is None else max(crop, default_resize))
     return resize, crop or min(default_crop, resize)

@@ -76,6 +76,8 @@ VTAB_RELEASE_TASKS = {
     "dsprites-xpos": ("dsprites_location", 16),
 }
 ILSVRC2012_CLASSES = 1000
+#: The data sets of the released 128-px distillation teachers, and their classes.
+DATASET_TEACHER_CLASSES = {"flowers": 102, "pet": 37, "food": 101, "sun": 397}
 RELEASE_GROUPS = ("upstream", "ILSVRC2012", "vtab", "distilled", "teacher")
 
 
@@ -152,6 +154,20 @@ def _releases() -> dict[str, ReleasedCheckpoint]:
                 152,
                 2,
                 ILSVRC2012_CLASSES,
+                "teacher",
+            )
+        )
+    # The teachers big_vision's distillation configs use on the small data sets
+    # (configs/proj/distill/common.py `inits`: "BiT-M R152x2 <dataset> rc128"), fine-tuned at
+    # 128 px; classes from NCLS of bigsweep_flowers_pet.py and bigsweep_food_sun.py.
+    for dataset, classes in DATASET_TEACHER_CLASSES.items():
+        releases.append(
+            ReleasedCheckpoint(
+                f"BiT-M-R152x2-teacher-{dataset}-128",
+                f"distill/R152x2_T_{dataset}128.npz",
+                152,
+                2,
+                classes,
                 "teacher",
             )
         )

@@ -79,8 +79,11 @@ def given_train_stream(
     return train_stream, int(train.element_spec[1].shape[-1]), config.dataset_size
 
 
-def validation_batches(validation, micro_batch: int, crop: int | None) -> tf.data.Dataset | None:
-    """The evaluation pipeline of an ImageSource at `crop`; a tf.data input (or None) as given.
+def validation_batches(
+    validation, micro_batch: int, crop: int | None, short_side: int | None = None
+) -> tf.data.Dataset | None:
+    """The evaluation pipeline of an ImageSource at `crop` (with `short_side`: the shorter
+    side resized to it, then the central crop); a tf.data input (or None) as given.
 
     Raises:
         ValueError: an ImageSource without a crop size to evaluate it at.
@@ -92,7 +95,7 @@ def validation_batches(validation, micro_batch: int, crop: int | None) -> tf.dat
         return validation
     if crop is None:
         raise ValueError("crop= is needed to evaluate an ImageSource next to a tf.data train.")
-    return data_lib.eval_pipeline(validation, micro_batch, crop)
+    return data_lib.eval_pipeline(validation, micro_batch, crop, short_side=short_side)
 
 
 def check_same_task(train, validation) -> None:

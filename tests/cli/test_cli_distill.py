@@ -120,3 +120,20 @@ def test_missing_default_teacher_is_a_one_line_error(tmp_path):
     assert error.startswith("bit-distill: error: --teacher='bit_finetune/model.keras'")
     assert "run bit-finetune first" in error
     assert not (tmp_path / "bit_distill").exists()
+
+
+def test_the_flags_choices_are_the_librarys_recipes_and_variants():
+    # bit_cli.distill writes them out (its flags load no TensorFlow); read from its source.
+    import ast
+
+    from bit_tf.distill.recipes import RECIPE_CHOICES, VARIANTS
+
+    tree = ast.parse(open(os.path.join(REPO, "bit_cli", "distill.py")).read())
+    values = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in {
+            "RECIPE_CHOICES", "VARIANTS"
+        }
+    }  # fmt: skip
+    assert values == {"RECIPE_CHOICES": RECIPE_CHOICES, "VARIANTS": VARIANTS}

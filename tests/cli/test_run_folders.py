@@ -560,7 +560,7 @@ def test_bit_vtab_few_shot_runs_on_the_embedded_digits(tmp_path):
     ]
     completed = run_command("bit_cli.vtab", *flags, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.strip().splitlines()[-1].startswith("few-shot mean accuracy: 1-shot ")
+    assert completed.stdout.strip().splitlines()[-1].startswith("few-shot median accuracy: 1-shot ")
     assert (tmp_path / "results" / "few_shot_results.json").exists()
 
 

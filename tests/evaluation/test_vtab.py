@@ -1,5 +1,6 @@
 """VTAB-1k task definitions, derived labels and the VTAB / few-shot runners (TFDS mocked)."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -300,3 +301,24 @@ def test_few_shot_runner_draws_k_examples_per_class_for_each_seed(tmp_path):
     assert set(results.summary()) == {1, 2}
     table = open(os.path.join(tmp_path, "few_shot_results.md")).read()
     assert "| 1 | 1 |" in table and "| 2 | 1 |" in table
+
+
+def test_few_shot_results_are_min_median_max_over_at_least_five_runs():
+    # big_transfer README L121-122: "min<-median->max result of at least five runs".
+    assert inspect.signature(vtab.run_few_shot).parameters["runs"].default == 5
+    rows = [{"shots": 5, "seed": seed, "test_accuracy": value}
+            for seed, value in enumerate([0.6, 0.5, 0.9, 0.7, 0.8])]  # fmt: skip
+    results = vtab.FewShotResults("digits", rows)
+    assert results.summary() == {5: (0.5, 0.7, 0.9)}
+    assert "| 5 | 5 | 50.0 <- **70.0** -> 90.0 |" in results.to_markdown()
+    with pytest.raises(ValueError, match="runs must be a positive integer, got 0"):
+        vtab.run_few_shot(_tiny_backbone, *data.load_digits(), runs=0)
+
+
+def test_every_vtab_augmentation_switch_names_its_source():
+    for task in vtab.TASKS.values():
+        if task.random_flip and task.random_crop and task.name != "smallnorb_elevation":
+            assert task.augmentation_source == vtab.STANDARD_AUGMENTATION
+        else:
+            assert "task_adaptation" in task.augmentation_source, task.name
+            assert task.augmentation_source != vtab.STANDARD_AUGMENTATION

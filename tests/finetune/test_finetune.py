@@ -113,7 +113,11 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
 def _run_script(code, tmp_path, name):
     script = tmp_path / name
     script.write_text(textwrap.dedent(code))
-    environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    # The scripts import this module's helpers (test_finetune) and those of tests/.
+    search_path = os.pathsep.join([REPO, os.path.join(REPO, "tests"), os.path.dirname(__file__)])
+    environment = dict(
+        os.environ, PYTHONPATH=search_path, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1"
+    )
     return [sys.executable, str(script)], environment
 
 
@@ -301,6 +305,8 @@ def test_config_defaults_are_the_keyword_defaults_of_finetune():
         "random_crop": True,
         "overwrite": False,
         "cache": "auto",
+        "hyperrule": "lecture",
+        "eval_resize": "resize",
     }
 
 
@@ -339,6 +345,8 @@ def test_a_config_and_keywords_give_the_same_run(tmp_path):
         "augmentation": {"random_flip": True, "random_crop": True},
         "seed": 0,
         "dtype": "float32",
+        "hyperrule": "lecture",
+        "eval_resize": "resize",
     }
     assert progress["config"] == progress["keywords"] == progress["config and keywords"]
     for label in ("config", "config and keywords"):

@@ -12,7 +12,7 @@ def test_every_release_group_has_the_published_count():
         group: len(bit_tf.list_released_checkpoints(group)) for group in registry.RELEASE_GROUPS
     }
     # 5 architectures x 3 runs x 19 tasks of VTAB-1k, as the authors' README counts them.
-    assert counts == {"upstream": 12, "ILSVRC2012": 6, "vtab": 285, "distilled": 2, "teacher": 2}
+    assert counts == {"upstream": 12, "ILSVRC2012": 6, "vtab": 285, "distilled": 2, "teacher": 6}
     assert len(bit_tf.list_released_checkpoints()) == sum(counts.values())
     with pytest.raises(ValueError, match="Unknown release group 'jft'"):
         bit_tf.list_released_checkpoints("jft")
@@ -29,6 +29,11 @@ def test_released_names_give_the_architecture_and_head():
         "BiT-R50x1-distilled-160": (50, 1, 1000, "distill/R50x1_160.npz"),
         "BiT-M-R152x2-teacher-224": (152, 2, 1000, "distill/R152x2_T_224.npz"),
         "BiT-M-R152x2-teacher-384": (152, 2, 1000, "distill/R152x2_T_384.npz"),
+        # big_vision configs/proj/distill/common.py `inits`, classes from the configs' NCLS.
+        "BiT-M-R152x2-teacher-flowers-128": (152, 2, 102, "distill/R152x2_T_flowers128.npz"),
+        "BiT-M-R152x2-teacher-pet-128": (152, 2, 37, "distill/R152x2_T_pet128.npz"),
+        "BiT-M-R152x2-teacher-food-128": (152, 2, 101, "distill/R152x2_T_food128.npz"),
+        "BiT-M-R152x2-teacher-sun-128": (152, 2, 397, "distill/R152x2_T_sun128.npz"),
     }
     for name, (depth, width, classes, file) in expected.items():
         release = registry.find_release(name)

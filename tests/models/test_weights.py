@@ -186,6 +186,8 @@ README_FILES = (
     "distill/R50x1_160.npz",
     "distill/R152x2_T_224.npz",
     "distill/R152x2_T_384.npz",
+    # Not in that README: the 128-px teachers of big_vision's configs/proj/distill/common.py.
+    "distill/R152x2_T_{flowers,pet,food,sun}128.npz",
 )
 
 
@@ -272,7 +274,7 @@ def authors_mirror(official_checkpoint, tmp_path_factory):
 def test_every_published_file_has_a_name_and_every_name_a_file():
     files = [registry.RELEASES[name].file for name in bit_tf.list_released_checkpoints()]
     assert sorted(files) == PUBLISHED_FILES
-    assert len(files) == len(set(files)) == 18 + 285 + 4
+    assert len(files) == len(set(files)) == 18 + 285 + 4 + 4
 
 
 def test_a_vtab_checkpoint_loads_by_name_with_its_head(authors_mirror, keras_home, monkeypatch):
@@ -369,3 +371,26 @@ def test_teachers_and_students_resolve_to_the_authors_files(
     monkeypatch.delenv("BIT_TF_WEIGHTS_URL")
     teacher = released_url("BiT-M-R152x2-teacher-384")
     assert teacher == f"{OFFICIAL_BASE_URL}/distill/R152x2_T_384.npz"
+
+
+@pytest.mark.parametrize(
+    "dataset, classes", [("flowers", 102), ("pet", 37), ("food", 101), ("sun", 397)]
+)
+def test_the_128px_teachers_download_by_name_from_the_mirror(
+    dataset, classes, tmp_path, keras_home, monkeypatch
+):
+    # A small file under the teacher's path: it is fetched from BIT_TF_WEIGHTS_URL by the name,
+    # and refused because it is not an R152x2 with the teacher's head.
+    name = f"BiT-M-R152x2-teacher-{dataset}-128"
+    (tmp_path / "distill").mkdir()
+    random_checkpoint(tmp_path / f"distill/R152x2_T_{dataset}128.npz", "BiT-S-R18x1", classes)
+    with serve(tmp_path) as url:
+        monkeypatch.setenv("BIT_TF_WEIGHTS_URL", url)
+        assert released_url(name) == f"{url}/distill/R152x2_T_{dataset}128.npz"
+        with pytest.raises(CheckpointError) as error:
+            resolve_checkpoint(name)
+    assert str(error.value) == (
+        f"The file served as {name} ({url}/distill/R152x2_T_{dataset}128.npz) is not that "
+        f"checkpoint: it holds an R18x1 with a {classes}-class head, where {name} is an "
+        f"R152x2 with a {classes}-class head. Nothing was cached."
+    )
