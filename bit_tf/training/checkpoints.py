@@ -194,6 +194,35 @@ def _progress_problem(progress) -> str | None:
 _KIND_NAMES = {dict: "an object", int: "a whole number", bool: "true or false"}
 
 
+#: Settings a run records since they became choices, with the value every run had before: a
+#: run recorded without them resumes when it is started with those values, and is refused,
+#: naming the setting, when it is started with others.
+SETTINGS_BEFORE_RECORDED = {
+    "hyperrule": "lecture",
+    "eval_resize": "resize",
+    "recipe": "legacy",
+    "recipe_source": "bit-tf before issue 32 (lengths: bit_tf.distill.schedule.SCHEDULES)",
+    "variant": "function_matching",
+    "teacher_crop": None,
+}
+
+
+def with_settings_before_recorded(found: dict, settings: dict) -> dict:
+    """The `found` settings of a run, completed with `SETTINGS_BEFORE_RECORDED` for the
+    settings the run being started records and the found run predates.
+
+    Example:
+        >>> with_settings_before_recorded({"steps": 50}, {"steps": 50, "hyperrule": "lecture"})
+        {'hyperrule': 'lecture', 'steps': 50}
+    """
+    before = {
+        name: value
+        for name, value in SETTINGS_BEFORE_RECORDED.items()
+        if name in settings and name not in found
+    }
+    return {**before, **found}
+
+
 def find_resumable(
     checkpoint_dir: str, settings: dict, overwrite: bool = False
 ) -> tuple[str, dict] | None:
@@ -223,8 +252,9 @@ def find_resumable(
     found = read_progress(checkpoint_dir)
     if not found:
         return None
+    recorded = with_settings_before_recorded(found.get("settings", {}), settings)
     # Compared as JSON holds them (tuples become lists).
-    check_same_run(checkpoint_dir, found.get("settings", {}), json.loads(json.dumps(settings)))
+    check_same_run(checkpoint_dir, recorded, json.loads(json.dumps(settings)))
     last_path = os.path.join(checkpoint_dir, LAST_CHECKPOINT)
     best_path = os.path.join(checkpoint_dir, BEST_CHECKPOINT)
     if not os.path.exists(last_path) and not os.path.exists(best_path):
