@@ -259,7 +259,9 @@ def _backbone():
     with common.user_errors("bit-finetune", ValueError):
         model = common.build_model(FLAGS.model, FLAGS.weights, num_classes=None, dtype=FLAGS.dtype)
     # The architecture's name ("R152x4"), which the HyperRule's resolution looks for.
-    return model, None, common.architecture_name(common.model_layout(model))
+    from bit_tf.models.create import architecture_of
+
+    return model, None, architecture_of(model)
 
 
 def main(argv):

@@ -38,7 +38,8 @@ import tensorflow as tf
 from bit_tf.data import pipelines as data_lib
 from bit_tf.finetune import hyperrule
 from bit_tf.models.bit_model import BitModel
-from bit_tf.models.resnet_v2 import create_model, resolve_dtype_policy
+from bit_tf.models.create import create_model
+from bit_tf.models.resnet_v2 import resolve_dtype_policy
 from bit_tf.training.checkpoints import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,

@@ -1,11 +1,10 @@
-"""The ResNetV2 builder: BiT models by name (`create_model`) or by shape (`resnet_v2`).
+"""The ResNetV2 builder: BiT models by shape (`resnet_v2`); by name or file in `create`.
 
 Only `keras` and `keras.ops` are used here: the models run on the TensorFlow and JAX backends.
 The names, depths and heads are data in `bit_tf.models.registry`.
 
 Example:
-    >>> import bit_tf
-    >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=10)
+    >>> model = resnet_v2(50, width_factor=1, num_classes=10)
     >>> model.output_shape
     (None, 10)
 """
@@ -34,10 +33,6 @@ from bit_tf.models.registry import (  # noqa: F401 (the registry's names, as bit
     list_models,
     parse_model_name,
 )
-from bit_tf.models.timm_weights import read_weights
-from bit_tf.models.weights import assign_official_arrays, checkpoint_num_classes
-
-_DEFAULT = object()
 
 
 def resolve_dtype_policy(dtype: str | keras.DTypePolicy | None) -> keras.DTypePolicy:
@@ -183,65 +178,3 @@ def pre_logits_model(model: keras.Model) -> keras.Model:
     if "head" not in names or "pre_logits" not in names:
         return model
     return keras.Model(model.inputs, model.get_layer("pre_logits").output, name=model.name)
-
-
-def create_model(
-    name: str,
-    num_classes: int | None = _DEFAULT,
-    weights: str | None = None,
-    input_shape: tuple = (None, None, 3),
-    **kwargs,
-) -> keras.Model:
-    """Creates a BiT model by name, optionally with official (or own) weights.
-
-    The head follows the checkpoint: with `weights` and no `num_classes`, the model gets the
-    head of the file (1000 classes for "BiT-M-R50x1-ILSVRC2012") and loads it. An explicit
-    `num_classes` wins; a head of another size then stays zero-initialised, as in fine-tuning.
-
-    Args:
-        name: "BiT-{S,M,L}-R{depth}x{width}", e.g. "BiT-M-R50x1" (see `list_models()`), or a
-            released name such as "BiT-M-R50x1-ILSVRC2012", "BiT-M-R50x1-run0-caltech101" or
-            "BiT-R50x1-distilled-224" (see `list_released_checkpoints()`), or timm's name of
-            one, e.g. "resnetv2_50x1_bit.goog_in21k".
-        num_classes: the head size; by default that of the checkpoint in `weights`, else that
-            of the name (a release's head; S: 1000, M: 21843, L: 18291). None gives the
-            feature-vector model (pre-logits).
-        weights: None (random backbone, zero head), a released name such as "BiT-M-R50x1",
-            a path to an official-layout `.npz`, or an http(s) URL of one; or timm's
-            checkpoints (`bit_tf.models.timm_weights`): "hf-hub:timm/resnetv2_50x1_bit.goog_in21k"
-            (any "hf-hub:<owner>/<name>[@revision]"), a timm release name (see
-            `list_released_checkpoints("timm")`), or a path to a `.safetensors` file.
-        input_shape: (height, width, 3); None for any size.
-        **kwargs: passed to `resnet_v2` (normalization, weight_standardization, and dtype,
-            e.g. "mixed_bfloat16" for bfloat16 computation with float32 weights).
-
-    Returns:
-        A `keras.Model` taking float32 images in [0, 1], NHWC.
-
-    Example:
-        >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=5, weights="BiT-M-R50x1")
-        >>> probabilities = keras.ops.softmax(model(images))
-        >>> bit_tf.create_model("BiT-M-R50x1", weights="BiT-M-R50x1-ILSVRC2012").output_shape
-        (None, 1000)
-        >>> timm = "hf-hub:timm/resnetv2_50x1_bit.goog_in21k_ft_in1k"  # timm's copy, from the Hub
-        >>> bit_tf.create_model("BiT-M-R50x1", weights=timm).output_shape
-        (None, 1000)
-    """
-    depth, width = architecture(name)
-    path = arrays = None
-    if weights is not None:
-        path, arrays = read_weights(weights)  # the authors' .npz or timm's .safetensors
-    if num_classes is _DEFAULT:
-        from_checkpoint = None if arrays is None else checkpoint_num_classes(arrays)
-        num_classes = from_checkpoint or default_num_classes(name)
-    model = resnet_v2(
-        depth,
-        width_factor=width,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        name=name.rsplit("/", 1)[-1].replace("-", "_").lower(),  # "hf-hub:timm/<name>": <name>
-        **kwargs,
-    )
-    if arrays is not None:
-        assign_official_arrays(model, arrays, path)
-    return model

@@ -1,13 +1,19 @@
-"""Write-then-rename helpers: a target path either holds a whole result or nothing.
+"""The one atomic write of the package: a target path either holds a whole result or nothing.
 
 Work happens under a temporary sibling name (`.<name>.partial-<random>`) in the target's own
-folder, which is renamed onto the target only when complete. A process killed half-way
-leaves the temporary sibling behind, never a partial target. Paths may be local or any
-`tf.io.gfile` URL (`gs://...`).
+folder; what was written there is flushed to the disk (`fsync`, local paths) and only then
+renamed onto the target. A process killed half-way leaves the temporary sibling behind, never
+a partial target. Paths may be local or any `tf.io.gfile` URL (`gs://...`).
+
+`atomic_path` is the mechanism (a context manager yielding the temporary path, for a file or a
+folder); `write_through` calls a writer with the temporary path; `write_bytes` and `write_text`
+write content. Every writer of the package (checkpoints, progress files, weights, downloads,
+exports) goes through them.
 
 Example:
     >>> with atomic_path("exports/bit_m-r50x1", overwrite=False) as temporary:
     ...     tf.saved_model.save(module, temporary)
+    >>> write_text("runs/pets/progress.json", json.dumps(progress))
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import os
 import posixpath
 import uuid
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -60,10 +67,12 @@ def refuse_existing(path: str, what: str, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str, overwrite: bool = False, what: str = "Target"):
-    """Yields a temporary sibling path; on success renames it onto `target`.
+def atomic_path(target: str, overwrite: bool = False, what: str = "Target", suffix: str = ""):
+    """Yields a temporary sibling path; on success flushes it to the disk and renames it onto
+    `target`.
 
-    The caller writes a file or a folder at the yielded path. On an exception (Ctrl-C too)
+    The caller writes a file or a folder at the yielded path, which ends with `suffix` (for
+    writers that insist on a file name ending, such as Keras' `.keras`). On an exception (Ctrl-C too)
     the temporary is removed and `target` is untouched; a full, read-only or forbidden disk is
     raised as `bit_tf.training.file_errors.FileWriteError`, naming `target`. With `overwrite=True`
     an existing target is replaced; otherwise `TargetExistsError` is raised, before any work and
@@ -73,22 +82,100 @@ def atomic_path(target: str, overwrite: bool = False, what: str = "Target"):
         >>> with atomic_path("out/model.tar.gz") as temporary:
         ...     write_archive(temporary)
     """
+    target = os.fspath(target)
     refuse_existing(target, what, overwrite)
     parent, name = split(target)
-    temporary = join(parent, f".{name}.partial-{uuid.uuid4().hex[:12]}")
+    temporary = join(parent, f".{name}.partial-{uuid.uuid4().hex[:12]}{suffix}")
     try:
         with _disk_errors_named(target, temporary):
             tf.io.gfile.makedirs(parent)
             yield temporary
+            flush_to_disk(temporary)
             if tf.io.gfile.isdir(temporary):
                 _rename_folder(temporary, target, overwrite, what)
             else:
                 refuse_existing(target, what, overwrite)
                 tf.io.gfile.rename(temporary, target, overwrite=overwrite)
+            flush_to_disk(parent)
     finally:
         # Quietly: a read-only disk's error was raised above, and there is nothing to remove.
         with contextlib.suppress(OSError, tf.errors.OpError):
             remove(temporary)
+
+
+def write_through(
+    path: str, write: Callable[[str], object], overwrite: bool = True, suffix: str = ""
+) -> str:
+    """Calls `write(temporary)` for a temporary sibling of `path`, then renames it onto `path`
+    (see `atomic_path`); returns `path`.
+
+    Raises:
+        FileWriteError: the disk is full, read-only or forbidden; the temporary is removed and
+            `path` left as it was.
+        TargetExistsError: `path` exists and `overwrite` is False.
+
+    Example:
+        >>> write_through("runs/pets/last.keras", model.save, suffix=".keras")
+        'runs/pets/last.keras'
+    """
+    with atomic_path(path, overwrite=overwrite, what="File", suffix=suffix) as temporary:
+        write(temporary)
+    return os.fspath(path)
+
+
+def write_bytes(path: str, content: bytes, overwrite: bool = True) -> str:
+    """Writes `content` to `path` atomically (see `atomic_path`); returns `path`.
+
+    Example:
+        >>> write_bytes("cache/w.npz.sha256", b"9f86...  w.npz\\n")
+        'cache/w.npz.sha256'
+    """
+
+    def write(temporary: str) -> None:
+        with tf.io.gfile.GFile(temporary, "wb") as stream:
+            stream.write(content)
+
+    return write_through(path, write, overwrite)
+
+
+def write_text(path: str, text: str, overwrite: bool = True) -> str:
+    """Writes `text` (UTF-8) to `path` atomically (see `atomic_path`); returns `path`.
+
+    Example:
+        >>> write_text("runs/pets/progress.json", json.dumps({"step": 50}))
+        'runs/pets/progress.json'
+    """
+    return write_bytes(path, text.encode("utf-8"), overwrite)
+
+
+def flush_to_disk(path: str) -> None:
+    """Makes what was written at a local `path` (a file, or every file of a folder and the
+    folder itself) durable with `fsync`; URLs are left to their file system.
+
+    Example:
+        >>> flush_to_disk("exports/.bit_m-r50x1.partial-0a1b2c")
+    """
+    if is_url(path) or not os.path.exists(path):
+        return
+    if os.path.isdir(path):
+        for folder, _, names in os.walk(path, topdown=False):
+            for name in names:
+                _fsync(os.path.join(folder, name), os.O_RDONLY)
+            _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    else:
+        _fsync(path, os.O_RDONLY)
+
+
+def _fsync(path: str, flags: int) -> None:
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        # Some file systems cannot sync a folder (EINVAL); the rename is still atomic there.
+        if disk_problem(error) is not None:
+            raise
+    finally:
+        os.close(descriptor)
 
 
 @contextlib.contextmanager
