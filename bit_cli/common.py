@@ -151,11 +151,11 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """
     from bit_tf.models.download import DownloadError
     from bit_tf.models.weights import CheckpointError
+    from bit_tf.training.atomic import TargetExistsError
     from bit_tf.training.checkpoints import DamagedRunFileError
     from bit_tf.training.file_errors import FileWriteError
     from bit_tf.training.run_lock import RunLockedError
     from bit_tf.training.run_settings import RunSettingsError
-    from bit_tf.training.atomic import TargetExistsError
 
     return (
         CheckpointError,

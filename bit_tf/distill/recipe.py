@@ -61,8 +61,8 @@ from bit_tf.finetune.recipe import (
     accumulation_and_micro_batch,
     resolve_resolution,
 )
-from bit_tf.models.registry import find_release
 from bit_tf.models.create import create_model
+from bit_tf.models.registry import find_release
 from bit_tf.models.resnet_v2 import resolve_dtype_policy
 from bit_tf.training.checkpoints import (
     Checkpointer,

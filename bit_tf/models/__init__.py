@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from bit_tf.models.bit_model import BitModel
+from bit_tf.models.create import FROM_CHECKPOINT, create_model, from_checkpoint
 from bit_tf.models.layers import (
     NORMALIZATIONS,
     PreActBasic,
@@ -31,7 +32,6 @@ from bit_tf.models.registry import (
     list_models,
     parse_model_name,
 )
-from bit_tf.models.create import FROM_CHECKPOINT, create_model, from_checkpoint
 from bit_tf.models.resnet_v2 import pre_logits_model, resnet_v2, resolve_dtype_policy
 from bit_tf.models.timm_weights import read_weights
 from bit_tf.models.weights import assign_official_arrays, checkpoint_num_classes

@@ -72,11 +72,11 @@ def atomic_path(target: str, overwrite: bool = False, what: str = "Target", suff
     `target`.
 
     The caller writes a file or a folder at the yielded path, which ends with `suffix` (for
-    writers that insist on a file name ending, such as Keras' `.keras`). On an exception (Ctrl-C too)
-    the temporary is removed and `target` is untouched; a full, read-only or forbidden disk is
-    raised as `bit_tf.training.file_errors.FileWriteError`, naming `target`. With `overwrite=True`
-    an existing target is replaced; otherwise `TargetExistsError` is raised, before any work and
-    again at the rename (in case another writer got there first).
+    writers that insist on a file name ending, such as Keras' `.keras`). On an exception
+    (Ctrl-C too) the temporary is removed and `target` is untouched; a full, read-only or
+    forbidden disk is raised as `bit_tf.training.file_errors.FileWriteError`, naming `target`.
+    With `overwrite=True` an existing target is replaced; otherwise `TargetExistsError` is
+    raised, before any work and again at the rename (in case another writer got there first).
 
     Example:
         >>> with atomic_path("out/model.tar.gz") as temporary:
