@@ -264,7 +264,7 @@ def _distill_and_write() -> None:
 
     from bit_tf.data import pipelines as data
     from bit_tf.distill.recipe import TrainingDivergedError, TrainingInterruptedError, distill
-    from bit_tf.training.checkpoints import atomic_save
+    from bit_tf.training.atomic import write_through
     from bit_tf.training.interruption import signals_deferred
 
     defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
@@ -343,7 +343,7 @@ def _distill_and_write() -> None:
     with signals_deferred() as deferred:
         batches = data.eval_pipeline(validation, min(setting("batch_size") or 512, 256), crop)
         accuracy, teacher_accuracy, agreement = _agreement(student, teacher, batches)
-        atomic_save(student, path)
+        write_through(path, student.save, suffix=".keras")
     print(f"wrote {path}")
     if deferred.received is not None:
         name = signal.Signals(deferred.received).name

@@ -339,7 +339,7 @@ def _evaluate_and_write(model, history, validation, batch_size: int, crop: int) 
     """Evaluates the fine-tuned `model` and writes it to model.keras (a finished run's whole
     model.keras is kept; a damaged one ends the command with the way out)."""
     from bit_tf.data import pipelines as data
-    from bit_tf.training.checkpoints import atomic_save
+    from bit_tf.training.atomic import write_through
     from bit_tf.training.interruption import signals_deferred
 
     path = os.path.join(FLAGS.export_dir, "model.keras")
@@ -358,7 +358,7 @@ def _evaluate_and_write(model, history, validation, batch_size: int, crop: int) 
         batches = data.eval_pipeline(validation, eval_batch, crop)
         results = model.evaluate(batches, return_dict=True, verbose=0)
         if not keep:
-            atomic_save(model, path)
+            write_through(path, model.save, suffix=".keras")
             print(f"wrote {path}")
     if deferred.received is not None:
         name = signal.Signals(deferred.received).name

@@ -3,7 +3,8 @@
 Work happens under a temporary sibling name (`.<name>.partial-<random>`) in the target's own
 folder; what was written there is flushed to the disk (`fsync`, local paths) and only then
 renamed onto the target. A process killed half-way leaves the temporary sibling behind, never
-a partial target. Paths may be local or any `tf.io.gfile` URL (`gs://...`).
+a partial target. Paths may be local (Python's `os`: no TensorFlow needed, so the model code
+runs on the JAX backend) or any `tf.io.gfile` URL (`gs://...`).
 
 `atomic_path` is the mechanism (a context manager yielding the temporary path, for a file or a
 folder); `write_through` calls a writer with the temporary path; `write_bytes` and `write_text`
@@ -21,10 +22,9 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shutil
 import uuid
 from collections.abc import Callable
-
-import tensorflow as tf
 
 from bit_tf.training.file_errors import FileWriteError, disk_problem
 
@@ -49,17 +49,54 @@ def split(path: str) -> tuple[str, str]:
     return posixpath.split(path) if is_url(path) else os.path.split(path)
 
 
+def exists(path: str) -> bool:
+    """Whether a local path or URL exists."""
+    return _gfile().exists(path) if is_url(path) else os.path.lexists(path)
+
+
+def isdir(path: str) -> bool:
+    """Whether a local path or URL is a folder."""
+    return _gfile().isdir(path) if is_url(path) else os.path.isdir(path)
+
+
 def remove(path: str) -> None:
     """Removes a file or a folder tree if it exists."""
-    if tf.io.gfile.isdir(path):
-        tf.io.gfile.rmtree(path)
-    elif tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
+    if is_url(path):
+        if _gfile().isdir(path):
+            _gfile().rmtree(path)
+        elif _gfile().exists(path):
+            _gfile().remove(path)
+    elif os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _makedirs(path: str) -> None:
+    if is_url(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def _rename(source: str, target: str, overwrite: bool = False) -> None:
+    if is_url(source):
+        _gfile().rename(source, target, overwrite=overwrite)
+    elif overwrite:
+        os.replace(source, target)
+    else:
+        os.rename(source, target)
+
+
+def _gfile():
+    import tensorflow as tf  # only for URLs: local paths need no TensorFlow
+
+    return tf.io.gfile
 
 
 def refuse_existing(path: str, what: str, overwrite: bool) -> None:
     """Raises TargetExistsError if `path` exists and `overwrite` is False."""
-    if not overwrite and tf.io.gfile.exists(path):
+    if not overwrite and exists(path):
         raise TargetExistsError(
             f"{what} {path!r} already exists; refusing to overwrite it. Choose a new "
             "version or path, or pass overwrite=True (--overwrite on the command line)."
@@ -67,12 +104,19 @@ def refuse_existing(path: str, what: str, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str, overwrite: bool = False, what: str = "Target", suffix: str = ""):
+def atomic_path(
+    target: str,
+    overwrite: bool = False,
+    what: str = "Target",
+    suffix: str = "",
+    durable: bool = True,
+):
     """Yields a temporary sibling path; on success flushes it to the disk and renames it onto
     `target`.
 
     The caller writes a file or a folder at the yielded path, which ends with `suffix` (for
-    writers that insist on a file name ending, such as Keras' `.keras`). On an exception
+    writers that insist on a file name ending, such as Keras' `.keras`). With `durable=False`
+    nothing is flushed (a cache's copy, which a crash may lose). On an exception
     (Ctrl-C too) the temporary is removed and `target` is untouched; a full, read-only or
     forbidden disk is raised as `bit_tf.training.file_errors.FileWriteError`, naming `target`.
     With `overwrite=True` an existing target is replaced; otherwise `TargetExistsError` is
@@ -88,23 +132,29 @@ def atomic_path(target: str, overwrite: bool = False, what: str = "Target", suff
     temporary = join(parent, f".{name}.partial-{uuid.uuid4().hex[:12]}{suffix}")
     try:
         with _disk_errors_named(target, temporary):
-            tf.io.gfile.makedirs(parent)
+            _makedirs(parent)
             yield temporary
-            flush_to_disk(temporary)
-            if tf.io.gfile.isdir(temporary):
+            if durable:
+                flush_to_disk(temporary)
+            if isdir(temporary):
                 _rename_folder(temporary, target, overwrite, what)
             else:
                 refuse_existing(target, what, overwrite)
-                tf.io.gfile.rename(temporary, target, overwrite=overwrite)
-            flush_to_disk(parent)
+                _rename(temporary, target, overwrite=overwrite)
+            if durable:
+                flush_to_disk(parent)
     finally:
         # Quietly: a read-only disk's error was raised above, and there is nothing to remove.
-        with contextlib.suppress(OSError, tf.errors.OpError):
+        with contextlib.suppress(Exception):
             remove(temporary)
 
 
 def write_through(
-    path: str, write: Callable[[str], object], overwrite: bool = True, suffix: str = ""
+    path: str,
+    write: Callable[[str], object],
+    overwrite: bool = True,
+    suffix: str = "",
+    durable: bool = True,
 ) -> str:
     """Calls `write(temporary)` for a temporary sibling of `path`, then renames it onto `path`
     (see `atomic_path`); returns `path`.
@@ -118,12 +168,12 @@ def write_through(
         >>> write_through("runs/pets/last.keras", model.save, suffix=".keras")
         'runs/pets/last.keras'
     """
-    with atomic_path(path, overwrite=overwrite, what="File", suffix=suffix) as temporary:
+    with atomic_path(path, overwrite, "File", suffix, durable) as temporary:
         write(temporary)
     return os.fspath(path)
 
 
-def write_bytes(path: str, content: bytes, overwrite: bool = True) -> str:
+def write_bytes(path: str, content: bytes, overwrite: bool = True, durable: bool = True) -> str:
     """Writes `content` to `path` atomically (see `atomic_path`); returns `path`.
 
     Example:
@@ -132,10 +182,14 @@ def write_bytes(path: str, content: bytes, overwrite: bool = True) -> str:
     """
 
     def write(temporary: str) -> None:
-        with tf.io.gfile.GFile(temporary, "wb") as stream:
-            stream.write(content)
+        if is_url(temporary):
+            with _gfile().GFile(temporary, "wb") as stream:
+                stream.write(content)
+        else:
+            with open(temporary, "wb") as stream:
+                stream.write(content)
 
-    return write_through(path, write, overwrite)
+    return write_through(path, write, overwrite, durable=durable)
 
 
 def write_text(path: str, text: str, overwrite: bool = True) -> str:
@@ -160,7 +214,8 @@ def flush_to_disk(path: str) -> None:
     if os.path.isdir(path):
         for folder, _, names in os.walk(path, topdown=False):
             for name in names:
-                _fsync(os.path.join(folder, name), os.O_RDONLY)
+                if not os.path.islink(os.path.join(folder, name)):  # a link's file is elsewhere
+                    _fsync(os.path.join(folder, name), os.O_RDONLY)
             _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     else:
         _fsync(path, os.O_RDONLY)
@@ -189,10 +244,10 @@ def _disk_errors_named(target: str, temporary: str):
         if disk_problem(error) is None:
             raise
         kept = "nothing was written there"
-        if tf.io.gfile.exists(target):
+        if exists(target):
             kept = f"the existing {target} is left as it was"
-        if tf.io.gfile.exists(temporary):
-            kind = "folder" if tf.io.gfile.isdir(temporary) else "file"
+        if exists(temporary):
+            kind = "folder" if isdir(temporary) else "file"
             kept = f"the partial {kind} was removed; {kept}"
         raise FileWriteError.of(error, target, kept[0].upper() + kept[1:]) from error
 
@@ -201,14 +256,14 @@ def _rename_folder(temporary: str, target: str, overwrite: bool, what: str) -> N
     # Folders cannot be renamed over an existing folder: move the old one aside first.
     refuse_existing(target, what, overwrite)
     old = None
-    if tf.io.gfile.exists(target):
+    if exists(target):
         old = f"{temporary}.old"
-        tf.io.gfile.rename(target, old)
+        _rename(target, old)
     try:
-        tf.io.gfile.rename(temporary, target)
+        _rename(temporary, target)
     except Exception:
         if old is not None:
-            tf.io.gfile.rename(old, target)
+            _rename(old, target)
         raise
     if old is not None:
         remove(old)
