@@ -8,7 +8,10 @@
   whole command, with Ctrl-C ending it in one line and status 130 (`leave`);
 - `build_model`: the model for `--model` and `--weights`, the architecture read from the
   checkpoint when `--model` is not given (bit-export, bit-finetune and bit-predict);
-- `read_class_names`: the value of a `--class_names` flag (a names file or a list).
+- `read_class_names`: the value of a `--class_names` flag (a names file or a list);
+- `training_ending` and `signals_wait_for`: how a training command (bit-finetune,
+  bit-distill) ends: interrupted (the checkpoint's line, status 128 + the signal), diverged
+  (status 1), and a signal that arrives while the final model is written (after it).
 
 Example:
     >>> from bit_cli import common
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -136,6 +140,47 @@ def leave(program: str, message: str, status: int) -> NoReturn:
     sys.stdout.flush()
     release_all()
     os._exit(status)
+
+
+@contextlib.contextmanager
+def training_ending(program: str) -> Iterator[None]:
+    """The end of a training run inside the block: interrupted by a signal, the command leaves
+    at once (`leave`) with the checkpoint's line and status 128 + the signal; diverged, with
+    `error: <message>` and status 1.
+
+    Example:
+        >>> with training_ending("bit-finetune"):
+        ...     model, history = bit_tf.finetune(...)
+    """
+    from bit_tf.training.checkpoints import TrainingDivergedError, TrainingInterruptedError
+
+    try:
+        yield
+    except TrainingInterruptedError as interrupted:
+        # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
+        # shutdown after an interrupted fit).
+        leave(program, str(interrupted), 128 + interrupted.signal_number)
+    except TrainingDivergedError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+@contextlib.contextmanager
+def signals_wait_for(program: str, path: str) -> Iterator[None]:
+    """A signal (Ctrl-C, SIGTERM) that arrives inside the block waits for its end (the final
+    `path` being written); then the command leaves, naming `path`, with status 128 + the signal.
+
+    Example:
+        >>> with signals_wait_for("bit-finetune", "out/model.keras"):
+        ...     write_through("out/model.keras", model.save, suffix=".keras")
+    """
+    from bit_tf.training.interruption import signals_deferred
+
+    with signals_deferred() as deferred:
+        yield
+    if deferred.received is not None:
+        name = signal.Signals(deferred.received).name
+        leave(program, f"{name} received: stopped after writing {path}.", 128 + deferred.received)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

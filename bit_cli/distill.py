@@ -20,10 +20,9 @@ command again resumes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import signal
-import sys
 
 from absl import flags
 
@@ -205,20 +204,10 @@ def _check_flags() -> None:
     )
     if FLAGS.min_crop_area is not None and FLAGS.min_crop_area > 1:
         common.fail(PROGRAM, f"--min_crop_area must be at most 1, got {FLAGS.min_crop_area}.")
-    if not 0 < FLAGS.validation_fraction < 1:
-        common.fail(
-            PROGRAM,
-            f"--validation_fraction must be between 0 and 1, got {FLAGS.validation_fraction}.",
-        )
     batch_size = FLAGS.batch_size or (
         DIGITS_DEFAULTS["batch_size"] if FLAGS.dataset == DIGITS else 512
     )
-    if FLAGS.gradient_accumulation_steps and batch_size % FLAGS.gradient_accumulation_steps:
-        common.fail(
-            PROGRAM,
-            f"--gradient_accumulation_steps={FLAGS.gradient_accumulation_steps} must divide "
-            f"the batch size {batch_size} (--batch_size).",
-        )
+    checks.training_run(PROGRAM, FLAGS, batch_size)
     checks.model_name(PROGRAM, FLAGS.student)
     if FLAGS.teacher == DEFAULT_TEACHER and not os.path.isfile(DEFAULT_TEACHER):
         common.fail(
@@ -227,8 +216,6 @@ def _check_flags() -> None:
             "first (it writes it), or give --teacher, a .keras classifier or a released name "
             "with a head.",
         )
-    for flag in ("export_dir", "checkpoint_dir", "logdir"):
-        checks.folder_to_write(PROGRAM, flag, getattr(FLAGS, flag))
     datasets.check(PROGRAM, FLAGS.dataset)
 
 
@@ -260,27 +247,40 @@ def main(argv):
 
 
 def _distill_and_write() -> None:
+    """Reads the teacher and the data, distills (`bit_tf.distill`), then evaluates and writes
+    the student to --export_dir/model.keras."""
     import tensorflow as tf
 
-    from bit_tf.data import pipelines as data
-    from bit_tf.distill.recipe import TrainingDivergedError, TrainingInterruptedError, distill
-    from bit_tf.training.atomic import write_through
-    from bit_tf.training.interruption import signals_deferred
-
-    defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
-
-    def setting(name):
-        value = getattr(FLAGS, name)
-        return value if value is not None else defaults.get(name)
+    from bit_tf.distill.recipe import distill
 
     strategy = tf.distribute.MirroredStrategy() if FLAGS.strategy == "mirrored" else None
+    teacher, train, validation = _teacher_and_data(strategy)
+    os.makedirs(FLAGS.export_dir, exist_ok=True)
+    # ValueError here: a teacher of another number of classes, settings that do not fit an
+    # unfinished run in the checkpoint folder.
+    with common.training_ending(PROGRAM), common.user_errors(PROGRAM, ValueError):
+        student, _ = distill(
+            teacher, FLAGS.student, train, validation, **_distill_options(strategy)
+        )
+    _evaluate_and_write(student, teacher, train, validation)
+
+
+def _setting(name: str):
+    """The value of flag `name`, else its default for the digits data set (else None)."""
+    value = getattr(FLAGS, name)
+    return (
+        value
+        if value is not None
+        else (DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}).get(name)
+    )
+
+
+def _teacher_and_data(strategy):
+    """(teacher, train, validation) for the flags; a user's mistake ends the command."""
     # ValueError here: a checkpoint without a head, an unknown name.
     with common.user_errors(PROGRAM, ValueError):
-        if strategy is None:
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
             teacher = common.build_model("", FLAGS.teacher)
-        else:
-            with strategy.scope():
-                teacher = common.build_model("", FLAGS.teacher)
         train, validation = datasets.load(
             PROGRAM,
             FLAGS.dataset,
@@ -293,63 +293,48 @@ def _distill_and_write() -> None:
         )
     print(f"teacher: {teacher.name} ({teacher.count_params():,} parameters)")
     print(f"train: {train}\nvalidation: {validation}")
-    export_dir = FLAGS.export_dir
-    os.makedirs(export_dir, exist_ok=True)
-    checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(export_dir, "checkpoints")
-    options = {
-        name: setting(name)
-        for name in ("batch_size", "steps", "crop", "base_lr", "min_crop_area", "validation_every")
-        if setting(name) is not None
-    }
-    try:
-        # ValueError here: a teacher of another number of classes, settings that do not fit
-        # an unfinished run in the checkpoint folder.
-        with common.user_errors(PROGRAM, ValueError):
-            student, _ = distill(
-                teacher,
-                FLAGS.student,
-                train,
-                validation,
-                student_weights=FLAGS.student_weights or None,
-                dtype=FLAGS.dtype,
-                temperature=FLAGS.temperature,
-                gradient_accumulation_steps=FLAGS.gradient_accumulation_steps or "auto",
-                cache=FLAGS.cache,
-                mixup_alpha=FLAGS.mixup_alpha,
-                seed=FLAGS.seed,
-                patience=FLAGS.patience,
-                weight_decay=FLAGS.weight_decay,
-                warmup_steps=FLAGS.warmup_steps,
-                clip_norm=FLAGS.clip_norm or None,
-                strategy=strategy,
-                checkpoint_dir=checkpoint_dir,
-                logdir=datasets.tensorboard_logdir(FLAGS.logdir, export_dir),
-                jit_compile=FLAGS.jit_compile,
-                verbose=2,
-                overwrite=FLAGS.overwrite,
-                **options,
-            )
-    except TrainingInterruptedError as interrupted:
-        # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
-        # shutdown after an interrupted fit).
-        common.leave(PROGRAM, str(interrupted), 128 + interrupted.signal_number)
-    except TrainingDivergedError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    return teacher, train, validation
 
-    path = os.path.join(export_dir, "model.keras")
-    crop = setting("crop") or _student_crop(train)
-    # A signal now waits for model.keras: the checkpoints already say the run is finished.
-    with signals_deferred() as deferred:
-        batches = data.eval_pipeline(validation, min(setting("batch_size") or 512, 256), crop)
+
+def _distill_options(strategy) -> dict:
+    """The keyword arguments of `bit_tf.distill` that the flags give."""
+    export_dir = FLAGS.export_dir
+    names = ("batch_size", "steps", "crop", "base_lr", "min_crop_area", "validation_every")
+    return {
+        **{name: _setting(name) for name in names if _setting(name) is not None},
+        "student_weights": FLAGS.student_weights or None,
+        "dtype": FLAGS.dtype,
+        "temperature": FLAGS.temperature,
+        "gradient_accumulation_steps": FLAGS.gradient_accumulation_steps or "auto",
+        "cache": FLAGS.cache,
+        "mixup_alpha": FLAGS.mixup_alpha,
+        "seed": FLAGS.seed,
+        "patience": FLAGS.patience,
+        "weight_decay": FLAGS.weight_decay,
+        "warmup_steps": FLAGS.warmup_steps,
+        "clip_norm": FLAGS.clip_norm or None,
+        "strategy": strategy,
+        "checkpoint_dir": FLAGS.checkpoint_dir or os.path.join(export_dir, "checkpoints"),
+        "logdir": datasets.tensorboard_logdir(FLAGS.logdir, export_dir),
+        "jit_compile": FLAGS.jit_compile,
+        "verbose": 2,
+        "overwrite": FLAGS.overwrite,
+    }
+
+
+def _evaluate_and_write(student, teacher, train, validation) -> None:
+    """Evaluates the student against the teacher and writes it to model.keras (a signal waits
+    for the file: the checkpoints already say the run is finished)."""
+    from bit_tf.data import pipelines as data
+    from bit_tf.training.atomic import write_through
+
+    path = os.path.join(FLAGS.export_dir, "model.keras")
+    crop = _setting("crop") or _student_crop(train)
+    with common.signals_wait_for(PROGRAM, path):
+        batches = data.eval_pipeline(validation, min(_setting("batch_size") or 512, 256), crop)
         accuracy, teacher_accuracy, agreement = _agreement(student, teacher, batches)
         write_through(path, student.save, suffix=".keras")
-    print(f"wrote {path}")
-    if deferred.received is not None:
-        name = signal.Signals(deferred.received).name
-        common.leave(
-            PROGRAM, f"{name} received: stopped after writing {path}.", 128 + deferred.received
-        )
+        print(f"wrote {path}")
     print(
         f"final validation accuracy: {accuracy:.4f} (teacher: {teacher_accuracy:.4f}, "
         f"agreement: {agreement:.4f})",

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 
 from absl import flags
 
@@ -184,11 +182,6 @@ def _check_flags() -> None:
         warmup_steps=FLAGS.warmup_steps,
         mixup_alpha=FLAGS.mixup_alpha,
     )
-    if not 0 < FLAGS.validation_fraction < 1:
-        common.fail(
-            PROGRAM,
-            f"--validation_fraction must be between 0 and 1, got {FLAGS.validation_fraction}.",
-        )
     if FLAGS.resize and FLAGS.crop and FLAGS.crop > FLAGS.resize:
         common.fail(
             PROGRAM, f"--crop={FLAGS.crop} must not be larger than --resize={FLAGS.resize}."
@@ -196,15 +189,8 @@ def _check_flags() -> None:
     batch_size = FLAGS.batch_size or (
         DIGITS_DEFAULTS["batch_size"] if FLAGS.dataset == DIGITS else 512
     )
-    if FLAGS.gradient_accumulation_steps and batch_size % FLAGS.gradient_accumulation_steps:
-        common.fail(
-            PROGRAM,
-            f"--gradient_accumulation_steps={FLAGS.gradient_accumulation_steps} must divide "
-            f"the batch size {batch_size} (--batch_size).",
-        )
+    checks.training_run(PROGRAM, FLAGS, batch_size)
     checks.model_name(PROGRAM, FLAGS.model)
-    for flag in ("export_dir", "checkpoint_dir", "logdir"):
-        checks.folder_to_write(PROGRAM, flag, getattr(FLAGS, flag))
     datasets.check(PROGRAM, FLAGS.dataset)
     _check_unknown_model_file()
 
@@ -278,12 +264,7 @@ def main(argv):
 def _fine_tune_and_write() -> None:
     import tensorflow as tf
 
-    from bit_tf.finetune.recipe import (
-        TrainingDivergedError,
-        TrainingInterruptedError,
-        finetune,
-        resolve_resolution,
-    )
+    from bit_tf.finetune.recipe import finetune, resolve_resolution
 
     defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
 
@@ -301,7 +282,7 @@ def _fine_tune_and_write() -> None:
     export_dir = FLAGS.export_dir
     os.makedirs(export_dir, exist_ok=True)
     checkpoint_dir = _checkpoint_dir()
-    try:
+    with common.training_ending(PROGRAM):
         model, history = finetune(
             model_or_name,
             train,
@@ -325,13 +306,6 @@ def _fine_tune_and_write() -> None:
             verbose=2,
             overwrite=FLAGS.overwrite,
         )
-    except TrainingInterruptedError as interrupted:
-        # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
-        # shutdown after an interrupted fit).
-        common.leave(PROGRAM, str(interrupted), 128 + interrupted.signal_number)
-    except TrainingDivergedError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
     _evaluate_and_write(model, history, validation, setting("batch_size", 512), crop)
 
 
@@ -340,7 +314,6 @@ def _evaluate_and_write(model, history, validation, batch_size: int, crop: int) 
     model.keras is kept; a damaged one ends the command with the way out)."""
     from bit_tf.data import pipelines as data
     from bit_tf.training.atomic import write_through
-    from bit_tf.training.interruption import signals_deferred
 
     path = os.path.join(FLAGS.export_dir, "model.keras")
     # Nothing trained: the checkpoints hold this run, finished earlier.
@@ -351,7 +324,7 @@ def _evaluate_and_write(model, history, validation, batch_size: int, crop: int) 
     if already_finished:
         print(f"{_checkpoint_dir()} holds this run, already finished; nothing to train")
     # A signal now waits for model.keras: the checkpoints already say the run is finished.
-    with signals_deferred() as deferred:
+    with common.signals_wait_for(PROGRAM, path):
         # The micro-batch of the run (gradient accumulation) bounds the evaluation's batch too.
         accumulation = getattr(model.optimizer, "gradient_accumulation_steps", None) or 1
         eval_batch = min(batch_size // accumulation, 256)
@@ -360,11 +333,6 @@ def _evaluate_and_write(model, history, validation, batch_size: int, crop: int) 
         if not keep:
             write_through(path, model.save, suffix=".keras")
             print(f"wrote {path}")
-    if deferred.received is not None:
-        name = signal.Signals(deferred.received).name
-        common.leave(
-            PROGRAM, f"{name} received: stopped after writing {path}.", 128 + deferred.received
-        )
     print(f"final validation accuracy: {results['accuracy']:.4f}", flush=True)
 
 
