@@ -275,6 +275,7 @@ writers = {
     "progress": lambda folder: write_progress(folder, {"step": 1, "padding": "x" * 400_000}),
     "export": lambda folder: hub_export.export_module(model, f"{folder}/module"),
     "publish": lambda folder: hub_export.publish("module", f"{folder}/hub", "bit/tiny", 1),
+    "weights": lambda folder: bit_tf.save_official_weights(model, f"{folder}/weights.npz"),
 }
 results = {}
 for folder in ("full", "readonly", "forbidden"):
@@ -308,6 +309,7 @@ def test_the_writers_remove_what_a_full_read_only_or_forbidden_disk_cut_and_name
         "progress": "progress.json",
         "export": "module",
         "publish": "hub/bit/tiny/1.tar.gz",
+        "weights": "weights.npz",
     }
     for name, target in targets.items():
         full, readonly = results[f"full {name}"], results[f"readonly {name}"]
