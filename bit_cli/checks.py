@@ -88,3 +88,36 @@ def folder_to_write(program: str, flag: str, path: str | None) -> None:
             )
             fail(program, f"--{flag}={path!r} {where}; give a folder (it is made if missing).")
         folder = os.path.dirname(folder)
+
+
+def between_zero_and_one(program: str, **values: float) -> None:
+    """Ends the command if a value is not strictly between 0 and 1.
+
+    Example:
+        >>> between_zero_and_one("bit-finetune", validation_fraction=1.5)
+        bit-finetune: error: --validation_fraction must be between 0 and 1, got 1.5.
+    """
+    for name, value in values.items():
+        if not 0 < value < 1:
+            fail(program, f"--{name} must be between 0 and 1, got {value}.")
+
+
+def training_run(program: str, flag_values, batch_size: int) -> None:
+    """The checks of the flags every training command shares (bit-finetune, bit-distill):
+    --validation_fraction between 0 and 1, --gradient_accumulation_steps dividing the batch
+    size (`batch_size`, the one the run will use), and the folders it writes (--export_dir,
+    --checkpoint_dir, --logdir) not being files.
+
+    Example:
+        >>> training_run("bit-finetune", FLAGS, FLAGS.batch_size or 512)
+    """
+    between_zero_and_one(program, validation_fraction=flag_values.validation_fraction)
+    accumulation = flag_values.gradient_accumulation_steps
+    if accumulation and batch_size % accumulation:
+        fail(
+            program,
+            f"--gradient_accumulation_steps={accumulation} must divide the batch size "
+            f"{batch_size} (--batch_size).",
+        )
+    for flag in ("export_dir", "checkpoint_dir", "logdir"):
+        folder_to_write(program, flag, getattr(flag_values, flag))

@@ -8,7 +8,10 @@
   whole command, with Ctrl-C ending it in one line and status 130 (`leave`);
 - `build_model`: the model for `--model` and `--weights`, the architecture read from the
   checkpoint when `--model` is not given (bit-export, bit-finetune and bit-predict);
-- `read_class_names`: the value of a `--class_names` flag (a names file or a list).
+- `read_class_names`: the value of a `--class_names` flag (a names file or a list);
+- `training_ending` and `signals_wait_for`: how a training command (bit-finetune,
+  bit-distill) ends: interrupted (the checkpoint's line, status 128 + the signal), diverged
+  (status 1), and a signal that arrives while the final model is written (after it).
 
 Example:
     >>> from bit_cli import common
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -38,7 +42,8 @@ EXIT_BAD_SETTINGS = 2
 EXIT_INTERRUPTED = 130
 #: The environment variable that shows the traceback of a user error (`BIT_TF_TRACEBACK=1`).
 TRACEBACK_VARIABLE = "BIT_TF_TRACEBACK"
-#: `build_model`'s `num_classes` for "the checkpoint's head size, else --model's default".
+#: `build_model`'s `num_classes` for "the checkpoint's head size, else --model's default"
+#: (`bit_tf.models.FROM_CHECKPOINT`).
 HEAD_FROM_CHECKPOINT = "checkpoint"
 
 
@@ -137,8 +142,45 @@ def leave(program: str, message: str, status: int) -> NoReturn:
     os._exit(status)
 
 
-class HeadlessCheckpointError(ValueError):
-    """`build_model` was asked for the checkpoint's head, and the checkpoint has none."""
+@contextlib.contextmanager
+def training_ending(program: str) -> Iterator[None]:
+    """The end of a training run inside the block: interrupted by a signal, the command leaves
+    at once (`leave`) with the checkpoint's line and status 128 + the signal; diverged, with
+    `error: <message>` and status 1.
+
+    Example:
+        >>> with training_ending("bit-finetune"):
+        ...     model, history = bit_tf.finetune(...)
+    """
+    from bit_tf.training.checkpoints import TrainingDivergedError, TrainingInterruptedError
+
+    try:
+        yield
+    except TrainingInterruptedError as interrupted:
+        # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
+        # shutdown after an interrupted fit).
+        leave(program, str(interrupted), 128 + interrupted.signal_number)
+    except TrainingDivergedError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+@contextlib.contextmanager
+def signals_wait_for(program: str, path: str) -> Iterator[None]:
+    """A signal (Ctrl-C, SIGTERM) that arrives inside the block waits for its end (the final
+    `path` being written); then the command leaves, naming `path`, with status 128 + the signal.
+
+    Example:
+        >>> with signals_wait_for("bit-finetune", "out/model.keras"):
+        ...     write_through("out/model.keras", model.save, suffix=".keras")
+    """
+    from bit_tf.training.interruption import signals_deferred
+
+    with signals_deferred() as deferred:
+        yield
+    if deferred.received is not None:
+        name = signal.Signals(deferred.received).name
+        leave(program, f"{name} received: stopped after writing {path}.", 128 + deferred.received)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -154,11 +196,11 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """
     from bit_tf.models.download import DownloadError
     from bit_tf.models.weights import CheckpointError
+    from bit_tf.training.atomic import TargetExistsError
     from bit_tf.training.checkpoints import DamagedRunFileError
     from bit_tf.training.file_errors import FileWriteError
     from bit_tf.training.run_lock import RunLockedError
     from bit_tf.training.run_settings import RunSettingsError
-    from hub_export.atomic import TargetExistsError
 
     return (
         CheckpointError,
@@ -234,65 +276,6 @@ def disk_error_message(error: BaseException) -> str | None:
     return f"{problem[0].upper()}{problem[1:]} ({type(error).__name__}: {detail})."
 
 
-def weights_stem(weights: str) -> str:
-    """The file or released name of `weights` without folder and .npz/.keras suffix.
-
-    Example:
-        >>> weights_stem("/data/BiT-M-R50x1.npz")
-        'BiT-M-R50x1'
-    """
-    stem = os.path.basename(weights.rstrip("/"))
-    for suffix in (".keras", ".npz", ".safetensors"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-    return stem
-
-
-def model_layout(model: keras.Model) -> dict:
-    """The architecture of a bit_tf model, as `bit_tf.models.weights.describe_layout` reads
-    checkpoints.
-
-    Example:
-        >>> model_layout(bit_tf.create_model("BiT-S-R50x1"))["units_per_block"]
-        (3, 4, 6, 3)
-    """
-    from bit_tf.models.weights import describe_layout, official_variables
-
-    return describe_layout(
-        {key: tuple(variable.shape) for key, variable in official_variables(model).items()}
-    )
-
-
-def architecture_name(layout: dict) -> str:
-    """A short name of an architecture from `describe_layout`: "R50x1", or its units and width.
-
-    Names like "R152x4" are what `bit_tf.finetune.hyperrule.get_resolution` looks for in a model
-    name.
-
-    Example:
-        >>> architecture_name({"units_per_block": (3, 4, 6, 3), "width_factor": 1,
-        ...                    "unit": "bottleneck", "normalization": "group",
-        ...                    "weight_standardization": True})
-        'R50x1'
-    """
-    from bit_tf.models.resnet_v2 import BASIC_DEPTHS, UNITS_PER_BLOCK
-
-    units, width, unit = tuple(layout["units_per_block"]), layout["width_factor"], layout["unit"]
-    name = next(
-        (
-            f"R{depth}x{width}"
-            for depth, depth_units in UNITS_PER_BLOCK.items()
-            if tuple(depth_units) == units and (depth in BASIC_DEPTHS) == (unit == "basic")
-        ),
-        f"ResNetV2 of {unit} units {units}, width {width}",
-    )
-    if layout["normalization"] != "group":
-        name += f", {layout['normalization']} normalization"
-    if not layout["weight_standardization"]:
-        name += ", no weight standardization"
-    return name
-
-
 def read_class_names(value: str) -> list[str] | None:
     """Class names from a `--class_names` flag: a text file with one name per line, or a
     comma-separated list; None for an empty value.
@@ -317,63 +300,6 @@ def read_class_names(value: str) -> list[str] | None:
     return [name.strip() for name in value.split(",")]
 
 
-def load_keras_file(
-    path: str, model_name: str | None = None, num_classes: int | None | str = HEAD_FROM_CHECKPOINT
-) -> keras.Model:
-    """A `.keras` model that bit_tf wrote (bit-finetune's `model.keras`, its checkpoints'
-    `last.keras` and `best.keras`), with the architecture and head taken from the file.
-
-    Args:
-        path: the `.keras` file.
-        model_name: empty or None; else a model name whose architecture the file must have.
-        num_classes: None for the feature vector (the model up to its pre-logits);
-            `HEAD_FROM_CHECKPOINT` or the file's head size for the model as it is.
-
-    Raises:
-        CheckpointError: the file is missing or unreadable, or does not fit `model_name` or
-            `num_classes`.
-        ValueError: an unknown `model_name`.
-
-    Example:
-        >>> load_keras_file("bit_finetune/model.keras", num_classes=None).output_shape
-        (None, 2048)
-    """
-    import keras
-
-    from bit_tf.models.registry import parse_model_name
-    from bit_tf.models.resnet_v2 import pre_logits_model
-    from bit_tf.models.weights import CheckpointError
-
-    expected = None
-    if model_name:
-        _, depth, width = parse_model_name(model_name)
-        expected = f"R{depth}x{width}"
-    if not os.path.isfile(path):
-        what = "is a folder, not a .keras file" if os.path.isdir(path) else "does not exist"
-        raise CheckpointError(f"Model file {path!r} {what}.")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # a damaged zip, a foreign model: all the user's file
-        raise CheckpointError(
-            f"Model file {path!r} cannot be read as a Keras model ({type(error).__name__}: "
-            f"{error})."
-        ) from error
-    found = architecture_name(model_layout(model))
-    if expected is not None and found != expected:
-        raise CheckpointError(
-            f"--model={model_name} ({expected}) does not fit the model file {path!r} ({found}): "
-            "leave out --model to take the architecture from the file."
-        )
-    if num_classes is None:
-        model = pre_logits_model(model)
-    elif num_classes != HEAD_FROM_CHECKPOINT and model.output_shape[-1] != num_classes:
-        raise CheckpointError(
-            f"Model file {path!r} has a head of {model.output_shape[-1]} classes, not "
-            f"{num_classes}: leave out --num_classes to keep its head."
-        )
-    return model
-
-
 def check_model_file(program: str, path: str, checkpoint_dir: str) -> None:
     """Ends the command with one line if the `model.keras` of a finished run, `path`, cannot be
     read back, saying how to write it again from the run's checkpoint in `checkpoint_dir`.
@@ -396,94 +322,61 @@ def check_model_file(program: str, path: str, checkpoint_dir: str) -> None:
         )
 
 
-def _backbone_layout(layout: dict) -> dict:
-    return {key: value for key, value in layout.items() if key != "num_classes"}
-
-
 def build_model(
     model_name: str | None,
     weights: str | None,
     num_classes: int | None | str = HEAD_FROM_CHECKPOINT,
     dtype: str | None = None,
 ) -> keras.Model:
-    """The model for a command's `--model` and `--weights`, with the weights loaded.
-
-    Without `model_name` the architecture is read from the checkpoint (an official-layout
-    `.npz` path, URL or released name), so any official checkpoint loads as it is. With both,
-    they must describe the same architecture.
+    """The model for a command's `--model` and `--weights`, with the weights loaded: a call to
+    `bit_tf.create_model` (`bit_tf.models.create.from_checkpoint` for a file), its errors in
+    the words of the flags.
 
     Args:
         model_name: e.g. "BiT-M-R50x1"; empty or None: the checkpoint's architecture.
-        weights: a released name, a path or URL of an official-layout `.npz`, timm's
-            checkpoint ("hf-hub:<owner>/<name>", a timm release name, a `.safetensors` path:
-            `bit_tf.models.timm_weights`), or a `.keras` file bit_tf wrote (`load_keras_file`: it
-            keeps its own head and dtype policy);
-            empty or None: random initialisation (needs `model_name`).
+        weights: what `bit_tf.models.from_checkpoint` reads (an official `.npz`, timm's
+            checkpoint, a `.keras` file bit_tf wrote); empty or None: random initialisation
+            (needs `model_name`).
         num_classes: the head size; None for the feature vector (pre-logits);
             `HEAD_FROM_CHECKPOINT` for the checkpoint's head, else the upstream default of
             `model_name`.
-        dtype: the Keras dtype policy to build the model with (e.g. "mixed_bfloat16").
-
-    Returns:
-        A bit_tf `keras.Model`; without `model_name`, named after the checkpoint's file. A head
-        loaded from a checkpoint of a released head's size (1000 or 21843 classes) carries
-        those class names (`bit_tf.models.class_names.released_head_class_names`).
+        dtype: the Keras dtype policy to build the model with (e.g. "mixed_bfloat16"); a
+            `.keras` file keeps its own.
 
     Raises:
         CheckpointError: the checkpoint is missing, damaged, not a BiT checkpoint, or does not
-            fit `model_name` (one line naming both architectures).
-        ValueError: neither `model_name` nor `weights`, or no head size to be found
-            (`HeadlessCheckpointError`: `HEAD_FROM_CHECKPOINT` for a checkpoint without a head
-            and no `model_name`).
+            fit `model_name` (one line naming both architectures and the flags' way out).
+        ValueError: neither `model_name` nor `weights`; `HeadlessCheckpointError`:
+            `HEAD_FROM_CHECKPOINT` for a checkpoint without a head and no `model_name`.
 
     Example:
         >>> build_model("", "/data/BiT-M-R50x1.npz", num_classes=None).output_shape
         (None, 2048)
     """
     import bit_tf
-    from bit_tf.models.class_names import released_head_class_names
-    from bit_tf.models.timm_weights import read_weights
-    from bit_tf.models.weights import CheckpointError, assign_official_arrays, describe_layout
+    from bit_tf.models import create
+    from bit_tf.models.weights import CheckpointError
 
     if not model_name and not weights:
         raise ValueError("Give --model, --weights, or both.")
-    if weights and weights.endswith(".keras"):
-        return load_keras_file(weights, model_name, num_classes)
-    path = arrays = layout = None
-    if weights:  # read once: for the layout, then for the weights (an .npz or timm's files)
-        path, arrays = read_weights(weights)
-        # An .npz's shapes come from its headers, so no array is read twice.
-        shapes = getattr(arrays, "shapes", None) or {k: v.shape for k, v in arrays.items()}
-        layout = describe_layout(shapes)
-    if num_classes == HEAD_FROM_CHECKPOINT:
-        if layout is not None and layout["num_classes"] is not None:
-            num_classes = layout["num_classes"]
-        elif model_name:
+    if not weights:
+        if num_classes == HEAD_FROM_CHECKPOINT:
             num_classes = bit_tf.models.default_num_classes(model_name)
-        else:
-            raise HeadlessCheckpointError(
-                f"Checkpoint {weights!r} has no head to take the number of classes from; "
-                "give --num_classes."
-            )
-    if model_name:
         model = bit_tf.create_model(model_name, num_classes=num_classes, dtype=dtype)
-        expected = model_layout(model)
-        if layout is not None and _backbone_layout(layout) != _backbone_layout(expected):
-            raise CheckpointError(
-                f"--model={model_name} ({architecture_name(expected)}) does not fit the "
-                f"checkpoint {weights!r} ({architecture_name(layout)}): leave out --model to "
-                f"take the architecture from the checkpoint, or give the weights of a "
-                f"{model_name}."
-            )
-    else:
-        options = {**layout, "num_classes": num_classes}
-        model = bit_tf.resnet_v2(
-            None, name=weights_stem(weights).replace("-", "_"), dtype=dtype, **options
-        )
-    if path is not None:
-        assign_official_arrays(model, arrays, path)
-        if layout["num_classes"] is not None and layout["num_classes"] == num_classes:
-            model.class_names = released_head_class_names(num_classes)
-    else:
         log.warning("No --weights: %s has randomly initialised weights.", model.name)
-    return model
+        return model
+    options = {} if weights.endswith(".keras") else {"dtype": dtype}
+    try:
+        return create.from_checkpoint(weights, model_name or None, num_classes, **options)
+    except create.ArchitectureMismatchError as error:
+        raise CheckpointError(error.words(f"--model={model_name}", "leave out --model")) from None
+    except create.HeadMismatchError as error:
+        raise CheckpointError(
+            f"Model file {error.path!r} has a head of {error.classes} classes, not "
+            f"{error.asked}: leave out --num_classes to keep its head."
+        ) from None
+    except create.HeadlessCheckpointError:
+        raise create.HeadlessCheckpointError(
+            f"Checkpoint {weights!r} has no head to take the number of classes from; "
+            "give --num_classes."
+        ) from None

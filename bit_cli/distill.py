@@ -21,10 +21,9 @@ command again resumes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import signal
-import sys
 
 from absl import flags
 
@@ -258,20 +257,10 @@ def _check_flags() -> None:
     )
     if FLAGS.min_crop_area is not None and FLAGS.min_crop_area > 1:
         common.fail(PROGRAM, f"--min_crop_area must be at most 1, got {FLAGS.min_crop_area}.")
-    if FLAGS.validation_fraction is not None and not 0 < FLAGS.validation_fraction < 1:
-        common.fail(
-            PROGRAM,
-            f"--validation_fraction must be between 0 and 1, got {FLAGS.validation_fraction}.",
-        )
     batch_size = FLAGS.batch_size or (
         DIGITS_DEFAULTS["batch_size"] if FLAGS.dataset == DIGITS else 512
     )
-    if FLAGS.gradient_accumulation_steps and batch_size % FLAGS.gradient_accumulation_steps:
-        common.fail(
-            PROGRAM,
-            f"--gradient_accumulation_steps={FLAGS.gradient_accumulation_steps} must divide "
-            f"the batch size {batch_size} (--batch_size).",
-        )
+    checks.training_run(PROGRAM, FLAGS, batch_size)
     checks.model_name(PROGRAM, FLAGS.student)
     if FLAGS.teacher == DEFAULT_TEACHER and not os.path.isfile(DEFAULT_TEACHER):
         common.fail(
@@ -280,8 +269,6 @@ def _check_flags() -> None:
             "first (it writes it), or give --teacher, a .keras classifier or a released name "
             "with a head.",
         )
-    for flag in ("export_dir", "checkpoint_dir", "logdir"):
-        checks.folder_to_write(PROGRAM, flag, getattr(FLAGS, flag))
     datasets.check(PROGRAM, FLAGS.dataset)
 
 
@@ -315,74 +302,40 @@ def main(argv):
 
 
 def _distill_and_write() -> None:
+    """Reads the teacher and the data, distills (`bit_tf.distill`), then evaluates and writes
+    the student to --export_dir/model.keras."""
     import tensorflow as tf
 
-    from bit_tf.distill.recipe import TrainingDivergedError, TrainingInterruptedError, distill
-
-    defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
-
-    def setting(name):
-        value = getattr(FLAGS, name)
-        return value if value is not None else defaults.get(name)
+    from bit_tf.distill.recipe import distill
 
     strategy = tf.distribute.MirroredStrategy() if FLAGS.strategy == "mirrored" else None
     teacher, train, validation, test = _teacher_and_data(strategy)
-    print(f"teacher: {teacher.name} ({teacher.count_params():,} parameters)")
-    print(f"train: {train}\nvalidation: {validation}" + (f"\ntest: {test}" if test else ""))
-    export_dir = FLAGS.export_dir
-    os.makedirs(export_dir, exist_ok=True)
-    checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(export_dir, "checkpoints")
-    named = ("batch_size", "steps", "crop", "base_lr", "min_crop_area", "validation_every")
-    named += ("recipe", "temperature", "weight_decay", "teacher_crop")
-    options = {name: setting(name) for name in named if setting(name) is not None}
-    try:
-        # ValueError here: a teacher of another number of classes, settings that do not fit
-        # an unfinished run in the checkpoint folder.
-        with common.user_errors(PROGRAM, ValueError):
-            student, _ = distill(
-                teacher,
-                FLAGS.student,
-                train,
-                validation,
-                student_weights=FLAGS.student_weights or None,
-                dtype=FLAGS.dtype,
-                variant=FLAGS.variant,
-                eval_resize=FLAGS.eval_resize,
-                gradient_accumulation_steps=FLAGS.gradient_accumulation_steps or "auto",
-                cache=FLAGS.cache,
-                mixup_alpha=FLAGS.mixup_alpha,
-                seed=FLAGS.seed,
-                patience=FLAGS.patience,
-                warmup_steps=FLAGS.warmup_steps,
-                clip_norm=FLAGS.clip_norm or None,
-                strategy=strategy,
-                checkpoint_dir=checkpoint_dir,
-                logdir=datasets.tensorboard_logdir(FLAGS.logdir, export_dir),
-                jit_compile=FLAGS.jit_compile,
-                verbose=2,
-                overwrite=FLAGS.overwrite,
-                **options,
-            )
-    except TrainingInterruptedError as interrupted:
-        # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
-        # shutdown after an interrupted fit).
-        common.leave(PROGRAM, str(interrupted), 128 + interrupted.signal_number)
-    except TrainingDivergedError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-    _evaluate_and_write(student, teacher, {"test": test, "validation": validation}, checkpoint_dir)
+    os.makedirs(FLAGS.export_dir, exist_ok=True)
+    options = _distill_options(strategy)
+    # ValueError here: a teacher of another number of classes, settings that do not fit an
+    # unfinished run in the checkpoint folder.
+    with common.training_ending(PROGRAM), common.user_errors(PROGRAM, ValueError):
+        student, _ = distill(teacher, FLAGS.student, train, validation, **options)
+    splits = {"test": test, "validation": validation}
+    _evaluate_and_write(student, teacher, splits, options["checkpoint_dir"])
 
 
-def _teacher_and_data(strategy) -> tuple:
-    """(teacher, train, validation, test) of the flags; a bad one ends the command (one line)."""
+def _setting(name: str):
+    """The value of flag `name`, else its default for the digits data set (else None)."""
+    value = getattr(FLAGS, name)
+    return (
+        value
+        if value is not None
+        else (DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}).get(name)
+    )
+
+
+def _teacher_and_data(strategy):
+    """(teacher, train, validation, test) for the flags; a user's mistake ends the command."""
     # ValueError here: a checkpoint without a head, an unknown name.
     with common.user_errors(PROGRAM, ValueError):
-        if strategy is None:
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
             teacher = common.build_model("", FLAGS.teacher)
-        else:
-            with strategy.scope():
-                teacher = common.build_model("", FLAGS.teacher)
         train, validation, test = datasets.load(
             PROGRAM,
             FLAGS.dataset,
@@ -394,20 +347,49 @@ def _teacher_and_data(strategy) -> tuple:
             manual_dir=FLAGS.manual_dir,
             test_split=FLAGS.test_split,
         )
+    print(f"teacher: {teacher.name} ({teacher.count_params():,} parameters)")
+    print(f"train: {train}\nvalidation: {validation}" + (f"\ntest: {test}" if test else ""))
     return teacher, train, validation, test
+
+
+def _distill_options(strategy) -> dict:
+    """The keyword arguments of `bit_tf.distill` that the flags give."""
+    export_dir = FLAGS.export_dir
+    names = ("batch_size", "steps", "crop", "base_lr", "min_crop_area", "validation_every")
+    names += ("recipe", "temperature", "weight_decay", "teacher_crop")
+    return {
+        **{name: _setting(name) for name in names if _setting(name) is not None},
+        "student_weights": FLAGS.student_weights or None,
+        "dtype": FLAGS.dtype,
+        "variant": FLAGS.variant,
+        "eval_resize": FLAGS.eval_resize,
+        "gradient_accumulation_steps": FLAGS.gradient_accumulation_steps or "auto",
+        "cache": FLAGS.cache,
+        "mixup_alpha": FLAGS.mixup_alpha,
+        "seed": FLAGS.seed,
+        "patience": FLAGS.patience,
+        "warmup_steps": FLAGS.warmup_steps,
+        "clip_norm": FLAGS.clip_norm or None,
+        "strategy": strategy,
+        "checkpoint_dir": FLAGS.checkpoint_dir or os.path.join(export_dir, "checkpoints"),
+        "logdir": datasets.tensorboard_logdir(FLAGS.logdir, export_dir),
+        "jit_compile": FLAGS.jit_compile,
+        "verbose": 2,
+        "overwrite": FLAGS.overwrite,
+    }
 
 
 def _evaluate_and_write(student, teacher, splits: dict, checkpoint_dir: str) -> None:
     """Writes the student to model.keras and prints its accuracy, the teacher's and their
-    agreement on the test split (once, never chosen on) and last on the validation split."""
+    agreement on the test split (once, never chosen on) and last on the validation split (a
+    signal waits for the file: the checkpoints already say the run is finished)."""
     from bit_tf.distill.run_settings import evaluation_batches
-    from bit_tf.training.checkpoints import atomic_save, read_progress
-    from bit_tf.training.interruption import signals_deferred
+    from bit_tf.training.atomic import write_through
+    from bit_tf.training.checkpoints import read_progress
 
     path = os.path.join(FLAGS.export_dir, "model.keras")
     settings = read_progress(checkpoint_dir)["settings"]  # what the run used
-    # A signal now waits for model.keras: the checkpoints already say the run is finished.
-    with signals_deferred() as deferred:
+    with common.signals_wait_for(PROGRAM, path):
         results = {}
         for name, split in splits.items():
             if split is not None:
@@ -419,13 +401,8 @@ def _evaluate_and_write(student, teacher, splits: dict, checkpoint_dir: str) -> 
                     settings["eval_resize"],
                 )
                 results[name] = _agreement(student, teacher, batches)
-        atomic_save(student, path)
-    print(f"wrote {path}")
-    if deferred.received is not None:
-        name = signal.Signals(deferred.received).name
-        common.leave(
-            PROGRAM, f"{name} received: stopped after writing {path}.", 128 + deferred.received
-        )
+        write_through(path, student.save, suffix=".keras")
+        print(f"wrote {path}")
     for name, line in (("test", "test accuracy"), ("validation", "final validation accuracy")):
         if name in results:
             accuracy, teacher_accuracy, agreement = results[name]

@@ -291,7 +291,9 @@ def _export(model, export_dir: str, stem: str, class_names: list[str] | None) ->
         image_size = FLAGS.image_size or None
         if image_size is None and model.input_shape[1] is None:
             # The HyperRule's crop for images over 96x96 pixels, for this architecture.
-            architecture = common.architecture_name(common.model_layout(model))
+            from bit_tf.models.create import architecture_of
+
+            architecture = architecture_of(model)
             image_size = hyperrule_image_size(architecture)
             print(f"serving image size: {image_size} (BiT-HyperRule; --image_size to change)")
         version_dir = hub_export.export_serving(
@@ -330,7 +332,9 @@ def main(argv):
     timm = FLAGS.format == "timm"
     if timm and (FLAGS.serving_dir or FLAGS.publish_to):
         common.fail(PROGRAM, "--serving_dir and --publish_to are for --format=hub, not timm.")
-    stem = common.weights_stem(weights or FLAGS.model)
+    from bit_tf.models.create import weights_stem
+
+    stem = weights_stem(weights or FLAGS.model)
     folder = f"{stem}_{FLAGS.kind}" + ("_timm" if timm else "")
     export_dir = FLAGS.export_dir or os.path.join("exports", folder)
     _check_flags(export_dir)

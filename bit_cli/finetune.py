@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 
 from absl import flags
 
@@ -208,11 +206,6 @@ def _check_flags() -> None:
         warmup_steps=FLAGS.warmup_steps,
         mixup_alpha=FLAGS.mixup_alpha,
     )
-    if FLAGS.validation_fraction is not None and not 0 < FLAGS.validation_fraction < 1:
-        common.fail(
-            PROGRAM,
-            f"--validation_fraction must be between 0 and 1, got {FLAGS.validation_fraction}.",
-        )
     if FLAGS.resize and FLAGS.crop and FLAGS.crop > FLAGS.resize:
         common.fail(
             PROGRAM, f"--crop={FLAGS.crop} must not be larger than --resize={FLAGS.resize}."
@@ -220,15 +213,8 @@ def _check_flags() -> None:
     batch_size = FLAGS.batch_size or (
         DIGITS_DEFAULTS["batch_size"] if FLAGS.dataset == DIGITS else 512
     )
-    if FLAGS.gradient_accumulation_steps and batch_size % FLAGS.gradient_accumulation_steps:
-        common.fail(
-            PROGRAM,
-            f"--gradient_accumulation_steps={FLAGS.gradient_accumulation_steps} must divide "
-            f"the batch size {batch_size} (--batch_size).",
-        )
+    checks.training_run(PROGRAM, FLAGS, batch_size)
     checks.model_name(PROGRAM, FLAGS.model)
-    for flag in ("export_dir", "checkpoint_dir", "logdir"):
-        checks.folder_to_write(PROGRAM, flag, getattr(FLAGS, flag))
     datasets.check(PROGRAM, FLAGS.dataset)
     _check_unknown_model_file()
 
@@ -284,7 +270,9 @@ def _backbone():
     with common.user_errors("bit-finetune", ValueError):
         model = common.build_model(FLAGS.model, FLAGS.weights, num_classes=None, dtype=FLAGS.dtype)
     # The architecture's name ("R152x4"), which the HyperRule's resolution looks for.
-    return model, None, common.architecture_name(common.model_layout(model))
+    from bit_tf.models.create import architecture_of
+
+    return model, None, architecture_of(model)
 
 
 def main(argv):
@@ -301,12 +289,7 @@ def main(argv):
 def _fine_tune_and_write() -> None:
     import tensorflow as tf
 
-    from bit_tf.finetune.recipe import (
-        TrainingDivergedError,
-        TrainingInterruptedError,
-        finetune,
-        resolve_resolution,
-    )
+    from bit_tf.finetune.recipe import finetune, resolve_resolution
 
     defaults = DIGITS_DEFAULTS if FLAGS.dataset == DIGITS else {}
 
@@ -326,7 +309,7 @@ def _fine_tune_and_write() -> None:
     export_dir = FLAGS.export_dir
     os.makedirs(export_dir, exist_ok=True)
     checkpoint_dir = _checkpoint_dir()
-    try:
+    with common.training_ending(PROGRAM):
         model, history = finetune(
             model_or_name,
             train,
@@ -352,13 +335,6 @@ def _fine_tune_and_write() -> None:
             hyperrule=FLAGS.hyperrule,
             eval_resize=FLAGS.eval_resize,
         )
-    except TrainingInterruptedError as interrupted:
-        # The checkpoint is on disk; leave at once (TensorFlow's runtime can hang at interpreter
-        # shutdown after an interrupted fit).
-        common.leave(PROGRAM, str(interrupted), 128 + interrupted.signal_number)
-    except TrainingDivergedError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
     splits = {"validation": validation, "test": test}
     _evaluate_and_write(model, history, splits, setting("batch_size", 512), (resize, crop))
 
@@ -367,8 +343,7 @@ def _evaluate_and_write(model, history, splits: dict, batch_size: int, resolutio
     """Evaluates the fine-tuned `model` and writes it to model.keras (a finished run's whole
     model.keras is kept; a damaged one ends the command with the way out)."""
     from bit_tf.data import pipelines as data
-    from bit_tf.training.checkpoints import atomic_save
-    from bit_tf.training.interruption import signals_deferred
+    from bit_tf.training.atomic import write_through
 
     path = os.path.join(FLAGS.export_dir, "model.keras")
     # Nothing trained: the checkpoints hold this run, finished earlier.
@@ -379,7 +354,7 @@ def _evaluate_and_write(model, history, splits: dict, batch_size: int, resolutio
     if already_finished:
         print(f"{_checkpoint_dir()} holds this run, already finished; nothing to train")
     # A signal now waits for model.keras: the checkpoints already say the run is finished.
-    with signals_deferred() as deferred:
+    with common.signals_wait_for(PROGRAM, path):
         # The micro-batch of the run (gradient accumulation) bounds the evaluation's batch too.
         accumulation = getattr(model.optimizer, "gradient_accumulation_steps", None) or 1
         eval_batch = min(batch_size // accumulation, 256)
@@ -394,13 +369,8 @@ def _evaluate_and_write(model, history, splits: dict, batch_size: int, resolutio
             if split is not None
         }
         if not keep:
-            atomic_save(model, path)
+            write_through(path, model.save, suffix=".keras")
             print(f"wrote {path}")
-    if deferred.received is not None:
-        name = signal.Signals(deferred.received).name
-        common.leave(
-            PROGRAM, f"{name} received: stopped after writing {path}.", 128 + deferred.received
-        )
     if "test" in accuracies:  # evaluated once, after training; never chosen on
         print(f"test accuracy: {accuracies['test']:.4f}")
     print(f"final validation accuracy: {accuracies['validation']:.4f}", flush=True)

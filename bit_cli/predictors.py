@@ -157,7 +157,9 @@ class KerasClassifier(_BatchedClassifier):
         fixed_size = model.input_shape[1] if model.input_shape[1] == model.input_shape[2] else None
         self.image_size = image_size or fixed_size
         # The architecture's name ("R152x4"), which the HyperRule's resolution looks for.
-        self.architecture = common.architecture_name(common.model_layout(model))
+        from bit_tf.models.create import architecture_of
+
+        self.architecture = architecture_of(model)
         self.batch_size = batch_size
 
     def image_size_for(self, height: int, width: int) -> int:
@@ -344,9 +346,11 @@ def load_classifier(
                 "size it was exported at; leave --image_size out."
             )
         return ServingClassifier(model, class_names, batch_size)
+    from bit_tf.models.create import HeadlessCheckpointError
+
     try:  # a .keras file, a released name, an .npz path or URL
         keras_model = common.build_model("", model, num_classes=common.HEAD_FROM_CHECKPOINT)
-    except common.HeadlessCheckpointError:
+    except HeadlessCheckpointError:
         raise ValueError(
             f"Checkpoint {model!r} has no head: it ends at the pre-logits (a feature "
             "extractor). Give a classifier: a released name with a head (BiT-S-R50x1, "

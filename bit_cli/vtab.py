@@ -164,8 +164,8 @@ def _backbone_and_weights():
         return FLAGS.model, weights or None
     model_name = FLAGS.model if FLAGS["model"].present else None
     # Read once here, so that a file that cannot serve ends the command before any work.
-    common.load_keras_file(weights, model_name, num_classes=None)
-    return (lambda: common.load_keras_file(weights, model_name, num_classes=None)), None
+    common.build_model(model_name, weights, num_classes=None)
+    return (lambda: common.build_model(model_name, weights, num_classes=None)), None
 
 
 def main(argv) -> None:

@@ -54,14 +54,15 @@ if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
 
 # hyperrule registers the schedule that saved .keras files refer to.
 from bit_tf.finetune import hyperrule  # noqa: E402
+from bit_tf.models.create import create_model  # noqa: E402
 from bit_tf.models.layers import (  # noqa: E402
     GroupNormalization,
     PreActBasic,
     PreActBottleneck,
     StandardizedConv2D,
 )
-from bit_tf.models.registry import list_released_checkpoints  # noqa: E402
-from bit_tf.models.resnet_v2 import create_model, list_models, resnet_v2  # noqa: E402
+from bit_tf.models.registry import list_models, list_released_checkpoints  # noqa: E402
+from bit_tf.models.resnet_v2 import resnet_v2  # noqa: E402
 from bit_tf.models.timm_weights import load_timm_weights, save_timm_weights  # noqa: E402
 from bit_tf.models.weights import (  # noqa: E402
     CheckpointError,

@@ -12,7 +12,7 @@ Example:
 """
 
 from bit_tf.models.hub import UnsafeArchiveError, extract_archive_safely
-from hub_export.atomic import TargetExistsError
+from bit_tf.training.atomic import TargetExistsError
 from hub_export.image_decoding import DEFAULT_MAX_PIXELS, decode_images
 from hub_export.model_card import model_card
 from hub_export.module import KINDS, build_module, export_module, read_metadata

@@ -116,16 +116,32 @@ def model_card(
         or _upstream_from_name(name.replace("-", "_"), metadata.get("model_name", ""))
         or "not recorded at export (pass upstream=)"
     )
-    num_classes = metadata.get("num_classes")
-    if kind == "classification":
-        module_type = "image-classification"
-        output = f"`[batch, {num_classes or 'classes'}]` float32 logits (apply softmax)."
-    else:
-        module_type = "image-feature-vector"
-        features = 2048 * width if width else "2048 * width"
-        if metadata.get("unit") == "basic" and width:
-            features = 512 * width
-        output = f"`[batch, {features}]` float32 feature vectors (the pre-logits)."
+    lines = [
+        *_overview(name, version, kind, architecture, license_name, description),
+        *_architecture_section(metadata, architecture, width),
+        "## Upstream data",
+        "",
+        f"Pre-training data: {upstream}.",
+        "",
+        *_inputs_and_outputs(metadata, kind, width),
+        *_classes_section(metadata.get("class_names") if kind == "classification" else None),
+        *_USAGE,
+        "## Fine-tuning",
+        "",
+        _hyperrule_paragraph(),
+        "",
+        "## License",
+        "",
+        f"{license_name}.",
+        "",
+        *_CITATION,
+    ]
+    return "\n".join(lines)
+
+
+def _overview(name, version, kind, architecture, license_name, description) -> list[str]:
+    """The title, the TF-Hub markers and the overview paragraph."""
+    module_type = "image-classification" if kind == "classification" else "image-feature-vector"
     lines = [
         f"# {name} (version {version})",
         "",
@@ -141,31 +157,41 @@ def model_card(
         f"{'classifier' if kind == 'classification' else 'feature extractor'}, exported by "
         "bit-tf as a TF2 Reusable SavedModel (TF-Hub format).",
     ]
-    if description:
-        lines += ["", description]
-    lines += [
-        "",
+    return [*lines, "", description, ""] if description else [*lines, ""]
+
+
+def _architecture_section(metadata: dict, architecture: str, width) -> list[str]:
+    """The network: normalization, weight standardization, units and width."""
+    group = metadata.get("normalization", "group") == "group"
+    standardized = metadata.get("weight_standardization", True)
+    return [
         "## Architecture",
         "",
         f"- {architecture}: pre-activation ResNet (v2) with "
-        + (
-            "Group Normalization (32 groups)"
-            if metadata.get("normalization", "group") == "group"
-            else "no normalization"
-        )
+        + ("Group Normalization (32 groups)" if group else "no normalization")
         + (
             " and Weight Standardization in every convolution."
-            if metadata.get("weight_standardization", True)
+            if standardized
             else " and plain convolutions."
         ),
         f"- Units per block: {tuple(metadata.get('units_per_block', ())) or 'n/a'}; "
         f"width factor: {width or 'n/a'}.",
         "- Variables carry the official BiT checkpoint names (`resnet/block1/unit01/...`).",
         "",
-        "## Upstream data",
-        "",
-        f"Pre-training data: {upstream}.",
-        "",
+    ]
+
+
+def _inputs_and_outputs(metadata: dict, kind: str, width) -> list[str]:
+    """What the module takes and gives: logits of a classifier, else the feature vector."""
+    if kind == "classification":
+        num_classes = metadata.get("num_classes")
+        output = f"`[batch, {num_classes or 'classes'}]` float32 logits (apply softmax)."
+    else:
+        features = 2048 * width if width else "2048 * width"
+        if metadata.get("unit") == "basic" and width:
+            features = 512 * width
+        output = f"`[batch, {features}]` float32 feature vectors (the pre-logits)."
+    return [
         "## Inputs and outputs",
         "",
         "- Input: float32 images `[batch, height, width, 3]`, RGB, values in [0, 1]; any "
@@ -174,38 +200,35 @@ def model_card(
         "- `__call__(images, training=False)`; attributes `variables`, `trainable_variables`, "
         "`regularization_losses`; signature `serving_default`.",
         "",
-        *_classes_section(metadata.get("class_names") if kind == "classification" else None),
-        "## Usage",
-        "",
-        "Keras 3:",
-        "",
-        "```python",
-        "import keras, bit_tf",
-        "inputs = keras.Input((128, 128, 3))",
-        "features = bit_tf.HubLayer(HANDLE, trainable=True)(inputs)",
-        "model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(features))",
-        "```",
-        "",
-        "tf_keras (Keras 2):",
-        "",
-        "```python",
-        "import tensorflow_hub as hub, tf_keras",
-        "model = tf_keras.Sequential([hub.KerasLayer(HANDLE, trainable=True),",
-        "                             tf_keras.layers.Dense(NUM_CLASSES)])",
-        "```",
-        "",
-        "## Fine-tuning",
-        "",
-        _hyperrule_paragraph(),
-        "",
-        "## License",
-        "",
-        f"{license_name}.",
-        "",
-        "## Citation",
-        "",
-        "Kolesnikov, Beyer, Zhai, Puigcerver, Yung, Gelly, Houlsby. Big Transfer (BiT): "
-        "General Visual Representation Learning. ECCV 2020.",
-        "",
     ]
-    return "\n".join(lines)
+
+
+#: How to load the module, in Keras 3 and in tf_keras.
+_USAGE = [
+    "## Usage",
+    "",
+    "Keras 3:",
+    "",
+    "```python",
+    "import keras, bit_tf",
+    "inputs = keras.Input((128, 128, 3))",
+    "features = bit_tf.HubLayer(HANDLE, trainable=True)(inputs)",
+    "model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(features))",
+    "```",
+    "",
+    "tf_keras (Keras 2):",
+    "",
+    "```python",
+    "import tensorflow_hub as hub, tf_keras",
+    "model = tf_keras.Sequential([hub.KerasLayer(HANDLE, trainable=True),",
+    "                             tf_keras.layers.Dense(NUM_CLASSES)])",
+    "```",
+    "",
+]
+_CITATION = [
+    "## Citation",
+    "",
+    "Kolesnikov, Beyer, Zhai, Puigcerver, Yung, Gelly, Houlsby. Big Transfer (BiT): "
+    "General Visual Representation Learning. ECCV 2020.",
+    "",
+]

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from bit_tf.models.resnet_v2 import pre_logits_model
-from hub_export.atomic import atomic_path, join
+from bit_tf.training.atomic import atomic_path, join
 from hub_export.tracing import OfficialForward, unit_scale_images
 
 KINDS = ("feature_vector", "classification")

@@ -18,7 +18,7 @@ import tarfile
 
 import tensorflow as tf
 
-from hub_export.atomic import atomic_path, join, refuse_existing
+from bit_tf.training.atomic import atomic_path, join, refuse_existing
 from hub_export.model_card import model_card
 from hub_export.module import read_metadata
 

@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from bit_tf.finetune import hyperrule
 from bit_tf.models.inference import fold_weight_standardization as fold_weights
-from hub_export.atomic import atomic_path, join
+from bit_tf.training.atomic import atomic_path, join
 from hub_export.image_decoding import (
     DEFAULT_MAX_PIXELS,
     IMAGE_FORMATS,

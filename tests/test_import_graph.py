@@ -1,5 +1,6 @@
 """The library's import graph, read from the source with `ast`: no import cycles between the
-project's own modules, and Keras only through its public API (no `keras.src`).
+project's own modules, no module using another module's `_`-prefixed (private) names, and Keras
+only through its public API (no `keras.src`).
 
 Every import counts, wherever it stands: at the top of a module or inside a function (a lazy
 import hides a cycle until the function runs; it does not remove it). Only imports under
@@ -175,6 +176,46 @@ def keras_src_uses(path: Path, root: Path = REPOSITORY) -> Iterator[str]:
             yield f"{path.relative_to(root)}:{node.lineno}: {line}"
 
 
+def is_private(name: str) -> bool:
+    """`_name`, not `__dunder__`."""
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_name_uses(path: Path, modules: dict[str, Path], root: Path = REPOSITORY) -> list[str]:
+    """'file:line: module._name' for each private name of another project module that the
+    module at `path` takes: `from module import _name`, or `module._name` of a module it
+    imported (`import a.b`, `import a.b as c`, `from a import b`). Private modules themselves
+    (`from bit_tf._aliases import MOVED`) are not names taken, and `__dunder__` names are public.
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[str] = []
+    bound: dict[str, str] = {}  # a name in this module -> the project module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in (name.split(".")[0] for name in modules):
+                    if alias.asname:
+                        bound[alias.asname] = alias.name
+                    else:
+                        parts = alias.name.split(".")
+                        for end in range(1, len(parts) + 1):
+                            bound[".".join(parts[:end])] = ".".join(parts[:end])
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                if f"{node.module}.{alias.name}" in modules:
+                    bound[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                elif node.module in modules and is_private(alias.name):
+                    found.append(
+                        f"{path.relative_to(root)}:{node.lineno}: {node.module}.{alias.name}"
+                    )
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and is_private(node.attr):
+            owner = bound.get(ast.unparse(node.value))
+            if owner is not None and owner in modules:
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {owner}.{node.attr}")
+    return sorted(set(found))
+
+
 def test_the_graph_sees_lazy_imports_and_from_package_import_submodule(tmp_path):
     package = tmp_path / "toy"
     package.mkdir()
@@ -213,6 +254,44 @@ def test_every_form_of_keras_src_is_seen(tmp_path):
     public = tmp_path / "public.py"
     public.write_text("import keras\nfrom keras import ops, saving\nkeras.saving.load_model\n")
     assert not list(keras_src_uses(public, tmp_path))
+
+
+def test_every_form_of_taking_a_private_name_is_seen(tmp_path):
+    package = tmp_path / "toy"
+    package.mkdir()
+    files = {
+        "__init__.py": "from toy._hidden import VISIBLE\n",  # a private module's public name
+        "_hidden.py": "VISIBLE = 1\n",
+        "owner.py": "_secret = 1\n__version__ = '1'\n\ndef _helper():\n    return 2\n",
+        "by_from.py": "from toy.owner import _helper\n",
+        "by_import.py": "import toy.owner\n\nx = toy.owner._secret\n",
+        "by_alias.py": "import toy.owner as o\n\ndef f():\n    return o._helper()\n",
+        "by_module.py": "from toy import owner\n\nx = owner._secret\ny = owner.__version__\n",
+        "own.py": "_mine = 1\n\nclass A:\n    _field = 2\n\nx = A._field + _mine\n",
+    }
+    for name, text in files.items():
+        (package / name).write_text(text)
+    modules = modules_of(tmp_path, ("toy",))
+    uses = {
+        name: private_name_uses(package / name, modules, tmp_path)
+        for name in files
+        if private_name_uses(package / name, modules, tmp_path)
+    }
+    assert uses == {
+        "by_from.py": ["toy/by_from.py:1: toy.owner._helper"],
+        "by_import.py": ["toy/by_import.py:3: toy.owner._secret"],
+        "by_alias.py": ["toy/by_alias.py:4: toy.owner._helper"],
+        "by_module.py": ["toy/by_module.py:3: toy.owner._secret"],
+    }
+
+
+def test_no_module_takes_another_modules_private_names():
+    modules = modules_of(REPOSITORY, LIBRARY)
+    uses = [use for path in modules.values() for use in private_name_uses(path, modules)]
+    assert not uses, (
+        "Private names of other modules (make the name public, or move the code to the module "
+        "that owns it):\n" + "\n".join(uses)
+    )
 
 
 def test_no_import_cycles_between_the_librarys_modules():

@@ -28,6 +28,8 @@ import logging
 import os
 import threading
 
+from bit_tf.training.atomic import write_bytes
+
 log = logging.getLogger(__name__)
 
 #: The most encoded bytes a pipeline keeps in memory.
@@ -176,10 +178,7 @@ class FileBytesCache:
             pass
         with open(path, "rb") as file:
             data = file.read()
-        partial = f"{copy}.{os.getpid()}.{threading.get_ident()}.partial"
-        with open(partial, "wb") as file:
-            file.write(data)
-        os.replace(partial, copy)
+        write_bytes(copy, data, durable=False)  # a cache: a crash may lose it
         return data
 
 

@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from bit_tf.data import image_folder
 from bit_tf.data.encoded_cache import CachePolicy, FileBytesCache
+from bit_tf.training.atomic import write_through
 
 log = logging.getLogger(__name__)
 
@@ -423,9 +424,9 @@ def _disk_store(reader, indices, folder: str, name: str) -> Access | None:
                     file.write(record)
                 position += 1
             labels.append(batch_labels)
-        partial = os.path.join(store, f"labels.{os.getpid()}.partial.npy")
-        np.save(partial, np.concatenate(labels) if labels else np.zeros([0], np.int32))
-        os.replace(partial, labels_path)  # the store is complete once its labels are there
+        labels = np.concatenate(labels) if labels else np.zeros([0], np.int32)
+        # The store is complete once its labels are there.
+        write_through(labels_path, lambda partial: np.save(partial, labels), suffix=".npy")
     log.info("Caching the encoded images of %s in %s.", name, store)
     labels = np.load(labels_path)
     paths = tf.constant([os.path.join(store, f"{index}.bin") for index in range(len(labels))])

@@ -403,6 +403,39 @@ def _walk_error(skipped: list):
     return record
 
 
+def _class_names(root: str) -> list[str]:
+    """The class subfolders of `root`, sorted; an ImageFolderError where there are fewer than 2."""
+    if not os.path.isdir(root):
+        raise ImageFolderError(
+            f"Image folder {root!r} does not exist or is not a folder; expected one "
+            f"subfolder per class, e.g. {root}/cat/*.jpg and {root}/dog/*.jpg."
+        )
+    class_names = sorted(
+        entry.name for entry in os.scandir(root) if entry.is_dir() and not is_metadata(entry.name)
+    )
+    if len(class_names) < 2:
+        raise ImageFolderError(
+            f"Image folder {root!r} has {len(class_names)} class subfolder(s) "
+            f"({', '.join(class_names) or 'none'}); a classifier needs at least 2. Put the "
+            "images of each class into its own subfolder."
+        )
+    return class_names
+
+
+def _candidates(root: str, class_names: list[str], skipped: list) -> list[tuple[str, int]]:
+    """(path, label) of every file under the class folders but metadata, in sorted order;
+    folders that cannot be listed go to `skipped`."""
+    candidates = []
+    for label, class_name in enumerate(class_names):
+        class_root = os.path.join(root, class_name)
+        for folder, subfolders, files in os.walk(class_root, onerror=_walk_error(skipped)):
+            subfolders[:] = sorted(name for name in subfolders if not is_metadata(name))
+            for name in sorted(files):
+                if not is_metadata(name):
+                    candidates.append((os.path.join(folder, name), label))
+    return candidates
+
+
 def scan_folder(
     root: str | os.PathLike, max_pixels: int = MAX_PIXELS, workers: int | None = None
 ) -> FolderScan:
@@ -424,29 +457,9 @@ def scan_folder(
         Image folder 'flowers/': 1520 images in 5 classes; skipped 2 unreadable file(s): ...
     """
     root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise ImageFolderError(
-            f"Image folder {root!r} does not exist or is not a folder; expected one "
-            "subfolder per class, e.g. {root}/cat/*.jpg and {root}/dog/*.jpg."
-        )
-    class_names = sorted(
-        entry.name for entry in os.scandir(root) if entry.is_dir() and not is_metadata(entry.name)
-    )
-    if len(class_names) < 2:
-        raise ImageFolderError(
-            f"Image folder {root!r} has {len(class_names)} class subfolder(s) "
-            f"({', '.join(class_names) or 'none'}); a classifier needs at least 2. Put the "
-            "images of each class into its own subfolder."
-        )
-    candidates, skipped = [], []
-    for label, class_name in enumerate(class_names):
-        class_root = os.path.join(root, class_name)
-        for folder, subfolders, files in os.walk(class_root, onerror=_walk_error(skipped)):
-            subfolders[:] = sorted(name for name in subfolders if not is_metadata(name))
-            for name in sorted(files):
-                if not is_metadata(name):
-                    candidates.append((os.path.join(folder, name), label))
-
+    class_names = _class_names(root)
+    skipped: list = []
+    candidates = _candidates(root, class_names, skipped)
     with concurrent.futures.ThreadPoolExecutor(workers or 2 * (os.cpu_count() or 1)) as pool:
         results = list(pool.map(lambda item: _check(item[0], max_pixels), candidates))
 

@@ -61,8 +61,8 @@ from bit_tf.distill.run_settings import (
 from bit_tf.distill.schedule import patient_steps, warmup_steps
 from bit_tf.distill.variants import fixed_teacher_targets, variant_batches
 from bit_tf.finetune.recipe import resolve_resolution
+from bit_tf.models.create import create_model
 from bit_tf.models.registry import find_release
-from bit_tf.models.resnet_v2 import create_model
 from bit_tf.training.accumulation import accumulation_and_micro_batch, strategy_for
 from bit_tf.training.checkpoints import TrainingDivergedError, TrainingInterruptedError
 from bit_tf.training.config import TrainingConfig, merged_config

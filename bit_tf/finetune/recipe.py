@@ -42,7 +42,7 @@ from bit_tf.finetune.hyperrule_choice import (
     rule_resolution,
     rule_schedule,
 )
-from bit_tf.models.resnet_v2 import create_model
+from bit_tf.models.create import create_model
 from bit_tf.training.accumulation import accumulation_and_micro_batch, strategy_for
 from bit_tf.training.checkpoints import (
     BEST_CHECKPOINT,

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from bit_tf.models.bit_model import BitModel
+from bit_tf.models.create import FROM_CHECKPOINT, create_model, from_checkpoint
 from bit_tf.models.layers import (
     NORMALIZATIONS,
     PreActBasic,
@@ -31,16 +32,12 @@ from bit_tf.models.registry import (
     list_models,
     parse_model_name,
 )
-from bit_tf.models.resnet_v2 import (
-    create_model,
-    pre_logits_model,
-    resnet_v2,
-    resolve_dtype_policy,
-)
+from bit_tf.models.resnet_v2 import pre_logits_model, resnet_v2, resolve_dtype_policy
 from bit_tf.models.timm_weights import read_weights
 from bit_tf.models.weights import assign_official_arrays, checkpoint_num_classes
 
 __all__ = [
+    "FROM_CHECKPOINT",
     "BASIC_DEPTHS",
     "NORMALIZATIONS",
     "UNITS_PER_BLOCK",
@@ -54,6 +51,7 @@ __all__ = [
     "checkpoint_num_classes",
     "create_model",
     "default_num_classes",
+    "from_checkpoint",
     "list_models",
     "make_convolution",
     "make_normalization",

@@ -28,8 +28,9 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 import zlib
+
+from bit_tf.training.atomic import atomic_path
 
 _COPY_BYTES = 1 << 20
 #: Whether the standard library's extraction filter checks each member too (Python 3.12, and the
@@ -59,12 +60,10 @@ def extract_archive_safely(archive_path: str, target_dir: str) -> str:
         '/tmp/bit_m-r50x1'
     """
     target_dir = os.path.abspath(target_dir)
-    if os.path.lexists(target_dir):
-        raise FileExistsError(f"Extraction target {target_dir!r} exists; choose a new folder.")
-    parent = os.path.dirname(target_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".partial-extract-", dir=parent)
-    try:
+    # An existing target (also one another process unpacked meanwhile) is TargetExistsError,
+    # a FileExistsError.
+    with atomic_path(target_dir, what="Extraction target") as staging:
+        os.makedirs(staging)
         try:
             archive = tarfile.open(archive_path, "r:*")
         except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
@@ -81,15 +80,6 @@ def extract_archive_safely(archive_path: str, target_dir: str) -> str:
                     f"{archive_path!r} is damaged or cut short ({type(error).__name__}: {error})."
                 ) from None
         unpacker.check_links()
-        try:
-            os.rename(staging, target_dir)
-        except OSError:
-            if os.path.isdir(target_dir):  # another process unpacked it meanwhile
-                raise FileExistsError(f"Extraction target {target_dir!r} exists.") from None
-            raise
-    finally:
-        if os.path.lexists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
     return target_dir
 
 

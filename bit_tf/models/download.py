@@ -51,6 +51,7 @@ from typing import TextIO
 from bit_tf.models import file_kinds
 from bit_tf.models.download_progress import DownloadProgress
 from bit_tf.models.npz_file import READ_ERRORS, NpzError, NpzFile
+from bit_tf.training.atomic import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,7 @@ def recorded_sha256(path: str) -> str | None:
 
 
 def _write_record(path: str, digest: str) -> None:
-    temporary = f"{path}{RECORD_SUFFIX}.partial-{os.getpid()}"
-    with open(temporary, "w") as handle:
-        handle.write(f"{digest}  {os.path.basename(path)}\n")
-    os.replace(temporary, path + RECORD_SUFFIX)
+    write_text(path + RECORD_SUFFIX, f"{digest}  {os.path.basename(path)}\n")
 
 
 def _is_transient(error: Exception) -> bool:
@@ -346,49 +344,67 @@ def _cached_file_problem(target, file_name, sha256, recorded, verify) -> str | N
     return None
 
 
+class _TransientError(Exception):
+    """An attempt failed in a way worth another (`error`); its partial file is removed."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _fetch_into_cache(url, target, *, retries, backoff_seconds, sha256, recorded, verify, **fetch):
-    folder, file_name = os.path.dirname(target), os.path.basename(target)
+    """Downloads `url` to a temporary sibling of `target`, checks it and renames it onto
+    `target` (`bit_tf.training.atomic`), retrying transient failures; returns `target`."""
     attempt = 0
     while True:
-        handle, partial_path = tempfile.mkstemp(prefix=f"{file_name}.partial-", dir=folder)
-        os.close(handle)
         try:
-            try:
-                log.info("Downloading %s to %s", url, target)
-                content_type = _fetch_once(url, partial_path, **fetch)
-                check_whole(partial_path, file_name, content_type)
-            except DownloadError as error:
-                raise DownloadError(f"Could not use {url}: {error}. Nothing was cached.") from None
-            except (urllib.error.URLError, OSError, ValueError) as error:
-                if attempt < retries and _is_transient(error):
-                    wait = backoff_seconds * 2**attempt
-                    log.warning("Download of %s failed (%s); retrying in %.1f s.", url, error, wait)
-                    time.sleep(wait)
-                    attempt += 1
-                    continue
-                raise DownloadError(
-                    f"Could not download {url} ({error}). Fetch the file another way (without "
-                    f"network access: elsewhere) and pass its local path instead (for example "
-                    f"weights='/path/to/{file_name}'), or copy it to {target}."
-                ) from error
-            actual = sha256_of(partial_path)
-            if sha256 is not None and actual != sha256:
-                raise DownloadError(
-                    f"Downloaded {url} but its sha256 is {actual}, expected {sha256}: the "
-                    "file is damaged or not the one asked for. Nothing was cached."
-                )
-            if recorded is not None and actual != recorded:
-                raise DownloadError(
-                    f"{url} now sends a file whose sha256 is {actual}, but its first download "
-                    f"had {recorded} ({target}{RECORD_SUFFIX}): the file on the server has "
-                    f"changed. If you trust the new file, delete {target}{RECORD_SUFFIX} and "
-                    "run again."
-                )
-            if verify is not None:
-                verify(partial_path)
-            os.replace(partial_path, target)
-            _write_record(target, actual)
-            return target
-        finally:
-            if os.path.exists(partial_path):
-                os.remove(partial_path)
+            with atomic_path(target, overwrite=True, what="Download") as partial_path:
+                actual = _fetch_and_check(url, target, partial_path, attempt < retries, **fetch)
+                _check_digest(url, target, actual, sha256, recorded)
+                if verify is not None:
+                    verify(partial_path)
+        except _TransientError as failure:
+            wait = backoff_seconds * 2**attempt
+            log.warning("Download of %s failed (%s); retrying in %.1f s.", url, failure, wait)
+            time.sleep(wait)
+            attempt += 1
+            continue
+        _write_record(target, actual)
+        return target
+
+
+def _fetch_and_check(url, target, partial_path, may_retry: bool, **fetch) -> str:
+    """Fetches `url` into `partial_path` and checks it is whole; returns its sha256. A
+    transient failure is raised as `_TransientError` while `may_retry`."""
+    file_name = os.path.basename(target)
+    try:
+        log.info("Downloading %s to %s", url, target)
+        content_type = _fetch_once(url, partial_path, **fetch)
+        check_whole(partial_path, file_name, content_type)
+    except DownloadError as error:
+        raise DownloadError(f"Could not use {url}: {error}. Nothing was cached.") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        if may_retry and _is_transient(error):
+            raise _TransientError(error) from error
+        raise DownloadError(
+            f"Could not download {url} ({error}). Fetch the file another way (without "
+            f"network access: elsewhere) and pass its local path instead (for example "
+            f"weights='/path/to/{file_name}'), or copy it to {target}."
+        ) from error
+    return sha256_of(partial_path)
+
+
+def _check_digest(url, target, actual: str, sha256: str | None, recorded: str | None) -> None:
+    """Raises DownloadError where the download's sha256 is not the published or first one."""
+    if sha256 is not None and actual != sha256:
+        raise DownloadError(
+            f"Downloaded {url} but its sha256 is {actual}, expected {sha256}: the "
+            "file is damaged or not the one asked for. Nothing was cached."
+        )
+    if recorded is not None and actual != recorded:
+        raise DownloadError(
+            f"{url} now sends a file whose sha256 is {actual}, but its first download "
+            f"had {recorded} ({target}{RECORD_SUFFIX}): the file on the server has "
+            f"changed. If you trust the new file, delete {target}{RECORD_SUFFIX} and "
+            "run again."
+        )

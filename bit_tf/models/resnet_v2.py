@@ -1,11 +1,10 @@
-"""The ResNetV2 builder: BiT models by name (`create_model`) or by shape (`resnet_v2`).
+"""The ResNetV2 builder: BiT models by shape (`resnet_v2`); by name or file in `create`.
 
 Only `keras` and `keras.ops` are used here: the models run on the TensorFlow and JAX backends.
 The names, depths and heads are data in `bit_tf.models.registry`.
 
 Example:
-    >>> import bit_tf
-    >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=10)
+    >>> model = resnet_v2(50, width_factor=1, num_classes=10)
     >>> model.output_shape
     (None, 10)
 """
@@ -24,20 +23,7 @@ from bit_tf.models.layers import (
     make_convolution,
     make_normalization,
 )
-from bit_tf.models.registry import (  # noqa: F401 (the registry's names, as bit_tf.models has them)
-    BASIC_DEPTHS,
-    UNITS_PER_BLOCK,
-    UPSTREAM,
-    WIDTH_FACTORS,
-    architecture,
-    default_num_classes,
-    list_models,
-    parse_model_name,
-)
-from bit_tf.models.timm_weights import read_weights
-from bit_tf.models.weights import assign_official_arrays, checkpoint_num_classes
-
-_DEFAULT = object()
+from bit_tf.models.registry import BASIC_DEPTHS, UNITS_PER_BLOCK
 
 
 def resolve_dtype_policy(dtype: str | keras.DTypePolicy | None) -> keras.DTypePolicy:
@@ -98,6 +84,27 @@ def resnet_v2(
         >>> model(np.zeros((1, 64, 64, 3), "float32")).shape
         (1, 10)
     """
+    units_per_block, unit = _checked_architecture(
+        depth, units_per_block, width_factor, num_classes, normalization, unit, input_shape
+    )
+    policy = resolve_dtype_policy(dtype)
+    images = keras.Input(shape=input_shape, name="images")
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus_one_one", dtype=policy)(images)
+    x = _root(x, 64 * width_factor, weight_standardization, policy)
+    unit_class = PreActBottleneck if unit == "bottleneck" else PreActBasic
+    unit_options = {
+        "normalization": normalization,
+        "weight_standardization": weight_standardization,
+    }
+    x = _blocks(x, units_per_block, 64 * width_factor, unit_class, unit_options, policy)
+    outputs = _head(x, num_classes, normalization, policy)
+    return BitModel(images, outputs, name=name)
+
+
+def _checked_architecture(
+    depth, units_per_block, width_factor, num_classes, normalization, unit, input_shape
+) -> tuple[tuple[int, ...], str]:
+    """(units per block, unit kind) of `resnet_v2`'s arguments; a ValueError names a bad one."""
     explicit_units = units_per_block is not None
     if not explicit_units:
         if depth not in UNITS_PER_BLOCK:
@@ -123,19 +130,14 @@ def resnet_v2(
         raise ValueError(f"unit must be 'basic' or 'bottleneck', got {unit!r}.")
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(f"input_shape must be (height, width, 3), got {input_shape!r}.")
-    policy = resolve_dtype_policy(dtype)
+    return units_per_block, unit
 
-    unit_options = {
-        "normalization": normalization,
-        "weight_standardization": weight_standardization,
-    }
-    root_channels = 64 * width_factor
 
-    images = keras.Input(shape=input_shape, name="images")
-    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus_one_one", dtype=policy)(images)
+def _root(x, channels: int, weight_standardization: bool, policy):
+    """The stem: a 7x7/2 convolution (padding 3), then a 3x3/2 max pool (padding 1, 'valid')."""
     x = keras.layers.ZeroPadding2D(3, name="root_pad", dtype=policy)(x)
     x = make_convolution(
-        root_channels,
+        channels,
         7,
         strides=2,
         weight_standardization=weight_standardization,
@@ -143,16 +145,25 @@ def resnet_v2(
         dtype=policy,
     )(x)
     x = keras.layers.ZeroPadding2D(1, name="root_pool_pad", dtype=policy)(x)
-    x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="root_pool", dtype=policy)(x)
+    pool = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="root_pool", dtype=policy)
+    return pool(x)
 
+
+def _blocks(x, units_per_block, root_channels: int, unit_class, unit_options: dict, policy):
+    """The four blocks of pre-activation units; block b has root_channels * 2^b channels and
+    its first unit (blocks 2-4) strides by 2."""
     for block_index, units in enumerate(units_per_block):
         channels = root_channels * 2**block_index
         for unit_index in range(units):
             strides = 2 if (block_index > 0 and unit_index == 0) else 1
             layer_name = f"block{block_index + 1}_unit{unit_index + 1:02d}"
-            unit_class = PreActBottleneck if unit == "bottleneck" else PreActBasic
             x = unit_class(channels, strides, name=layer_name, dtype=policy, **unit_options)(x)
+    return x
 
+
+def _head(x, num_classes: int | None, normalization: str, policy):
+    """Normalization, ReLU, global average pooling (the pre-logits) and a zero-initialised Dense
+    head (none for `num_classes=None`)."""
     pre_head_norm = make_normalization(normalization, name="pre_head_norm", dtype=policy)
     if pre_head_norm is not None:
         x = pre_head_norm(x)
@@ -160,15 +171,15 @@ def resnet_v2(
     # The features and the head keep the policy's variable dtype (float32 for mixed policies):
     # the pooled features and the logits come out as float32, as Keras advises for outputs.
     outputs = keras.layers.GlobalAveragePooling2D(name="pre_logits", dtype=policy.variable_dtype)(x)
-    if num_classes is not None:
-        outputs = keras.layers.Dense(
-            num_classes,
-            kernel_initializer="zeros",
-            bias_initializer="zeros",
-            name="head",
-            dtype=policy.variable_dtype,
-        )(outputs)
-    return BitModel(images, outputs, name=name)
+    if num_classes is None:
+        return outputs
+    return keras.layers.Dense(
+        num_classes,
+        kernel_initializer="zeros",
+        bias_initializer="zeros",
+        name="head",
+        dtype=policy.variable_dtype,
+    )(outputs)
 
 
 def pre_logits_model(model: keras.Model) -> keras.Model:
@@ -183,65 +194,3 @@ def pre_logits_model(model: keras.Model) -> keras.Model:
     if "head" not in names or "pre_logits" not in names:
         return model
     return keras.Model(model.inputs, model.get_layer("pre_logits").output, name=model.name)
-
-
-def create_model(
-    name: str,
-    num_classes: int | None = _DEFAULT,
-    weights: str | None = None,
-    input_shape: tuple = (None, None, 3),
-    **kwargs,
-) -> keras.Model:
-    """Creates a BiT model by name, optionally with official (or own) weights.
-
-    The head follows the checkpoint: with `weights` and no `num_classes`, the model gets the
-    head of the file (1000 classes for "BiT-M-R50x1-ILSVRC2012") and loads it. An explicit
-    `num_classes` wins; a head of another size then stays zero-initialised, as in fine-tuning.
-
-    Args:
-        name: "BiT-{S,M,L}-R{depth}x{width}", e.g. "BiT-M-R50x1" (see `list_models()`), or a
-            released name such as "BiT-M-R50x1-ILSVRC2012", "BiT-M-R50x1-run0-caltech101" or
-            "BiT-R50x1-distilled-224" (see `list_released_checkpoints()`), or timm's name of
-            one, e.g. "resnetv2_50x1_bit.goog_in21k".
-        num_classes: the head size; by default that of the checkpoint in `weights`, else that
-            of the name (a release's head; S: 1000, M: 21843, L: 18291). None gives the
-            feature-vector model (pre-logits).
-        weights: None (random backbone, zero head), a released name such as "BiT-M-R50x1",
-            a path to an official-layout `.npz`, or an http(s) URL of one; or timm's
-            checkpoints (`bit_tf.models.timm_weights`): "hf-hub:timm/resnetv2_50x1_bit.goog_in21k"
-            (any "hf-hub:<owner>/<name>[@revision]"), a timm release name (see
-            `list_released_checkpoints("timm")`), or a path to a `.safetensors` file.
-        input_shape: (height, width, 3); None for any size.
-        **kwargs: passed to `resnet_v2` (normalization, weight_standardization, and dtype,
-            e.g. "mixed_bfloat16" for bfloat16 computation with float32 weights).
-
-    Returns:
-        A `keras.Model` taking float32 images in [0, 1], NHWC.
-
-    Example:
-        >>> model = bit_tf.create_model("BiT-M-R50x1", num_classes=5, weights="BiT-M-R50x1")
-        >>> probabilities = keras.ops.softmax(model(images))
-        >>> bit_tf.create_model("BiT-M-R50x1", weights="BiT-M-R50x1-ILSVRC2012").output_shape
-        (None, 1000)
-        >>> timm = "hf-hub:timm/resnetv2_50x1_bit.goog_in21k_ft_in1k"  # timm's copy, from the Hub
-        >>> bit_tf.create_model("BiT-M-R50x1", weights=timm).output_shape
-        (None, 1000)
-    """
-    depth, width = architecture(name)
-    path = arrays = None
-    if weights is not None:
-        path, arrays = read_weights(weights)  # the authors' .npz or timm's .safetensors
-    if num_classes is _DEFAULT:
-        from_checkpoint = None if arrays is None else checkpoint_num_classes(arrays)
-        num_classes = from_checkpoint or default_num_classes(name)
-    model = resnet_v2(
-        depth,
-        width_factor=width,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        name=name.rsplit("/", 1)[-1].replace("-", "_").lower(),  # "hf-hub:timm/<name>": <name>
-        **kwargs,
-    )
-    if arrays is not None:
-        assign_official_arrays(model, arrays, path)
-    return model

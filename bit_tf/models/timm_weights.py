@@ -44,7 +44,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 
 import keras
 import numpy as np
@@ -62,6 +61,7 @@ from bit_tf.models.weights import (
     read_checkpoint,
     resolve_checkpoint,
 )
+from bit_tf.training.atomic import write_text, write_through
 
 log = logging.getLogger(__name__)
 
@@ -455,18 +455,6 @@ def timm_config(
     return config
 
 
-def _write_atomically(path: str, write) -> None:
-    folder = os.path.dirname(path)
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", dir=folder)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def save_timm_weights(
     model: keras.Model, folder: str, *, image_size: int | None = None, overwrite: bool = False
 ) -> str:
@@ -500,13 +488,7 @@ def save_timm_weights(
     from safetensors.numpy import save_file
 
     arrays = official_arrays(model)  # the model's variables, as bit_tf.models.weights finds them
-    layout = describe_layout({key: value.shape for key, value in arrays.items()})
-    if layout["normalization"] != "group" or not layout["weight_standardization"]:
-        raise CheckpointError(
-            f"Model {model.name!r} has {layout['normalization']} normalization"
-            f"{'' if layout['weight_standardization'] else ' and no weight standardization'}: "
-            "timm's BiT layout holds GroupNorm and weight-standardized convolutions only."
-        )
+    _check_timm_can_hold(model, arrays)
     tensors = to_timm_layout(arrays)
     config = timm_config(model, arrays, image_size)
     if config["architecture"] not in TIMM_ARCHITECTURES:
@@ -524,13 +506,17 @@ def save_timm_weights(
             f"{existing[0]} already exists; choose another folder, remove it, or pass "
             "overwrite=True to replace it."
         )
-    os.makedirs(folder, exist_ok=True)
-    _write_atomically(checkpoint_path, lambda path: save_file(tensors, path, {"format": "pt"}))
-    text = json.dumps(config, indent=2) + "\n"
-    _write_atomically(config_path, lambda path: _write_text(path, text))
+    write_through(checkpoint_path, lambda path: save_file(tensors, path, {"format": "pt"}))
+    write_text(config_path, json.dumps(config, indent=2) + "\n")
     return checkpoint_path
 
 
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
+def _check_timm_can_hold(model: keras.Model, arrays: dict) -> None:
+    """Raises CheckpointError for a model timm's BiT layout cannot hold."""
+    layout = describe_layout({key: value.shape for key, value in arrays.items()})
+    if layout["normalization"] != "group" or not layout["weight_standardization"]:
+        raise CheckpointError(
+            f"Model {model.name!r} has {layout['normalization']} normalization"
+            f"{'' if layout['weight_standardization'] else ' and no weight standardization'}: "
+            "timm's BiT layout holds GroupNorm and weight-standardized convolutions only."
+        )

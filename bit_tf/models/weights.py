@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import urllib.parse
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -29,6 +28,7 @@ from bit_tf.models.download import download
 from bit_tf.models.layers import PreActBasic, PreActBottleneck, StandardizedConv2D
 from bit_tf.models.npz_file import READ_ERRORS, NpzError, NpzFile
 from bit_tf.models.registry import RELEASES, depth_of, find_release, parse_model_name
+from bit_tf.training.atomic import write_through
 
 log = logging.getLogger(__name__)
 
@@ -747,26 +747,19 @@ def save_official_weights(model: keras.Model, path: str) -> str:
         'my-bit.npz'
     """
     variables = official_variables(model)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            with zipfile.ZipFile(stream, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for key, variable in variables.items():
-                    shape = tuple(variable.shape)
-                    header = {
-                        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                        "fortran_order": False,
-                        "shape": (1, 1, *shape) if key == HEAD_KERNEL else shape,
-                    }
-                    with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array_header_1_0(member, header)
-                        for block in _value_blocks(variable):
-                            member.write(np.ascontiguousarray(block, np.float32).data)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+
+    def write(temporary: str) -> None:
+        with zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for key, variable in variables.items():
+                shape = tuple(variable.shape)
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                    "fortran_order": False,
+                    "shape": (1, 1, *shape) if key == HEAD_KERNEL else shape,
+                }
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array_header_1_0(member, header)
+                    for block in _value_blocks(variable):
+                        member.write(np.ascontiguousarray(block, np.float32).data)
+
+    return write_through(path, write, suffix=".npz")

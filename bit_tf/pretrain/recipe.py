@@ -36,7 +36,8 @@ import threading
 import keras
 import tensorflow as tf
 
-from bit_tf.models.resnet_v2 import create_model, parse_model_name
+from bit_tf.models.create import create_model
+from bit_tf.models.registry import parse_model_name
 from bit_tf.models.weights import save_official_weights
 from bit_tf.pretrain.data import (
     DEFAULT_IMAGE_SIZE,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import bit_tf
-from bit_tf.models.resnet_v2 import UPSTREAM, parse_model_name, resnet_v2
+from bit_tf.models.registry import UPSTREAM, parse_model_name
+from bit_tf.models.resnet_v2 import resnet_v2
 
 from numerics import PARITY_TOLERANCE, relative_error
 

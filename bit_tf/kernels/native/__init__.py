@@ -28,8 +28,9 @@ import pathlib
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
+
+from bit_tf.training.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -140,35 +141,32 @@ def build(directory: str | os.PathLike, compiler_command: str | None = None) -> 
     compile_flags, link_flags = _tensorflow_flags()
     failures = []
     for options in COMPILE_OPTION_SETS:
-        handle, partial = tempfile.mkstemp(dir=directory, prefix=".building-", suffix=".so")
-        os.close(handle)
-        command = [
-            *compiler_command.split(),
-            *options,
-            "-w",
-            "-shared",
-            "-fPIC",
-            str(SOURCE),
-            "-o",
-            partial,
-            *compile_flags,
-            *link_flags,
-        ]
+        command = [*compiler_command.split(), *options, "-w", "-shared", "-fPIC", str(SOURCE)]
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            result = None
-            failures.append(f"{' '.join(options)}: {error}")
-        if result is not None and result.returncode == 0:
-            os.replace(partial, target)
-            return target
-        os.unlink(partial)
-        if result is not None:
-            output = result.stderr[-800:]
-            failures.append(f"{' '.join(options)}: exit {result.returncode}: {output}")
+            with atomic_path(str(target), overwrite=True, suffix=".so") as partial:
+                _compile([*command, "-o", partial, *compile_flags, *link_flags], options)
+        except _CompileError as failure:
+            failures.append(str(failure))
+            continue
+        return target
     raise NativeBuildError(
         f"compiling {SOURCE.name} with {compiler_command!r} failed:\n" + "\n".join(failures)
     )
+
+
+class _CompileError(Exception):
+    """One set of compiler options failed; the message says how."""
+
+
+def _compile(command: list[str], options: tuple[str, ...]) -> None:
+    """Runs the compiler `command`; raises `_CompileError` naming `options` where it fails."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise _CompileError(f"{' '.join(options)}: {error}") from error
+    if result.returncode != 0:
+        output = result.stderr[-800:]
+        raise _CompileError(f"{' '.join(options)}: exit {result.returncode}: {output}")
 
 
 def library():
