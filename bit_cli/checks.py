@@ -41,15 +41,16 @@ def not_negative(program: str, **values: float | None) -> None:
 
 
 def model_name(program: str, name: str | None) -> None:
-    """Ends the command if `name` (empty: none given) is no model or released checkpoint name.
+    """Ends the command if `name` (empty: none given) is no model name, released checkpoint
+    name or name of timm's copy of one ("resnetv2_50x1_bit.goog_in21k").
 
     Example:
         >>> model_name("bit-export", "BiT-M-R51x1")
         bit-export: error: --model: Unknown model name 'BiT-M-R51x1': ...
     """
-    from bit_tf.models.registry import find_release, parse_model_name
+    from bit_tf.models.registry import find_release, find_timm_release, parse_model_name
 
-    if not name or find_release(name) is not None:
+    if not name or find_release(name) is not None or find_timm_release(name) is not None:
         return
     try:
         parse_model_name(name)

@@ -48,7 +48,8 @@ flags.DEFINE_string(
     "weights",
     None,
     "Pretrained weights: a released name (BiT-M-R50x1), a path or http(s) URL of an "
-    "official-layout .npz, or a .keras file bit-finetune wrote (model.keras, "
+    "official-layout .npz, timm's checkpoint (hf-hub:timm/resnetv2_50x1_bit.goog_in21k, a timm "
+    "release name or a model.safetensors path), or a .keras file bit-finetune wrote (model.keras, "
     "checkpoints/last.keras or best.keras); its architecture is used unless --model is given. "
     "Default: random initialisation.",
 )

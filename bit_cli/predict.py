@@ -37,6 +37,8 @@ flags.DEFINE_string(
     "BiT-M-R50x1-ILSVRC2012",
     "The classifier: a .keras file of bit-finetune, a released checkpoint name with a head "
     "(BiT-S-R50x1, BiT-M-R50x1, BiT-M-R50x1-ILSVRC2012, ...), a path or URL of an official .npz, "
+    "timm's checkpoint with a head (hf-hub:timm/resnetv2_50x1_bit.goog_in21k_ft_in1k, a timm "
+    "release name or a model.safetensors path), "
     "or a serving SavedModel folder of bit-export --serving_dir (its newest numeric version).",
 )
 flags.DEFINE_string(
