@@ -25,3 +25,13 @@ def test_another_name_ends_the_command_naming_it(capsys):
     assert ended.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "resnetv2_50x1_bit.goog_in99k" in error, error
+
+
+def test_a_fraction_not_given_passes_and_one_out_of_range_is_named(capsys):
+    from bit_cli.checks import between_zero_and_one
+
+    assert between_zero_and_one("bit-finetune", validation_fraction=None) is None
+    with pytest.raises(SystemExit) as ended:
+        between_zero_and_one("bit-finetune", validation_fraction=1.5)
+    assert ended.value.code == 2
+    assert "--validation_fraction must be between 0 and 1, got 1.5" in capsys.readouterr().err
