@@ -74,6 +74,7 @@ __all__ = [
     "pipeline_options",
     "resolve_seed",
     "split",
+    "tfds_source",
     "train_pipeline",
     "training_records",
 ]
@@ -367,7 +368,6 @@ def from_tfds(
             "fine-tunes image classifiers."
         )
     label_feature = info.features[label_key]
-    image_feature = info.features[image_key]
 
     def load(decoders=None):
         return tfds.load(name, decoders=decoders, **load_options)
@@ -375,30 +375,90 @@ def from_tfds(
     def label(example):
         return tf.cast(example[label_key], tf.int32)
 
+    return tfds_source(
+        f"{name}:{split}",
+        load,
+        info,
+        split,
+        image_key,
+        label,
+        label_feature.names,
+        dataset=dataset,
+    )
+
+
+def tfds_source(
+    name: str,
+    load: Callable[..., tf.data.Dataset],
+    info,
+    split: str,
+    image_key: str,
+    label: Callable,
+    class_names: Sequence[str],
+    *,
+    label_decoders=None,
+    image_scale: int = 1,
+    dataset: tf.data.Dataset | None = None,
+) -> ImageSource:
+    """A source over the examples `load(decoders)` gives of a TFDS split, labelled by `label`.
+
+    `from_tfds` builds its sources with it; a caller with a label of its own (one derived from
+    annotations, VTAB's Structured tasks) or a part of a split calls it directly. The examples
+    are counted (TFDS's cardinality, else by reading the labels only), the image size is the
+    feature's or the first image's, and labels are read with `label_decoders` (default: the
+    image left undecoded).
+
+    Args:
+        name: the source's name, for messages and the disk cache's folder.
+        load: decoders -> the split's dataset of example dicts, in a fixed order.
+        info: the dataset's `tfds.core.DatasetInfo`.
+        split: the TFDS split string `load` reads, for TFDS's size statistics.
+        image_key: the image feature's key.
+        label: example dict -> int32 label.
+        class_names: a name per class; their number is the number of classes.
+        label_decoders: TFDS decoders that read what `label` needs and nothing more.
+        image_scale: multiplies the stored pixel values (dSprites stores 0/1 pixels).
+        dataset: `load()`'s dataset, where the caller has opened it already.
+
+    Example:
+        >>> def load(decoders=None):
+        ...     return tfds.load("mnist", split="train[:100]", decoders=decoders)
+        >>> source = tfds_source("mnist:first100", load, tfds.builder("mnist").info,
+        ...                      "train[:100]", "image", lambda x: x["label"],
+        ...                      [str(digit) for digit in range(10)])
+        >>> source.num_examples
+        100
+    """
+    import tensorflow_datasets as tfds
+
+    if label_decoders is None:
+        label_decoders = {image_key: tfds.decode.SkipDecoding()}
+    dataset = load() if dataset is None else dataset
+    image_feature = info.features[image_key]
+    feature = tfds_image_feature(image_feature)
     reader = TfdsReader(
         load,
         image_key,
         label,
-        tfds_image_feature(image_feature),
-        f"{name}:{split}",
+        ImageFeature(encoded=feature.encoded, dtype=feature.dtype, scale=image_scale),
+        name,
         tfds_bytes_per_example(info, split),
     )
     num_examples = int(dataset.cardinality())
     if num_examples < 0:
-        num_examples = sum(1 for _ in _tfds_labels(load, image_key, label))
+        num_examples = int(load(label_decoders).reduce(np.int64(0), lambda count, _: count + 1))
     height, width = image_feature.shape[:2]
     if height is None or width is None:
         first_example = next(iter(dataset.take(1)))
         height, width = first_example[image_key].shape[:2]
-
     return ImageSource(
-        f"{name}:{split}",
-        label_feature.num_classes,
-        label_feature.names,
+        name,
+        len(class_names),
+        class_names,
         num_examples,
         (height, width),
         reader,
-        label_reader=lambda: np.fromiter(_tfds_labels(load, image_key, label), dtype=np.int32),
+        label_reader=lambda: np.fromiter(_tfds_labels(load, label_decoders, label), np.int32),
     )
 
 
@@ -431,10 +491,8 @@ def tfds_bytes_per_example(info, split: str) -> float | None:
     return size / count if size > 0 and count > 0 else None
 
 
-def _tfds_labels(load, image_key, label):
-    import tensorflow_datasets as tfds
-
-    labels = load({image_key: tfds.decode.SkipDecoding()}).map(label)
+def _tfds_labels(load, label_decoders, label):
+    labels = load(label_decoders).map(label)
     for batch in labels.batch(4096).as_numpy_iterator():
         yield from batch.tolist()
 

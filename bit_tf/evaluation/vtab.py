@@ -27,14 +27,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from bit_tf.data import pipelines as data_lib
-from bit_tf.data.example_readers import ConcatenatedReader, TfdsReader
+from bit_tf.data.example_readers import ConcatenatedReader
+from bit_tf.training import atomic
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +327,34 @@ class DatasetUnavailableError(RuntimeError):
 def _split_source(
     task: Task, split: str, limit: int | None, role: str, data_dir, download: bool
 ) -> data_lib.ImageSource:
+    """The first `limit` examples (all if None) of `split` of `task`'s dataset, labelled by the
+    task's (range-checked) label, as a source named "<task>:<role>"."""
+    import tensorflow_datasets as tfds
+
+    load, dataset, info = _open_split(task, split, limit, data_dir, download)
+    source = data_lib.tfds_source(
+        f"{task.name}:{role}",
+        load,
+        info,
+        split,
+        task.image_key,
+        _checked_label(task),
+        [str(index) for index in range(task.num_classes)],
+        label_decoders=tfds.decode.PartialDecoding(task.label_features),
+        image_scale=task.image_scale,
+        dataset=dataset,
+    )
+    if limit is not None and source.num_examples < limit:
+        raise ValueError(
+            f"VTAB task {task.name!r}: split {split!r} has {source.num_examples} examples, "
+            f"fewer than the {limit} VTAB-1k takes from it ({role})."
+        )
+    return source
+
+
+def _open_split(task: Task, split: str, limit: int | None, data_dir, download: bool):
+    """(load, dataset, info) of `split` of `task`'s TFDS dataset: `load(decoders)` gives its
+    first `limit` examples, `dataset` is `load()`; DatasetUnavailableError if TFDS cannot."""
     import tensorflow_datasets as tfds
 
     load_options = {
@@ -336,15 +364,29 @@ def _split_source(
         "download": download,
     }
 
-    def examples(labels_only: bool = False, decoders=None):
-        if labels_only:
-            decoders = tfds.decode.PartialDecoding(task.label_features)
+    def load(decoders=None):
         dataset = tfds.load(task.tfds_name, decoders=decoders, **load_options)
         return dataset.take(limit) if limit is not None else dataset
 
+    try:
+        dataset = load()
+    except Exception as error:  # TFDS raises several types for a missing or unprepared dataset
+        raise DatasetUnavailableError(
+            f"Could not load TFDS dataset {task.tfds_name!r} (split {split!r}) for VTAB task "
+            f"{task.name!r}: {error}. Two VTAB datasets (diabetic_retinopathy_detection, "
+            "resisc45) need a manual download into the TFDS manual folder; see "
+            "https://www.tensorflow.org/datasets/catalog/overview."
+        ) from error
+    return load, dataset, tfds.builder(task.tfds_name, data_dir=data_dir).info
+
+
+def _checked_label(task: Task) -> Callable:
+    """`task.label`, failing with a message naming the task where a derived label falls
+    outside [0, task.num_classes)."""
+    message = f"VTAB task {task.name!r}: derived label outside [0, {task.num_classes})"
+
     def checked_label(example):
         label = tf.cast(task.label(example), tf.int32)
-        message = f"VTAB task {task.name!r}: derived label outside [0, {task.num_classes})"
         with tf.control_dependencies(
             [
                 tf.debugging.assert_non_negative(label, message=message),
@@ -353,54 +395,7 @@ def _split_source(
         ):
             return tf.identity(label)
 
-    try:
-        dataset = examples()
-    except Exception as error:  # TFDS raises several types for a missing or unprepared dataset
-        raise DatasetUnavailableError(
-            f"Could not load TFDS dataset {task.tfds_name!r} (split {split!r}) for VTAB task "
-            f"{task.name!r}: {error}. Two VTAB datasets (diabetic_retinopathy_detection, "
-            "resisc45) need a manual download into the TFDS manual folder; see "
-            "https://www.tensorflow.org/datasets/catalog/overview."
-        ) from error
-    num_examples = int(dataset.cardinality())
-    if num_examples < 0:
-        num_examples = sum(1 for _ in examples(labels_only=True))
-    if limit is not None and num_examples < limit:
-        raise ValueError(
-            f"VTAB task {task.name!r}: split {split!r} has {num_examples} examples, fewer "
-            f"than the {limit} VTAB-1k takes from it ({role})."
-        )
-    info = tfds.builder(task.tfds_name, data_dir=data_dir).info
-    image_feature = info.features[task.image_key]
-    feature = dataclasses.replace(
-        data_lib.tfds_image_feature(image_feature), scale=task.image_scale
-    )
-    reader = TfdsReader(
-        lambda decoders: examples(decoders=decoders),
-        task.image_key,
-        checked_label,
-        feature,
-        f"{task.name}:{role}",
-        data_lib.tfds_bytes_per_example(info, split),
-    )
-    height, width = image_feature.shape[:2]
-    if height is None or width is None:
-        first_example = next(iter(dataset.take(1)))
-        height, width = first_example[task.image_key].shape[:2]
-
-    def read_labels():
-        labels = examples(labels_only=True).map(checked_label).batch(4096)
-        return np.concatenate([batch for batch in labels.as_numpy_iterator()])
-
-    return data_lib.ImageSource(
-        f"{task.name}:{role}",
-        task.num_classes,
-        [str(index) for index in range(task.num_classes)],
-        num_examples,
-        (height, width),
-        reader,
-        label_reader=read_labels,
-    )
+    return checked_label
 
 
 def load_task(
@@ -483,13 +478,10 @@ def _limited(source: data_lib.ImageSource, limit: int | None) -> data_lib.ImageS
 def _write_results(output_dir: str, stem: str, markdown: str, record: dict) -> tuple[str, str]:
     """Writes `markdown` to `<stem>.md` and `record` to `<stem>.json` in `output_dir` (made if
     missing); returns their paths."""
-    os.makedirs(output_dir, exist_ok=True)
-    markdown_path = os.path.join(output_dir, f"{stem}.md")
-    with open(markdown_path, "w") as file:
-        file.write(markdown)
-    json_path = os.path.join(output_dir, f"{stem}.json")
-    with open(json_path, "w") as file:
-        json.dump(record, file, indent=2)
+    markdown_path = atomic.write_text(atomic.join(output_dir, f"{stem}.md"), markdown)
+    json_path = atomic.write_text(
+        atomic.join(output_dir, f"{stem}.json"), json.dumps(record, indent=2)
+    )
     return markdown_path, json_path
 
 
@@ -606,75 +598,102 @@ def run_vtab(
         ...                    output_dir="runs/vtab", batch_size=64, steps=100, runs=3)
         >>> print(results.to_markdown())
     """
-    from bit_tf.finetune.recipe import finetune
-
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"runs must be a positive integer, got {runs!r}.")
+    _check_runs(runs)
     tasks = list(tasks or TASKS)
     for name in tasks:
         get_task(name)
-    model_name = model if isinstance(model, str) else None
+    run_settings = {"weights": weights, "batch_size": batch_size, "steps": steps}
     results = VtabResults([])
     for name in tasks:
         splits = load_task(name, data_dir=data_dir, download=download)
-        task = splits.task
-        train = splits.train_and_validation if train_on_validation else splits.train
-        validation = None if train_on_validation else splits.validation
-        test = _limited(splits.test, max_test_examples)
-        task_resize, task_crop = _resolution(train, resize, crop, model_name, finetune_options)
-        options = {"random_flip": task.random_flip, "random_crop": task.random_crop}
-        options.update(finetune_options)
-        run_rows = []
-        for run in range(runs):
-            log.info(
-                "VTAB task %s, run %d of %d: fine-tuning on %d examples.",
-                name,
-                run + 1,
-                runs,
-                train.num_examples,
-            )
-            fine_tuned, history = finetune(
-                _fresh_backbone(model),
-                train,
-                validation,
-                weights=weights,
-                batch_size=batch_size,
-                steps=steps,
-                resize=task_resize,
-                crop=task_crop,
-                seed=seed + run,
-                **options,
-            )
-            validation_accuracy = None
-            if validation is not None and history.history.get("val_accuracy"):
-                validation_accuracy = float(history.history["val_accuracy"][-1])
-            run_rows.append(
-                {
-                    "run": run,
-                    "seed": seed + run,
-                    "validation_accuracy": validation_accuracy,
-                    "test_accuracy": evaluate_accuracy(fine_tuned, test, task_crop),
-                }
-            )
-        results.rows.append(
-            {
-                "task": name,
-                "title": task.title,
-                "group": task.group,
-                "num_classes": task.num_classes,
-                "tfds_name": task.tfds_name,
-                "tfds_version": splits.tfds_version,
-                "random_flip": options["random_flip"],
-                "random_crop": options["random_crop"],
-                "test_examples": test.num_examples,
-                "runs": run_rows,
-                "validation_accuracy": _median([row["validation_accuracy"] for row in run_rows]),
-                "test_accuracy": _median([row["test_accuracy"] for row in run_rows]),
-            }
+        inputs = _vtab_inputs(splits, train_on_validation, max_test_examples)
+        task_resize, task_crop = _resolution(
+            inputs[0], resize, crop, _model_name(model), finetune_options
         )
+        options = _task_options(splits.task, finetune_options)
+        finetune_args = {**run_settings, "resize": task_resize, "crop": task_crop, **options}
+        run_rows = [
+            _vtab_run(model, name, inputs, run, runs, seed + run, finetune_args)
+            for run in range(runs)
+        ]
+        results.rows.append(_task_row(splits, inputs[2], options, run_rows))
         if output_dir:
             results.write(output_dir)
     return results
+
+
+def _check_runs(runs) -> None:
+    """Raises ValueError unless `runs` is a positive integer (a bool is not)."""
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs must be a positive integer, got {runs!r}.")
+
+
+def _model_name(model) -> str | None:
+    """The model's name where `model` is one (for the HyperRule's resolution), else None."""
+    return model if isinstance(model, str) else None
+
+
+def _vtab_inputs(splits: TaskSplits, train_on_validation: bool, max_test_examples: int | None):
+    """(train, validation, test) of a task: train800 + val200 and no validation, or train800
+    and val200; the test split, cut to `max_test_examples`."""
+    if train_on_validation:
+        train, validation = splits.train_and_validation, None
+    else:
+        train, validation = splits.train, splits.validation
+    return train, validation, _limited(splits.test, max_test_examples)
+
+
+def _task_options(task: Task, finetune_options: dict) -> dict:
+    """The fine-tuning options of `task`: its augmentation switches, which `finetune_options`
+    may override, and the rest of `finetune_options`."""
+    return {"random_flip": task.random_flip, "random_crop": task.random_crop, **finetune_options}
+
+
+def _vtab_run(model, name: str, inputs: tuple, run: int, runs: int, seed: int, finetune_args):
+    """Fine-tunes a fresh backbone on task `name`'s (train, validation, test) `inputs` (run
+    `run` of `runs`, pipeline seed `seed`) and scores it on the test split: {run, seed,
+    validation_accuracy (None without a validation split), test_accuracy}."""
+    from bit_tf.finetune.recipe import finetune
+
+    train, validation, test = inputs
+    log.info(
+        "VTAB task %s, run %d of %d: fine-tuning on %d examples.",
+        name,
+        run + 1,
+        runs,
+        train.num_examples,
+    )
+    backbone = _fresh_backbone(model)
+    fine_tuned, history = finetune(backbone, train, validation, seed=seed, **finetune_args)
+    validation_accuracy = None
+    if validation is not None and history.history.get("val_accuracy"):
+        validation_accuracy = float(history.history["val_accuracy"][-1])
+    return {
+        "run": run,
+        "seed": seed,
+        "validation_accuracy": validation_accuracy,
+        "test_accuracy": evaluate_accuracy(fine_tuned, test, finetune_args["crop"]),
+    }
+
+
+def _task_row(splits: TaskSplits, test, options: dict, run_rows: list) -> dict:
+    """The results table's row of a task: what it is, how it was trained, every run and the
+    medians over the runs (see `VtabResults.rows`)."""
+    task = splits.task
+    return {
+        "task": task.name,
+        "title": task.title,
+        "group": task.group,
+        "num_classes": task.num_classes,
+        "tfds_name": task.tfds_name,
+        "tfds_version": splits.tfds_version,
+        "random_flip": options["random_flip"],
+        "random_crop": options["random_crop"],
+        "test_examples": test.num_examples,
+        "runs": run_rows,
+        "validation_accuracy": _median([row["validation_accuracy"] for row in run_rows]),
+        "test_accuracy": _median([row["test_accuracy"] for row in run_rows]),
+    }
 
 
 @dataclasses.dataclass
@@ -767,10 +786,9 @@ def run_few_shot(
     from bit_tf.finetune.recipe import finetune
 
     if seeds is None:
-        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-            raise ValueError(f"runs must be a positive integer, got {runs!r}.")
+        _check_runs(runs)
         seeds = range(runs)
-    model_name = model if isinstance(model, str) else None
+    model_name = _model_name(model)
     results = FewShotResults(train.name, [])
     test = _limited(test, max_test_examples)
     for shot_count in shots:
