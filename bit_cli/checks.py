@@ -105,13 +105,18 @@ def between_zero_and_one(program: str, **values: float) -> None:
 
 def training_run(program: str, flag_values, batch_size: int) -> None:
     """The checks of the flags every training command shares (bit-finetune, bit-distill):
-    --validation_fraction between 0 and 1, --gradient_accumulation_steps dividing the batch
-    size (`batch_size`, the one the run will use), and the folders it writes (--export_dir,
-    --checkpoint_dir, --logdir) not being files.
+    batch size, steps, crop, validation interval and accumulation positive; learning rate,
+    warm-up and MixUp not negative; --validation_fraction between 0 and 1;
+    --gradient_accumulation_steps dividing the batch size (`batch_size`, the one the run will
+    use); and the folders it writes (--export_dir, --checkpoint_dir, --logdir) not being files.
 
     Example:
         >>> training_run("bit-finetune", FLAGS, FLAGS.batch_size or 512)
     """
+    shared = ("batch_size", "steps", "crop", "validation_every", "gradient_accumulation_steps")
+    positive(program, **{name: getattr(flag_values, name) for name in shared})
+    rates = ("base_lr", "warmup_steps", "mixup_alpha")
+    not_negative(program, **{name: getattr(flag_values, name) for name in rates})
     between_zero_and_one(program, validation_fraction=flag_values.validation_fraction)
     accumulation = flag_values.gradient_accumulation_steps
     if accumulation and batch_size % accumulation:

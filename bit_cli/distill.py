@@ -27,7 +27,7 @@ import os
 
 from absl import flags
 
-from bit_cli import checks, common, datasets
+from bit_cli import checks, common, data_flags, datasets
 from bit_cli.datasets import DIGITS
 
 FLAGS = flags.FLAGS
@@ -70,26 +70,7 @@ flags.DEFINE_string(
     "Weights to start the student from: a released name, a path or URL of an official .npz. "
     "Default: random initialisation, as in the paper.",
 )
-flags.DEFINE_string(
-    "dataset",
-    DIGITS,
-    f"'{DIGITS}' (scikit-learn's handwritten digits, offline), a folder with one subfolder per "
-    "class, or a TFDS name such as oxford_flowers102.",
-)
-flags.DEFINE_string("data_dir", None, "TFDS data folder (default: ~/tensorflow_datasets).")
-flags.DEFINE_string("manual_dir", None, "TFDS folder of manually downloaded files.")
-flags.DEFINE_string("train_split", "train", "TFDS split to distil on.")
-flags.DEFINE_string(
-    "validation_split",
-    "",
-    "TFDS split to validate on (and choose best.keras by). Default: a minival of the train "
-    "split (ImageNet: its last 1%; a data set's own 'validation' split where it has one; else "
-    "--validation_fraction of every class), and --test_split evaluated once at the end. "
-    "'test' validates on the test split, with a warning.",
-)
-flags.DEFINE_string(
-    "test_split", "test", "TFDS split evaluated once after training (ImageNet: validation)."
-)
+flags.adopt_module_key_flags(data_flags)  # --dataset, its TFDS folders and splits
 flags.DEFINE_float(
     "validation_fraction",
     None,
@@ -238,23 +219,11 @@ def _check_flags() -> None:
     """Ends the command with one line for a flag value that cannot work, before any work."""
     checks.positive(
         PROGRAM,
-        batch_size=FLAGS.batch_size,
-        steps=FLAGS.steps,
-        crop=FLAGS.crop,
         teacher_crop=FLAGS.teacher_crop,
         temperature=FLAGS.temperature,
-        validation_every=FLAGS.validation_every,
-        gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
         min_crop_area=FLAGS.min_crop_area,
     )
-    checks.not_negative(
-        PROGRAM,
-        base_lr=FLAGS.base_lr,
-        weight_decay=FLAGS.weight_decay,
-        warmup_steps=FLAGS.warmup_steps,
-        mixup_alpha=FLAGS.mixup_alpha,
-        clip_norm=FLAGS.clip_norm,
-    )
+    checks.not_negative(PROGRAM, weight_decay=FLAGS.weight_decay, clip_norm=FLAGS.clip_norm)
     if FLAGS.min_crop_area is not None and FLAGS.min_crop_area > 1:
         common.fail(PROGRAM, f"--min_crop_area must be at most 1, got {FLAGS.min_crop_area}.")
     batch_size = FLAGS.batch_size or (

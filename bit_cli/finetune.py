@@ -21,7 +21,7 @@ import os
 
 from absl import flags
 
-from bit_cli import checks, common, datasets
+from bit_cli import checks, common, data_flags, datasets
 from bit_cli.datasets import DIGITS
 
 FLAGS = flags.FLAGS
@@ -53,26 +53,7 @@ flags.DEFINE_string(
     "checkpoints/last.keras or best.keras); its architecture is used unless --model is given. "
     "Default: random initialisation.",
 )
-flags.DEFINE_string(
-    "dataset",
-    DIGITS,
-    f"'{DIGITS}' (scikit-learn's handwritten digits, offline), a folder with one subfolder per "
-    "class, or a TFDS name such as oxford_flowers102.",
-)
-flags.DEFINE_string("data_dir", None, "TFDS data folder (default: ~/tensorflow_datasets).")
-flags.DEFINE_string("manual_dir", None, "TFDS folder of manually downloaded files.")
-flags.DEFINE_string("train_split", "train", "TFDS split to train on.")
-flags.DEFINE_string(
-    "validation_split",
-    "",
-    "TFDS split to validate on (and choose best.keras by). Default: a minival of the train "
-    "split (ImageNet: its last 1%; a data set's own 'validation' split where it has one; else "
-    "--validation_fraction of every class), and --test_split evaluated once at the end. "
-    "'test' validates on the test split, with a warning.",
-)
-flags.DEFINE_string(
-    "test_split", "test", "TFDS split evaluated once after training (ImageNet: validation)."
-)
+flags.adopt_module_key_flags(data_flags)  # --dataset, its TFDS folders and splits
 flags.DEFINE_float(
     "validation_fraction",
     None,
@@ -191,22 +172,7 @@ PROGRAM = "bit-finetune"
 
 def _check_flags() -> None:
     """Ends the command with one line for a flag value that cannot work, before any work."""
-    checks.positive(
-        PROGRAM,
-        batch_size=FLAGS.batch_size,
-        steps=FLAGS.steps,
-        resize=FLAGS.resize,
-        crop=FLAGS.crop,
-        validation_every=FLAGS.validation_every,
-        examples_per_class=FLAGS.examples_per_class,
-        gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
-    )
-    checks.not_negative(
-        PROGRAM,
-        base_lr=FLAGS.base_lr,
-        warmup_steps=FLAGS.warmup_steps,
-        mixup_alpha=FLAGS.mixup_alpha,
-    )
+    checks.positive(PROGRAM, resize=FLAGS.resize, examples_per_class=FLAGS.examples_per_class)
     if FLAGS.resize and FLAGS.crop and FLAGS.crop > FLAGS.resize:
         common.fail(
             PROGRAM, f"--crop={FLAGS.crop} must not be larger than --resize={FLAGS.resize}."

@@ -345,6 +345,8 @@ USER_ERRORS = [
     ("bit_cli.finetune", ["--export_dir=notes.txt"], "--export_dir='notes.txt' is a file"),
     ("bit_cli.finetune", ["--model=BiT-M-R51x1"], "Unknown model name 'BiT-M-R51x1'"),
     ("bit_cli.finetune", ["--steps=-3"], "--steps must be positive, got -3"),
+    ("bit_cli.distill", ["--batch_size=0"], "--batch_size must be positive, got 0"),
+    ("bit_cli.distill", ["--mixup_alpha=-1"], "--mixup_alpha must not be negative, got -1"),
     ("bit_cli.export", ["--weights=gone.keras"], "Model file 'gone.keras' does not exist"),
     ("bit_cli.vtab", ["--tasks=dtd,flowers"], "unknown VTAB task(s) flowers; choose from"),
     ("bit_cli.vtab", ["--model=BiT-M-R51x1"], "Unknown model name 'BiT-M-R51x1'"),
