@@ -90,15 +90,16 @@ def folder_to_write(program: str, flag: str, path: str | None) -> None:
         folder = os.path.dirname(folder)
 
 
-def between_zero_and_one(program: str, **values: float) -> None:
-    """Ends the command if a value is not strictly between 0 and 1.
+def between_zero_and_one(program: str, **values: float | None) -> None:
+    """Ends the command if a value is not strictly between 0 and 1 (None: not given, the
+    command's default applies).
 
     Example:
         >>> between_zero_and_one("bit-finetune", validation_fraction=1.5)
         bit-finetune: error: --validation_fraction must be between 0 and 1, got 1.5.
     """
     for name, value in values.items():
-        if not 0 < value < 1:
+        if value is not None and not 0 < value < 1:
             fail(program, f"--{name} must be between 0 and 1, got {value}.")
 
 
