@@ -13,12 +13,13 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import re
 import tarfile
 
 import tensorflow as tf
 
-from bit_tf.training.atomic import atomic_path, join, refuse_existing
+from bit_tf.training.atomic import atomic_path, join, refuse_existing, write_text, write_through
 from hub_export.model_card import model_card
 from hub_export.module import read_metadata
 
@@ -59,19 +60,30 @@ def _add_tree(archive: tarfile.TarFile, module_dir: str) -> int:
 def write_archive(module_dir: str, archive_path: str) -> str:
     """Writes the compressed TF-Hub format: a `.tar.gz` of the module folder's contents.
 
+    The archive is written under a temporary sibling name and renamed onto `archive_path`
+    when complete (`bit_tf.training.atomic`): `archive_path` never holds a cut archive.
+
     Example:
         >>> write_archive("exports/bit_m-r50x1", "/tmp/bit_m-r50x1.tar.gz")
         '/tmp/bit_m-r50x1.tar.gz'
     """
+    _require_module(module_dir)
+    return write_through(archive_path, functools.partial(_write_tar, module_dir))
+
+
+def _require_module(module_dir: str) -> None:
     if not tf.io.gfile.exists(join(module_dir, "saved_model.pb")):
         raise FileNotFoundError(
             f"{module_dir!r} holds no saved_model.pb; pass the folder written by "
             "hub_export.export_module (or any TF2 SavedModel folder)."
         )
-    with tf.io.gfile.GFile(archive_path, "wb") as stream:
+
+
+def _write_tar(module_dir: str, path: str) -> None:
+    """Writes the `.tar.gz` of the module folder's contents straight to `path`."""
+    with tf.io.gfile.GFile(path, "wb") as stream:
         with tarfile.open(fileobj=stream, mode="w|gz") as archive:
             _add_tree(archive, module_dir)
-    return archive_path
 
 
 def publish(
@@ -114,6 +126,7 @@ def publish(
     archive_path = join(folder, f"{version}.tar.gz")
     card_path = join(folder, f"{version}.md")
     refuse_existing(archive_path, f"Published version {version} of {name!r}", overwrite)
+    _require_module(module_dir)
 
     card = model_card(
         name,
@@ -124,10 +137,8 @@ def publish(
         description=description,
     )
     # The card may be left over from a killed publish of this version: replace it.
-    with atomic_path(card_path, overwrite=True) as temporary:
-        with tf.io.gfile.GFile(temporary, "w") as stream:
-            stream.write(card)
+    write_text(card_path, card)
     what = f"Published version {version} of {name!r}"
     with atomic_path(archive_path, overwrite=overwrite, what=what) as temporary:
-        write_archive(module_dir, temporary)
+        _write_tar(module_dir, temporary)
     return archive_path

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -57,7 +58,7 @@ from bit_tf.pretrain.schedule import (
     upstream_schedule,
 )
 from bit_tf.pretrain.workers import WorkerLost, configure_heartbeat_timeout, worker_lost_error
-from bit_tf.training.checkpoints import write_json
+from bit_tf.training.atomic import write_text
 from bit_tf.training.interruption import TrainingInterruptedError
 from bit_tf.training.optimizers import FusedMomentumSGD
 from bit_tf.training.run_lock import holding
@@ -670,4 +671,4 @@ def _write_summary(config, step, resumed_from, history, weights_path):
         "weights": weights_path,
         "history": history,
     }
-    write_json(os.path.join(config.checkpoint_dir, "summary.json"), summary)
+    write_text(os.path.join(config.checkpoint_dir, "summary.json"), json.dumps(summary, indent=1))

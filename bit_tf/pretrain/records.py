@@ -24,6 +24,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from bit_tf.pretrain.sources import DataError, Source
+from bit_tf.training.atomic import write_through
 
 _FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -161,24 +162,32 @@ def _parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 def write_tfrecord(path: str, examples) -> str:
     """Writes (encoded image bytes, label or list of labels) pairs as ImageNet-style Examples.
 
+    The records go to a temporary sibling of `path`, renamed onto it once all are written
+    (`bit_tf.training.atomic`): `path` holds every record or is left as it was.
+
     Example:
         >>> write_tfrecord("train-00000", [(jpeg_bytes, 3), (png_bytes, [1, 7])])
         'train-00000'
     """
-    with tf.io.TFRecordWriter(path) as writer:
-        for image_bytes, labels in examples:
-            labels = [int(labels)] if isinstance(labels, int) else [int(x) for x in labels]
-            example = tf.train.Example(
-                features=tf.train.Features(
-                    feature={
-                        "image/encoded": tf.train.Feature(
-                            bytes_list=tf.train.BytesList(value=[image_bytes])
-                        ),
-                        "image/class/label": tf.train.Feature(
-                            int64_list=tf.train.Int64List(value=labels)
-                        ),
-                    }
-                )
-            )
-            writer.write(example.SerializeToString())
-    return path
+
+    def write(temporary: str) -> None:
+        with tf.io.TFRecordWriter(temporary) as writer:
+            for image_bytes, labels in examples:
+                writer.write(_example(image_bytes, labels).SerializeToString())
+
+    return write_through(path, write)
+
+
+def _example(image_bytes: bytes, labels) -> tf.train.Example:
+    """The `tf.train.Example` of one image and its label or labels."""
+    labels = [int(labels)] if isinstance(labels, int) else [int(x) for x in labels]
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[image_bytes])
+                ),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=labels)),
+            }
+        )
+    )

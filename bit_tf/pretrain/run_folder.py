@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 
-from bit_tf.training.checkpoints import write_json
+from bit_tf.training.atomic import write_text
 from bit_tf.training.run_settings import check_same_run
 
 __all__ = ["HOW_IT_RUNS", "SETTINGS_FILE", "claim_folder", "run_settings"]
@@ -93,7 +93,7 @@ def claim_folder(checkpoint_dir: str, settings: dict, overwrite: bool = False) -
             "with these settings.",
             checkpoint_dir,
         )
-    write_json(path, settings)
+    write_text(path, json.dumps(settings, indent=1))
 
 
 def _recorded(path: str) -> dict:

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -27,7 +26,7 @@ import os
 import keras
 import numpy as np
 
-from bit_tf.training.file_errors import FileWriteError, disk_problem
+from bit_tf.training.atomic import write_text, write_through
 from bit_tf.training.interruption import TrainingInterruptedError
 from bit_tf.training.run_settings import check_same_run
 from bit_tf.training.signals import StopSignals
@@ -51,8 +50,8 @@ class TrainingDivergedError(FloatingPointError):
 
 
 def atomic_save(model: keras.Model, path: str) -> None:
-    """Saves `model` to `path` (a `.keras` file) through a temporary file, so that `path`
-    always holds a whole model.
+    """Saves `model` to `path` (a `.keras` file) through `bit_tf.training.atomic`, so that
+    `path` always holds a whole model.
 
     Raises:
         FileWriteError: the disk is full, read-only or forbidden; the temporary file is
@@ -61,28 +60,7 @@ def atomic_save(model: keras.Model, path: str) -> None:
     Example:
         >>> atomic_save(model, "runs/pets/last.keras")
     """
-    temporary = path[: -len(".keras")] + ".partial.keras"
-    _write_through(temporary, path, model.save)
-
-
-def _write_through(temporary: str, path: str, write) -> None:
-    """Calls `write(temporary)` and renames `temporary` onto `path`; on any failure the
-    temporary file is removed, and a disk's failure is raised as a `FileWriteError`."""
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException as error:
-        partial = os.path.exists(temporary)
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        if not isinstance(error, Exception) or disk_problem(error) is None:
-            raise
-        kept = "nothing was written there"
-        if os.path.exists(path):
-            kept = f"the previous {path} is left as it was"
-        if partial:
-            kept = f"the partial file was removed; {kept}"
-        raise FileWriteError.of(error, path, kept[0].upper() + kept[1:]) from error
+    write_through(path, model.save, suffix=".keras")
 
 
 def write_progress(checkpoint_dir: str, progress: dict) -> None:
@@ -94,25 +72,7 @@ def write_progress(checkpoint_dir: str, progress: dict) -> None:
     Example:
         >>> write_progress("runs/pets", {"settings": settings, "step": 50, "finished": False})
     """
-    write_json(os.path.join(checkpoint_dir, PROGRESS_FILE), progress)
-
-
-def write_json(path: str, value) -> None:
-    """Writes `value` as JSON to `path` through a temporary file, so that `path` always holds
-    a whole file.
-
-    Raises:
-        FileWriteError: the disk is full, read-only or forbidden (the old file is kept).
-
-    Example:
-        >>> write_json("runs/bit-s/summary.json", {"step": 1000})
-    """
-
-    def write(temporary: str) -> None:
-        with open(temporary, "w") as file:
-            json.dump(value, file, indent=1)
-
-    _write_through(path + ".partial", path, write)
+    write_text(os.path.join(checkpoint_dir, PROGRESS_FILE), json.dumps(progress, indent=1))
 
 
 class DamagedRunFileError(ValueError):
