@@ -1,4 +1,4 @@
-"""benchmarks/scale.py keeps working: one small folder, two contenders, its data file and plot
+"""benchmarks/scale.py keeps working: one small folder, one contender, its data file and plot
 (not a measurement)."""
 
 import glob
@@ -23,7 +23,7 @@ def test_scale_benchmark_writes_memory_and_time_per_size_and_a_plot(tmp_path):
             "--quick",
             "--parts=sizes",
             "--sizes=60",
-            "--contenders=evaluate,finetune",
+            "--contenders=finetune",
             f"--work_dir={tmp_path / 'work'}",
             f"--results_dir={results}",
         ],
@@ -37,7 +37,7 @@ def test_scale_benchmark_writes_memory_and_time_per_size_and_a_plot(tmp_path):
     (data_file,) = glob.glob(str(results / "*-scale.json"))
     run = json.loads(open(data_file).read())
     assert run["schema"] == "bit_tf-scale/1" and run["git"]["commit"]
-    for name in ("evaluate", "finetune"):
+    for name in ("finetune",):
         (point,) = run["results"]["sizes"][name]
         assert point["images"] == 60 and point["returncode"] == 0, point
         assert point["peak_rss_mib"] > 100 and point["seconds"] > 0
