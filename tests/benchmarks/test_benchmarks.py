@@ -172,13 +172,15 @@ def test_gpu_benchmark_runs_on_jax_here(tmp_path):
             "--batch_size=2",
             "--num_classes=10",
             "--precision=float32",
-            "--contenders=bit_tf.jax.inference,bit_tf.jax.train",
+            "--contenders=bit_tf.jax.inference",
             f"--check_fixtures={FIXTURES}",
         ],
         tmp_path,
         KERAS_BACKEND="jax",
     )
-    for contender in ("bit_tf.jax.inference", "bit_tf.jax.train"):
+    # The script starts, checks both GroupNorms against the authors and runs one contender; its
+    # training contender is for the GPU (benchmarks/gpu.sh).
+    for contender in ("bit_tf.jax.inference",):
         row = next(line for line in report.splitlines() if line.startswith(f"| {contender} "))
         assert "failed" not in row, row
     # The correctness check ran both GroupNorms against the authors' outputs and each other.
