@@ -32,7 +32,8 @@ def run_script(arguments, tmp_path, **env):
     return output.read_text()
 
 
-# One quick repetition of the bit_tf contenders on the smallest model and small images.
+# One quick repetition of the bit_tf contenders on the smallest model and small images
+# (predict_folded runs the same predict on folded weights: tests/models/test_inference.py).
 QUICK_CPU_RUN = [
     "benchmarks/cpu.py",
     "--quick",
@@ -40,7 +41,7 @@ QUICK_CPU_RUN = [
     "--image_size=32",
     "--batch_size=2",
     "--num_classes=10",
-    "--contenders=bit_tf.predict,bit_tf.predict_folded,bit_tf.serving,bit_tf.finetune",
+    "--contenders=bit_tf.predict,bit_tf.serving,bit_tf.finetune",
 ]
 
 
@@ -49,7 +50,7 @@ def test_cpu_benchmark_prints_its_table(tmp_path):
     report = run_script([*QUICK_CPU_RUN, f"--results_dir={results}"], tmp_path)
     check_data_file(results, report)
     assert "| contender | images/s (median)" in report
-    contenders = ("bit_tf.predict", "bit_tf.predict_folded", "bit_tf.serving", "bit_tf.finetune")
+    contenders = ("bit_tf.predict", "bit_tf.serving", "bit_tf.finetune")
     for contender in contenders:
         row = next(line for line in report.splitlines() if line.startswith(f"| {contender} "))
         assert "failed" not in row, row
@@ -88,7 +89,7 @@ def check_data_file(folder, report):
     assert run["matmul_peak"]["gflops"] > 0 and run["matmul_peak"]["dtype"] == "float32"
     assert run["forward_gflop_per_image"] > 0
     assert isinstance(run["vs_timm"], dict)
-    for name in ("bit_tf.predict", "bit_tf.predict_folded", "bit_tf.serving", "bit_tf.finetune"):
+    for name in ("bit_tf.predict", "bit_tf.serving", "bit_tf.finetune"):
         entry = run["contenders"][name]
         # --quick: one warm-up step, one repeat of one step.
         assert len(entry["warmup_step_seconds"]) == 1, entry
