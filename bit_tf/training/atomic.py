@@ -142,7 +142,7 @@ def atomic_path(
                 refuse_existing(target, what, overwrite)
                 _rename(temporary, target, overwrite=overwrite)
             if durable:
-                flush_to_disk(parent)
+                flush_folder_entries(parent)
     finally:
         # Quietly: a read-only disk's error was raised above, and there is nothing to remove.
         with contextlib.suppress(Exception):
@@ -219,6 +219,19 @@ def flush_to_disk(path: str) -> None:
             _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     else:
         _fsync(path, os.O_RDONLY)
+
+
+def flush_folder_entries(folder: str) -> None:
+    """Makes the names in a local `folder` durable (a rename into it survives a crash) with one
+    `fsync` of the folder itself, not of what it holds: other writers may be adding and
+    removing files inside it meanwhile. URLs are left to their file system.
+
+    Example:
+        >>> flush_folder_entries("runs/pets")
+    """
+    if is_url(folder) or not os.path.isdir(folder):
+        return
+    _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
 def _fsync(path: str, flags: int) -> None:

@@ -69,3 +69,20 @@ def test_a_folder_is_renamed_whole_and_an_existing_target_is_refused(tmp_path):
         os.makedirs(temporary)
     assert not os.listdir(target)
     assert os.listdir(tmp_path) == ["module"]
+
+
+def test_a_write_beside_another_writers_folder_does_not_read_into_it(tmp_path, monkeypatch):
+    # Another writer's files beside the target (a checkpoint folder being written and removed by
+    # a second worker) are not ours to flush: a socket there cannot even be opened, and a file
+    # removed between listing and opening it must not fail this write.
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind("ckpt/worker.sock")  # relative: socket paths are limited to 108 bytes
+        assert write_text(str(tmp_path / "worker0.json"), "{}") == str(tmp_path / "worker0.json")
+        assert (tmp_path / "worker0.json").read_text() == "{}"
+    finally:
+        listener.close()
