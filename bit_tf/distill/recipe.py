@@ -39,8 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import json
 import logging
+import os
 from typing import Any
 
 import keras
@@ -59,7 +62,7 @@ from bit_tf.distill.run_settings import (
     recipe_settings,
 )
 from bit_tf.distill.schedule import patient_steps, warmup_steps
-from bit_tf.distill.variants import fixed_teacher_targets, variant_batches
+from bit_tf.distill.variants import fixed_teacher_targets, read_targets, variant_batches
 from bit_tf.finetune.recipe import resolve_resolution
 from bit_tf.models.create import create_model
 from bit_tf.models.registry import find_release
@@ -453,7 +456,7 @@ def _input_pipelines(
             random_flip=config.random_flip,
             cache=config.cache,
             start_batch=start_batch,
-            teacher_targets=targets,
+            teacher_targets=None if targets is None else targets(),
         )
 
     log.info(
@@ -476,13 +479,31 @@ def _name_and_size(train, config: DistillConfig) -> tuple[str | None, int | None
 
 
 def _fixed_targets(teacher, train, crop, config: DistillConfig, batch_size: int):
-    """The fixed teacher's outputs for every train example (computed here, once), else None."""
+    """None, or for a fixed teacher a function that returns its outputs for every train
+    example: computed once, when the train stream is first made (after the checkpoint folder's
+    run was found to be this one), or read from the file a run in the same folder wrote for
+    this teacher, these images and this crop."""
     if config.variant != "fixed_teacher":
         return None
     if not isinstance(train, data_lib.ImageSource):
         raise ValueError("variant='fixed_teacher' needs train images, not a tf.data.Dataset.")
-    log.info("Computing the fixed teacher's outputs for the %d train images.", train.num_examples)
-    return fixed_teacher_targets(teacher, train, config.teacher_crop or crop, batch_size)
+    teacher_crop = config.teacher_crop or crop
+
+    @functools.cache
+    def targets() -> np.ndarray:
+        path = None
+        if config.checkpoint_dir:
+            identity = [teacher_fingerprint(teacher), dataset_identity(train), teacher_crop]
+            digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+            path = os.path.join(config.checkpoint_dir, f"fixed_teacher_outputs-{digest[:16]}.npy")
+            found = read_targets(path, train.num_examples, train.num_classes)
+            if found is not None:
+                log.info("Reading the fixed teacher's outputs from %s.", path)
+                return found
+        log.info("Computing the fixed teacher's outputs for %d images.", train.num_examples)
+        return fixed_teacher_targets(teacher, train, teacher_crop, batch_size, path)
+
+    return targets
 
 
 def _run_schedule(dataset_size: int | None, config: DistillConfig) -> tuple[int, int, int]:

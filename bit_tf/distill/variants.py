@@ -10,7 +10,8 @@ a student at two resolutions.
   noise"), no MixUp;
 - "fixed_teacher": the teacher's outputs are computed once, before training, on the unaugmented
   images (shorter side resized and the central crop, as evaluation sees them,
-  `bit_tf.data.eval_crops`) and kept in memory (one row of logits per training example); the student
+  `bit_tf.data.eval_crops`) and kept in a file on the disk, read memory-mapped (one row of
+  logits per training example; a run's checkpoint folder keeps it for the resume); the student
   sees its own inception crop and flip, no MixUp (a precomputed target cannot follow a mixed
   image).
 
@@ -32,6 +33,9 @@ Example:
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -52,8 +56,15 @@ from bit_tf.data.pipelines import (
 )
 from bit_tf.distill.data import MIN_CROP_AREA, consistent_batches, inception_box
 from bit_tf.distill.recipes import VARIANTS
+from bit_tf.training.atomic import write_through
 
-__all__ = ["VARIANTS", "fixed_teacher_targets", "variant_batches", "variant_mixup"]
+__all__ = [
+    "VARIANTS",
+    "fixed_teacher_targets",
+    "read_targets",
+    "variant_batches",
+    "variant_mixup",
+]
 
 # Folded into an example's seed for the teacher's own crop of "independent".
 _TEACHER_STREAM = 0x54454143  # "TEAC"
@@ -155,33 +166,86 @@ def _batched(dataset, batch_size, alpha, seed, start_batch):
 
 
 def fixed_teacher_targets(
-    teacher: keras.Model, source: ImageSource, crop: int, batch_size: int
+    teacher: keras.Model,
+    source: ImageSource,
+    crop: int,
+    batch_size: int,
+    path: str | None = None,
 ) -> np.ndarray:
     """The teacher's logits for every example of `source`, in its order, computed once on the
     unaugmented image (shorter side resized to `eval_short_side(crop)`, central crop).
+
+    The rows are written one batch at a time to the `.npy` file `path` (atomically: a whole file
+    or none) and read back memory-mapped, so memory does not grow with the number of examples.
+    Without `path` the file is a temporary one, removed once mapped (the mapping keeps its pages
+    readable).
 
     Raises:
         ValueError: an image that cannot be decoded (its row could not be matched).
 
     Example:
-        >>> targets = fixed_teacher_targets(teacher, train, crop=128, batch_size=256)
+        >>> targets = fixed_teacher_targets(teacher, train, crop=128, batch_size=256,
+        ...                                 path="runs/flowers/fixed_teacher_outputs.npy")
         >>> targets.shape
         (1020, 102)
     """
+    if path is not None:
+        write_through(
+            path, lambda temporary: _write_targets(teacher, source, crop, batch_size, temporary),
+            suffix=".npy",
+        )  # fmt: skip
+        return np.load(path, mmap_mode="r")
+    descriptor, temporary = tempfile.mkstemp(prefix="fixed_teacher_outputs-", suffix=".npy")
+    os.close(descriptor)
+    try:
+        _write_targets(teacher, source, crop, batch_size, temporary)
+        return np.load(temporary, mmap_mode="r")
+    finally:
+        os.remove(temporary)
+
+
+def read_targets(path: str, num_examples: int, num_classes: int) -> np.ndarray | None:
+    """The fixed teacher's outputs an earlier run wrote to `path`, memory-mapped, if that file
+    is whole and holds one row of `num_classes` logits per example; else None.
+
+    Example:
+        >>> read_targets("runs/flowers/fixed_teacher_outputs.npy", 1020, 102).shape
+        (1020, 102)
+    """
+    try:
+        targets = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):  # missing, truncated, or not a .npy file
+        return None
+    expected = (num_examples, num_classes)
+    if targets.shape != expected or targets.dtype != np.float32:
+        return None
+    return targets
+
+
+def _write_targets(teacher, source: ImageSource, crop: int, batch_size: int, path: str) -> None:
+    """Writes the teacher's logits for `source` to the new `.npy` file `path`, batch by batch."""
     batches = eval_pipeline(
         source, batch_size, crop, cache="none", short_side=eval_short_side(crop)
     )
-    rows = [
-        np.asarray(keras.ops.convert_to_numpy(teacher(images, training=False)), np.float32)
-        for images, _ in batches
-    ]
-    targets = np.concatenate(rows) if rows else np.zeros((0, source.num_classes), np.float32)
-    if len(targets) != source.num_examples:
+    shape = (source.num_examples, source.num_classes)
+    targets = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    written = 0
+    for images, _ in batches:
+        rows = np.asarray(keras.ops.convert_to_numpy(teacher(images, training=False)))
+        if rows.shape[-1] != shape[1]:
+            raise ValueError(
+                f"The teacher {teacher.name!r} outputs {rows.shape[-1]} logits, not the "
+                f"{shape[1]} of {source.name!r}."
+            )
+        targets[written : written + len(rows)] = rows
+        written += len(rows)
+    targets.flush()
+    del targets
+    if written != source.num_examples:
         raise ValueError(
-            f"variant='fixed_teacher': {source.num_examples - len(targets)} images of "
+            f"variant='fixed_teacher': {source.num_examples - written} images of "
             f"{source.name!r} could not be decoded; remove them, or use another variant."
         )
-    return targets
 
 
 def _fixed_teacher_batches(
@@ -195,14 +259,22 @@ def _fixed_teacher_batches(
             f"in a cache: give cache='memory' or a cache folder (got cache={cache!r})."
         )
     seed = resolve_seed(seed)
-    logits = tf.constant(targets, tf.float32)
+    num_classes = targets.shape[1]
+
+    def row(index):  # read from the mapped file: the rows never become one graph constant
+        return np.array(targets[int(index)], np.float32)
+
+    def logits_of(index):
+        logits = tf.numpy_function(row, [index], tf.float32, stateful=False)
+        return tf.ensure_shape(logits, (num_classes,))
+
     positions = shuffled_positions(access.size, seed, start_batch * batch_size)
 
     def augment(position, index):
         record, label = access.lookup(index)
         image, decoded = access.decode(record, 0)
         student = _view(image, crop, example_seed(seed, position), min_crop_area, random_flip)
-        views = {"student": student, "teacher_logits": tf.gather(logits, index)}
+        views = {"student": student, "teacher_logits": logits_of(index)}
         return views, tf.one_hot(label, source.num_classes, dtype=tf.float32), decoded
 
     return _batched(positions.map(augment, num_parallel_calls=AUTOTUNE), batch_size, 0.0, seed,

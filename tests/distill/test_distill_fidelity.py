@@ -13,7 +13,8 @@ import bit_tf
 from bit_tf.data.eval_crops import eval_short_side, short_side_central_crop
 from bit_tf.distill.recipe import DistillConfig, distill
 from bit_tf.distill.recipes import RECIPES, pick_recipe, with_recipe
-from bit_tf.distill.variants import variant_batches
+from bit_tf.distill.variants import fixed_teacher_targets, read_targets, variant_batches
+from bit_tf.training.run_settings import RunSettingsError
 
 FAST = {"jit_compile": False, "verbose": 0, "seed": 0}
 
@@ -68,14 +69,16 @@ class CallCounter(keras.layers.Layer):
         return images
 
 
-def classifier(seed: int, classes: int = 2, counter: bool = False) -> keras.Model:
+def classifier(
+    seed: int, classes: int = 2, counter: bool = False, name: str | None = None
+) -> keras.Model:
     """A small convolutional classifier of any input size."""
     inputs = keras.Input((None, None, 3))
     x = CallCounter(name="counter")(inputs) if counter else inputs
     x = keras.layers.Conv2D(4, 3, kernel_initializer=keras.initializers.GlorotUniform(seed))(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     head = keras.initializers.RandomNormal(stddev=5.0, seed=seed)
-    return keras.Model(inputs, keras.layers.Dense(classes, kernel_initializer=head)(x))
+    return keras.Model(inputs, keras.layers.Dense(classes, kernel_initializer=head)(x), name=name)
 
 
 @pytest.mark.parametrize("row", sorted(EXPECTED))
@@ -198,6 +201,39 @@ def test_the_fixed_teacher_computes_its_targets_once():
     distill(online, classifier(4), (images, labels), variant="consistent", batch_size=8,
             crop=16, steps=6, **FAST)  # fmt: skip
     assert float(online.get_layer("counter").images) == 6 * 8
+
+
+def test_the_fixed_teachers_outputs_are_a_file_of_the_run_that_a_rerun_reads(tmp_path):
+    images, labels = stripes(48)
+    settings = dict(variant="fixed_teacher", batch_size=8, crop=16, steps=4, cache="memory")
+    folder = str(tmp_path / "run")
+
+    def run(teacher, **overrides):
+        student = classifier(4, name="student")
+        distill(teacher, student, (images, labels), checkpoint_dir=folder, **settings,
+                **overrides, **FAST)  # fmt: skip
+
+    teacher = classifier(3, counter=True, name="teacher")
+    run(teacher)
+    (written,) = (tmp_path / "run").glob("fixed_teacher_outputs-*.npy")
+    on_disk = np.load(written)
+    assert on_disk.shape == (48, 2) and float(teacher.get_layer("counter").images) == 48
+    # The same rows as computed in memory, on the unaugmented central crops.
+    source = bit_tf.data.from_arrays(images, labels)
+    np.testing.assert_allclose(fixed_teacher_targets(teacher, source, 16, 8), on_disk, atol=1e-6)
+    # A run that starts again in the folder, with the same teacher, images and crop, reads it.
+    again = classifier(3, counter=True, name="teacher")
+    run(again, overwrite=True)
+    assert float(again.get_layer("counter").images) == 0
+    # A run refused for other settings computes nothing and writes nothing.
+    other = classifier(5, counter=True, name="another_teacher")
+    with pytest.raises(RunSettingsError):
+        run(other)
+    assert float(other.get_layer("counter").images) == 0
+    assert len(list((tmp_path / "run").glob("fixed_teacher_outputs-*.npy"))) == 1
+    assert read_targets(str(written), 48, 3) is None  # another task's shape
+    written.write_bytes(written.read_bytes()[:-8])  # a cut file is not read (computed again)
+    assert read_targets(str(written), 48, 2) is None
 
 
 @pytest.mark.parametrize(
