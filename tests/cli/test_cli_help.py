@@ -39,11 +39,17 @@ def test_console_scripts_help_lists_their_own_flags():
         )
         for name in SCRIPTS
     }
-    for name, process in processes.items():
-        # absl ends --help with exit status 1; what matters is what it printed.
-        output, errors = process.communicate(timeout=120)
-        # The command's docstring is the usage text, as under python -m bit_cli.<name>.
-        assert output.startswith(f"{name}: "), (output[:300], errors[-2000:])
-        for flag in SCRIPTS[name]:
-            assert f"--{flag}:" in output, (name, flag, output[-2000:])
-        assert "--helpfull" in output
+    try:
+        for name, process in processes.items():
+            # absl ends --help with exit status 1; what matters is what it printed. Six
+            # TensorFlow imports at once on a busy machine: a generous limit.
+            output, errors = process.communicate(timeout=600)
+            # The command's docstring is the usage text, as under python -m bit_cli.<name>.
+            assert output.startswith(f"{name}: "), (output[:300], errors[-2000:])
+            for flag in SCRIPTS[name]:
+                assert f"--{flag}:" in output, (name, flag, output[-2000:])
+            assert "--helpfull" in output
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait()

@@ -473,7 +473,7 @@ def test_ctrl_c_ends_bit_vtab_at_once_while_tfds_retries_a_download(tmp_path):
         server.shutdown()
         server.server_close()
     assert process.returncode == 130, stderr[-3000:]
-    assert took < 3, f"{took:.1f} s after Ctrl-C"
+    assert took < 10, f"{took:.1f} s after Ctrl-C"  # promptly: TFDS alone retries for minutes
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "bit-vtab: stopped by SIGINT (Ctrl-C)."
 

@@ -1,8 +1,8 @@
 """hub_export.publish: TF-Hub archives served over HTTP, atomic against SIGKILL, no overwrites."""
 
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -154,32 +154,23 @@ FRESH_LOADER = textwrap.dedent(
 )
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_published_module_loads_over_http_in_a_fresh_process(module_dir, classifier, tmp_path):
     site = tmp_path / "site"
     hub_export.publish(module_dir, str(site), "bit/r14x1", 1)
-    port = free_port()
+    # Port 0: the server takes a free port itself and names it ("Serving HTTP on ... port N").
     server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"],
         cwd=str(site),
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("The web server did not start.")
-                time.sleep(0.1)
+        announced = server.stdout.readline()
+        match = re.search(r" port (\d+) ", announced)
+        if match is None:
+            pytest.fail(f"The web server did not start: {announced!r}")
+        port = int(match.group(1))
         images = np.random.default_rng(6).uniform(size=(2, 40, 28, 3)).astype("float32")
         np.save(tmp_path / "images.npy", images)
         (tmp_path / "loader.py").write_text(FRESH_LOADER)

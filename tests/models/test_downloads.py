@@ -127,9 +127,10 @@ def test_a_trickling_server_fails_within_the_window_and_leaves_nothing(server, k
     # One byte every 0.2 s, with a window of 1 s: the rule that fails a server sending a byte
     # every 5 s under the defaults (64 KiB a minute), scaled down.
     started = time.monotonic()
-    with pytest.raises(DownloadError, match=r"it stalled: \d+ bytes in the last 1 s"):
+    # The window is measured between bytes: "the last 1 s" or, on a busy machine, "2 s".
+    with pytest.raises(DownloadError, match=r"it stalled: \d+ bytes in the last \d+ s"):
         download(f"{server}/trickle/r14.npz", stall_seconds=1.0, timeout=5.0)
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 10
     assert cached_files(keras_home) == []
 
 
@@ -188,8 +189,12 @@ def test_a_cached_file_from_before_the_records_is_checked_then_used_or_fetched_a
 # A download, then a wait between attempts, each stopped by SIGINT (Ctrl-C) in a real process.
 INTERRUPTED = textwrap.dedent(
     """
+    import signal
     import sys
     from bit_tf.models.download import download
+
+    # Ctrl-C as in a terminal, also where this test runs with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     url = sys.argv[1]
     for phase, route, backoff in (("transfer", "trickle", 1), ("backoff", "unavailable", 60)):
@@ -230,7 +235,7 @@ def test_ctrl_c_stops_a_download_and_its_wait_at_once_and_removes_the_partial(se
     finally:
         process.kill()
         process.wait()
-    assert max(stopped) < 2, stopped
+    assert max(stopped) < 5, stopped  # seconds, a busy machine's reading of the reply included
     assert cached_files(keras_home) == []
 
 

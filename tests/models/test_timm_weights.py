@@ -15,11 +15,13 @@ import http.server
 import json
 import os
 import pty
+import select
 import struct
 import subprocess
 import sys
 import termios
 import threading
+import time
 import urllib.parse
 
 import huggingface_hub.constants
@@ -449,12 +451,26 @@ def test_a_terminal_gets_huggingface_hubs_progress_bar(hub, monkeypatch):
     try:
         hf_hub.download_file(REPO_ID, "model.safetensors")
         stream.flush()
-        os.set_blocking(controller, False)
-        drawn = os.read(controller, 1 << 16).decode(errors="replace")
     finally:
         monkeypatch.undo()
         stream.close()
+    # A pseudo-terminal passes writes on to its controller asynchronously: read until the
+    # closed terminal side says everything was read (EIO), not once.
+    drawn = b""
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if ready:
+                chunk = os.read(controller, 1 << 16)
+                if not chunk:
+                    break
+                drawn += chunk
+    except OSError:  # EIO: the terminal side is closed and everything was read
+        pass
+    finally:
         os.close(controller)
+    drawn = drawn.decode(errors="replace")
     assert "model.safetensors" in drawn and "100%" in drawn
 
 

@@ -20,7 +20,7 @@ TOTAL_STEPS = 12
 HEARTBEAT_TIMEOUT = 4.0
 #: What the survivor may take on top of the heartbeat timeout to notice and exit (a loaded CI
 #: machine: two workers on two cores).
-EXIT_ALLOWANCE = 8.0
+EXIT_ALLOWANCE = 20.0
 EXIT_WORKER_LOST = 75
 
 
