@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import os
+import tempfile
 
 from bit_cli.common import fail
 
@@ -72,7 +73,9 @@ def folder_to_read(program: str, flag: str, path: str) -> None:
 
 
 def folder_to_write(program: str, flag: str, path: str | None) -> None:
-    """Ends the command if `path` (empty: none given), or a folder above it, is an existing file.
+    """Ends the command if `path` (empty: none given), or a folder above it, is an existing file,
+    or if no folder can be made where it would be (a read-only disk, a forbidden folder, a
+    file system such as /proc): a folder is made there and removed again, nothing is left.
 
     Example:
         >>> folder_to_write("bit-export", "export_dir", "notes.txt")
@@ -89,6 +92,22 @@ def folder_to_write(program: str, flag: str, path: str | None) -> None:
             )
             fail(program, f"--{flag}={path!r} {where}; give a folder (it is made if missing).")
         folder = os.path.dirname(folder)
+    _folder_can_be_made(program, flag, path)
+
+
+def _folder_can_be_made(program: str, flag: str, path: str) -> None:
+    """Ends the command unless a folder can be made in the nearest existing folder of `path`."""
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing) and existing != os.path.dirname(existing):
+        existing = os.path.dirname(existing)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".bit-tf-write-check-", dir=existing))
+    except OSError as error:
+        fail(
+            program,
+            f"--{flag}={path!r} cannot be written: no folder can be made in {existing} "
+            f"({error.strerror}).",
+        )
 
 
 def between_zero_and_one(program: str, **values: float) -> None:

@@ -83,7 +83,8 @@ def run(
     Args:
         main: the command's main function (absl's: takes argv, returns the exit status).
         module_name: the `__name__` of the module defining the command's flags.
-        flags_parser: absl's `flags_parser`, where the command parses its flags itself.
+        flags_parser: absl's `flags_parser`, where the command parses its flags itself; by
+            default `flag_errors_in_one_line(program)`.
 
     Example:
         >>> def run() -> None:
@@ -95,8 +96,26 @@ def run(
     # Under `python -m bit_cli.<name>` the module is __main__: its name is in sys.argv[0].
     name = module_name.rsplit(".", 1)[-1]
     program = program_name() if name == "__main__" else f"bit-{name}"
-    options = {} if flags_parser is None else {"flags_parser": flags_parser}
-    app.run(with_shared_ending(main, program), **options)
+    parser = flags_parser or flag_errors_in_one_line(program)
+    app.run(with_shared_ending(main, program), flags_parser=parser)
+
+
+def flag_errors_in_one_line(program: str) -> Callable[[list[str]], list[str]]:
+    """absl's flag parsing with its errors (a value of the wrong type, an unknown flag) ended
+    as every user error is: one line, status 2.
+
+    Example:
+        >>> app.run(main, flags_parser=flag_errors_in_one_line("bit-export"))
+        bit-export: error: flag --image_size=big: invalid literal for int() with base 10: 'big'
+    """
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            fail(program, error)
+
+    return parse
 
 
 def with_shared_ending(

@@ -326,18 +326,9 @@ def main(argv) -> int:
     return 0
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, its errors (a value of the wrong type, an unknown flag) in one
-    line with status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        common.fail(PROGRAM, error)
-
-
 def run() -> None:
     """Console-script entry point of `bit-pretrain`."""
-    common.run(main, __name__, flags_parser=_parse_flags)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

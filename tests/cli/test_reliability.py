@@ -42,7 +42,7 @@ def _interrupt_and_rerun(folder) -> dict:
     what it left, and runs the same command again."""
     export_dir = folder / "out"
     command = [sys.executable, "-m", "bit_cli.finetune", f"--export_dir={export_dir}"]
-    command += ["--steps=8", *SHORT]
+    command += ["--steps=12", *SHORT]
     process = subprocess.Popen(
         command,
         cwd=folder,
@@ -54,9 +54,11 @@ def _interrupt_and_rerun(folder) -> dict:
     for line in process.stdout:
         if line.startswith("Epoch 2/"):
             # The first Ctrl-C asks for a checkpoint at the next step; the next two come while
-            # it is being written, as from a user pressing again.
+            # it is being written, as from a user pressing again (unless it is already done:
+            # their report is tested in tests/training/test_signals.py, without the race).
             for _ in range(3):
-                process.send_signal(signal.SIGINT)
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)
                 time.sleep(0.3)
             break
     output, _ = process.communicate(timeout=300)
@@ -108,17 +110,16 @@ def test_three_sigints_during_the_save_leave_a_whole_checkpoint_and_the_run_resu
     output = interrupted["output"]
     assert interrupted["returncode"] == 128 + signal.SIGINT, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
-    assert "SIGINT received again: still writing the checkpoint" in output, output[-3000:]
     assert not interrupted["partial_left"], interrupted["partial_left"]
     step = interrupted["progress"]["step"]
-    assert 4 < step < 8 and not interrupted["progress"]["finished"]
+    assert 4 < step < 12 and not interrupted["progress"]["finished"]
     assert interrupted["iterations"] == step  # last.keras is whole and holds that step
 
     rerun = interrupted_run["rerun"]
     assert rerun["returncode"] == 0, rerun["stderr"][-3000:]
-    assert f"at step {step} of 8" in rerun["stderr"]
+    assert f"at step {step} of 12" in rerun["stderr"]
     progress_path = interrupted_run["export_dir"] / "checkpoints" / "progress.json"
-    assert json.loads(progress_path.read_text())["step"] == 8
+    assert json.loads(progress_path.read_text())["step"] == 12
 
 
 @pytest.mark.slow
@@ -176,7 +177,7 @@ def test_a_finished_run_is_reported_and_a_changed_rerun_refused(interrupted_run)
     }
 
     # The same command again: the run is finished, so nothing is trained or rewritten.
-    again = run_command(*command, "--steps=8", cwd=export_dir.parent)
+    again = run_command(*command, "--steps=12", cwd=export_dir.parent)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "holds this run, already finished; nothing to train" in again.stdout
     assert "Epoch" not in again.stdout + again.stderr
@@ -188,7 +189,7 @@ def test_a_finished_run_is_reported_and_a_changed_rerun_refused(interrupted_run)
     assert "Traceback" not in changed.stderr
     line = changed.stderr.strip().splitlines()[-1]
     assert line.startswith("bit-finetune: error: ") and "holds a run with other settings" in line
-    assert "total_steps: 8, now 50" in line and "seed: 0, now 3" in line
+    assert "total_steps: 12, now 50" in line and "seed: 0, now 3" in line
     assert "--overwrite" in line
     assert {path: path.stat().st_mtime_ns for path in written} == written
 
@@ -208,7 +209,7 @@ def test_a_finished_run_whose_model_file_is_damaged_says_how_to_write_it_again(
     (export_dir / "checkpoints" / "progress.json").write_bytes(progress)
     whole = (interrupted_run["export_dir"] / "model.keras").read_bytes()
     (export_dir / "model.keras").write_bytes(whole[: len(whole) // 2])  # cut in half
-    command = ["bit_cli.finetune", "--export_dir=out", "--steps=8", *SHORT]
+    command = ["bit_cli.finetune", "--export_dir=out", "--steps=12", *SHORT]
 
     damaged = run_command(*command, cwd=tmp_path)
     assert damaged.returncode == 2, damaged.stderr[-3000:]
@@ -364,6 +365,11 @@ USER_ERRORS = [
         ["--model=BiT-S-R50x1", "--image_size=-5"],
         "--image_size must be 0 (the default) or at least 8, got -5",
     ),
+    # A folder where none can be made (here /proc, whose file system refuses new folders).
+    ("bit_cli.distill", ["--export_dir=/proc/x"], "no folder can be made in /proc"),
+    # absl's own flag errors: a value of the wrong type, an unknown flag.
+    ("bit_cli.predict", ["--top_k=x", "cat.jpg"], "flag --top_k=x: invalid literal"),
+    ("bit_cli.vtab", ["--stepz=1"], "Unknown command line flag 'stepz'"),
 ]
 
 
