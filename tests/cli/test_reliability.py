@@ -5,6 +5,7 @@ which end in one line and status 2."""
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -346,6 +347,7 @@ def test_a_checkpoint_folder_with_other_settings_is_refused_in_the_library(tmp_p
 USER_ERRORS = [
     # (command, flags, what the one line must name)
     ("bit_cli.finetune", ["--dataset=./photos"], "--dataset='./photos': no such folder"),
+    ("bit_cli.finetune", ["--dataset=photoz"], "is neither a folder here nor a TFDS dataset"),
     ("bit_cli.finetune", ["--export_dir=notes.txt"], "--export_dir='notes.txt' is a file"),
     ("bit_cli.finetune", ["--model=BiT-M-R51x1"], "Unknown model name 'BiT-M-R51x1'"),
     ("bit_cli.finetune", ["--steps=-3"], "--steps must be positive, got -3"),
@@ -383,6 +385,11 @@ def test_a_user_error_is_one_line_with_status_2_and_nothing_written(module, flag
     lines = [line for line in completed.stderr.splitlines() if f"{program}: error:" in line]
     assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), completed.stderr
     assert named in lines[0]
+    # Nothing else on stderr but TensorFlow's C++ log at the level these tests set (2: the
+    # "failed call to cuInit" of a CUDA build without a GPU).
+    native = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] |WARNING: All log messages before")
+    others = [line for line in completed.stderr.strip().splitlines() if not native.match(line)]
+    assert others == lines, completed.stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
 
 
