@@ -185,6 +185,27 @@ def training_ending(program: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def folder_removed_if_left_empty(path: str | None) -> Iterator[None]:
+    """A folder that the block makes at `path` (with empty folders in it) is removed again if
+    the block fails, by a user's error or anything else, and leaves it empty: a command that
+    is refused writes nothing. A folder that existed before is left as it is.
+
+    Example:
+        >>> with folder_removed_if_left_empty("bit_distill"):
+        ...     distill_and_write()  # a teacher of other classes: no empty bit_distill/
+    """
+    made_here = bool(path) and "://" not in path and not os.path.exists(path)
+    try:
+        yield
+    except BaseException:
+        if made_here:
+            for folder, _, _ in os.walk(path, topdown=False):
+                with contextlib.suppress(OSError):  # not empty: something was written there
+                    os.rmdir(folder)
+        raise
+
+
+@contextlib.contextmanager
 def signals_wait_for(program: str, path: str) -> Iterator[None]:
     """A signal (Ctrl-C, SIGTERM) that arrives inside the block waits for its end (the final
     `path` being written); then the command leaves, naming `path`, with status 128 + the signal.

@@ -249,8 +249,10 @@ def main(argv):
     from bit_tf.training.run_lock import holding
 
     # One run per folder: a second run into this --export_dir is refused while this one runs.
-    with holding(FLAGS.export_dir, program=PROGRAM, flag="--export_dir"):
-        _fine_tune_and_write()
+    # A run refused before it wrote anything leaves no empty --export_dir behind.
+    with common.folder_removed_if_left_empty(FLAGS.export_dir):
+        with holding(FLAGS.export_dir, program=PROGRAM, flag="--export_dir"):
+            _fine_tune_and_write()
 
 
 def _fine_tune_and_write() -> None:

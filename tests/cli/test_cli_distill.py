@@ -137,3 +137,24 @@ def test_the_flags_choices_are_the_librarys_recipes_and_variants():
         }
     }  # fmt: skip
     assert values == {"RECIPE_CHOICES": RECIPE_CHOICES, "VARIANTS": VARIANTS}
+
+
+def test_a_teacher_of_other_classes_is_one_line_and_leaves_no_folder(official_checkpoint, tmp_path):
+    # The fixture's head has 10 classes; the folder has 2.
+    from PIL import Image
+
+    for name in ("cats", "dogs"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for index in range(4):
+            Image.new("RGB", (16, 16), (60 * index, 0, 0)).save(
+                tmp_path / "photos" / name / f"{index}.jpg"
+            )
+    completed = subprocess.run(
+        [sys.executable, "-m", "bit_cli.distill", f"--teacher={official_checkpoint}",
+         "--dataset=photos", "--export_dir=student", *SHORT],
+        cwd=tmp_path, env=ENVIRONMENT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    line = completed.stderr.strip().splitlines()[-1]
+    assert line.startswith("bit-distill: error: The teacher") and "2 classes" in line, line
+    assert sorted(os.listdir(tmp_path)) == ["photos"]  # no student/ folder, no lock file
