@@ -143,6 +143,11 @@ class KerasClassifier(_BatchedClassifier):
         image_size: int | None = None,
         batch_size: int = 16,
     ):
+        # The architecture's name ("R152x4"), which the HyperRule's resolution looks for; a
+        # model that is not a bit_tf ResNetV2 is refused here, by what it is.
+        from bit_tf.models.create import architecture_of
+
+        self.architecture = architecture_of(model)
         if not any(layer.name == "head" for layer in model.layers):
             raise ValueError(
                 f"Model {model.name!r} has no head: it ends at the pre-logits (a feature "
@@ -156,10 +161,6 @@ class KerasClassifier(_BatchedClassifier):
         )
         fixed_size = model.input_shape[1] if model.input_shape[1] == model.input_shape[2] else None
         self.image_size = image_size or fixed_size
-        # The architecture's name ("R152x4"), which the HyperRule's resolution looks for.
-        from bit_tf.models.create import architecture_of
-
-        self.architecture = architecture_of(model)
         self.batch_size = batch_size
 
     def image_size_for(self, height: int, width: int) -> int:

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -275,6 +276,15 @@ def test_settings_that_cannot_work_are_one_line_errors(tmp_path):
     assert completed.stderr.strip().splitlines()[-1] == (
         "bit-predict: error: Model file 'missing.keras' does not exist."
     )
+
+
+def test_a_model_that_is_not_a_bit_classifier_is_refused_by_what_it_is():
+    other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="is not a BiT ResNetV2 built by bit_tf"):
+        predictors.KerasClassifier(other)
+    features = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), unit="basic", num_classes=None)
+    with pytest.raises(ValueError, match="has no head: it ends at the pre-logits"):
+        predictors.KerasClassifier(features)
 
 
 def _lines_of(stream, lines: queue.Queue) -> None:
