@@ -5,9 +5,11 @@ The chief of a run records its settings in `<checkpoint_dir>/settings.json` (`ru
 the model, the data, the schedule, the augmentation, the seed; not how it runs, such as the
 strategy, the steps per loop or where it logs). Started again, the run resumes only if they
 are the same; otherwise `claim_folder` raises `bit_tf.training.run_settings.RunSettingsError`
-naming each difference, as fine-tuning does, and nothing there is changed. With `overwrite`,
-the folder's checkpoints, settings and summary are deleted and the run starts at step 0. A
-folder written before runs recorded their settings is resumed, and its settings recorded.
+naming each difference, as fine-tuning does, and nothing there is changed. A folder whose run
+stopped before its first checkpoint holds nothing to keep: another run takes it over. With
+`overwrite`, the folder's checkpoints, settings and summary are deleted and the run starts at
+step 0. A folder written before runs recorded their settings is resumed, and its settings
+recorded.
 
 Example:
     >>> settings = run_settings(config, schedule, dataset_size=1_281_167)
@@ -84,9 +86,13 @@ def claim_folder(checkpoint_dir: str, settings: dict, overwrite: bool = False) -
     path = os.path.join(checkpoint_dir, SETTINGS_FILE)
     if overwrite:
         _start_again(checkpoint_dir)
-    elif os.path.exists(path):
+    elif os.path.exists(path) and _checkpoints(checkpoint_dir):
         check_same_run(checkpoint_dir, _recorded(path), settings)
         return
+    elif os.path.exists(path):
+        # A run that stopped before its first checkpoint (its data did not decode, say): there
+        # is nothing of it to keep, so its settings give way to these.
+        log.info("%s holds no checkpoint yet: recording this run's settings.", checkpoint_dir)
     elif _checkpoints(checkpoint_dir):
         log.warning(
             "%s holds checkpoints of a run that did not record its settings: resuming it "

@@ -116,3 +116,15 @@ def test_overwrite_deletes_the_run_and_a_damaged_settings_file_is_named(tmp_path
     (tmp_path / "notes.txt").write_text("the user's")
     claim_folder(str(tmp_path), SETTINGS, overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["notes.txt", SETTINGS_FILE]
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_gives_way_to_another(tmp_path):
+    # Its data did not decode, say: settings.json was recorded, no checkpoint was written.
+    claim_folder(str(tmp_path), SETTINGS)
+    claim_folder(str(tmp_path), dict(SETTINGS, seed=3))  # corrected: not refused
+    with open(tmp_path / SETTINGS_FILE) as file:
+        assert json.load(file) == dict(SETTINGS, seed=3)
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    (tmp_path / "ckpt-1.index").write_bytes(b"")
+    with pytest.raises(RunSettingsError, match=r"seed: 3, now 0"):
+        claim_folder(str(tmp_path), SETTINGS)  # once it has a checkpoint, the run is kept
