@@ -313,6 +313,7 @@ def _evaluate_and_write(model, history, splits: dict, batch_size: int, resolutio
     model.keras is kept; a damaged one ends the command with the way out)."""
     from bit_tf.data import pipelines as data
     from bit_tf.training.atomic import write_through
+    from bit_tf.training.segments import end_of_data_unreported
 
     path = os.path.join(FLAGS.export_dir, "model.keras")
     # Nothing trained: the checkpoints hold this run, finished earlier.
@@ -323,7 +324,7 @@ def _evaluate_and_write(model, history, splits: dict, batch_size: int, resolutio
     if already_finished:
         print(f"{_checkpoint_dir()} holds this run, already finished; nothing to train")
     # A signal now waits for model.keras: the checkpoints already say the run is finished.
-    with common.signals_wait_for(PROGRAM, path):
+    with common.signals_wait_for(PROGRAM, path), end_of_data_unreported():
         # The micro-batch of the run (gradient accumulation) bounds the evaluation's batch too.
         accumulation = getattr(model.optimizer, "gradient_accumulation_steps", None) or 1
         eval_batch = min(batch_size // accumulation, 256)

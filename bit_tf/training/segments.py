@@ -12,14 +12,23 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+from collections.abc import Iterator
 
 import keras
 
 from bit_tf.training.checkpoints import RunProgress, signals_caught
 from bit_tf.training.inputs import Inputs
 
-__all__ = ["VALIDATIONS_PER_RUN", "fit_segments", "segments", "validation_interval"]
+__all__ = [
+    "VALIDATIONS_PER_RUN",
+    "end_of_data_unreported",
+    "fit_segments",
+    "segments",
+    "validation_interval",
+]
 
 #: How many validations a run makes by default.
 VALIDATIONS_PER_RUN = 10
@@ -80,18 +89,35 @@ def fit_segments(
     with signals_caught(run, enabled=run.checkpoint_dir is not None):
         for first_epoch, epochs, length in segments(step, run.total_steps, validation_every):
             # Each segment reads on from the micro-batch where the run is (a resumed run too).
-            segment = model.fit(
-                inputs.train_stream(step * run.accumulation),
-                validation_data=inputs.validation_batches,
-                initial_epoch=first_epoch,
-                epochs=first_epoch + epochs,
-                steps_per_epoch=length * run.accumulation,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,
-            )
+            with end_of_data_unreported():
+                segment = model.fit(
+                    inputs.train_stream(step * run.accumulation),
+                    validation_data=inputs.validation_batches,
+                    initial_epoch=first_epoch,
+                    epochs=first_epoch + epochs,
+                    steps_per_epoch=length * run.accumulation,
+                    callbacks=callbacks,
+                    verbose=verbose,
+                    shuffle=False,
+                )
             step += epochs * length
             history.epoch.extend(segment.epoch)
             for key, values in segment.history.items():
                 history.history.setdefault(key, []).extend(values)
     return history
+
+
+@contextlib.contextmanager
+def end_of_data_unreported() -> Iterator[None]:
+    """Keras' `fit` and `evaluate` inside the block do not warn "Your input ran out of data;
+    interrupting training" when an evaluation set whose number of batches Keras cannot know (a
+    file-backed pipeline) comes to its end, which is how every evaluation ends. (The train
+    streams of `fit_segments` repeat for ever: the warning can only be the evaluation's.)
+
+    Example:
+        >>> with end_of_data_unreported():
+        ...     model.evaluate(bit_tf.data.eval_pipeline(validation, 64, 128))
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Your input ran out of data", UserWarning)
+        yield
