@@ -48,16 +48,12 @@ def check(program: str, dataset: str) -> None:
 
 def _check_tfds_name(program: str, dataset: str) -> None:
     """Ends the command if `dataset` is not a TFDS dataset name (no folder has that name)."""
-    import tensorflow_datasets as tfds
+    from bit_tf.data.resolve import check_tfds_name
 
-    # TFDS's own datasets: the community index is on the network and logs when it is not.
-    if re.split("[/:]", dataset)[0] not in tfds.list_builders(with_community_datasets=False):
-        common.fail(
-            program,
-            f"--dataset={dataset!r} is neither a folder here nor a TFDS dataset name: give the "
-            "path of a folder with one subfolder per class, or a name from "
-            "tfds.list_builders().",
-        )
+    try:
+        check_tfds_name(dataset, "--dataset")
+    except ValueError as error:
+        common.fail(program, error)
 
 
 def load(

@@ -84,6 +84,8 @@ def mix_batches(
         >>> batches = dataset.batch(64, drop_remainder=True)
         >>> mixed = mix_batches(batches, alpha=0.1, seed=0)
     """
+    if not alpha > 0:  # here, before a graph traces mix_batch
+        raise ValueError(f"MixUp alpha must be positive, got {alpha!r}.")
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
     base = tf.constant([seed, _STREAM], tf.int64)

@@ -220,13 +220,16 @@ def _checked_images(images: np.ndarray) -> np.ndarray:
     raise ValueError(f"images must be uint8, uint16 or float in [0, 1], got {images.dtype}.")
 
 
-def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray:
+def _check_labels(labels: np.ndarray, num_classes: int | None, name: str) -> np.ndarray:
+    """The labels as int32 class indices below `num_classes` (None: their largest plus one)."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             f"Labels of {name!r} must be a 1-D array of integer class indices, got shape "
             f"{labels.shape} and dtype {labels.dtype}."
         )
+    if num_classes is None:
+        num_classes = int(np.max(labels)) + 1 if len(labels) else 0
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.size:
         raise ValueError(
@@ -235,6 +238,20 @@ def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray
             "num_classes or fix the labels."
         )
     return labels.astype(np.int32)
+
+
+def _checked_class_names(names, num_classes: int, name: str) -> list[str]:
+    """One name per class (given, or "0", "1", ...)."""
+    if names is None:
+        return [str(index) for index in range(num_classes)]
+    if isinstance(names, str | bytes):
+        raise TypeError(f"class_names of {name!r} must be a sequence of names, got {names!r}.")
+    names = [str(class_name) for class_name in names]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"{len(names)} class names given for the {num_classes} classes of {name!r}."
+        )
+    return names
 
 
 def from_arrays(
@@ -257,12 +274,12 @@ def from_arrays(
         >>> source = from_arrays(np.zeros((100, 32, 32, 3), "uint8"), np.arange(100) % 10)
     """
     images = _checked_images(images)
+    labels = _check_labels(labels, num_classes, name)
     if num_classes is None:
         num_classes = int(np.max(labels)) + 1 if len(labels) else 0
-    labels = _check_labels(labels, num_classes, name)
     if len(labels) != len(images):
         raise ValueError(f"Got {len(images)} images but {len(labels)} labels for {name!r}.")
-    class_names = class_names or [str(index) for index in range(num_classes)]
+    class_names = _checked_class_names(class_names, num_classes, name)
     return ImageSource(
         name,
         num_classes,
@@ -514,6 +531,8 @@ def few_shot(source: ImageSource, examples_per_class: int, seed: int = 0) -> Ima
         >>> five_shot.num_examples == 5 * source.num_classes
         True
     """
+    if isinstance(examples_per_class, np.integer):
+        examples_per_class = int(examples_per_class)
     if not isinstance(examples_per_class, int) or examples_per_class < 1:
         raise ValueError(
             f"examples_per_class must be a positive integer, got {examples_per_class!r}."

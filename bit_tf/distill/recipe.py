@@ -253,7 +253,8 @@ def _distill(
     config: DistillConfig,
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """`distill` once its checkpoint folder is held."""
-    train, validation = resolve(train, "train"), resolve(validation, "validation")
+    train = resolve(train, "train")
+    validation = resolve(validation, "validation", like=train)
     if train is None:
         raise ValueError("train is required.")
     config, recipe = with_recipe(config, *_name_and_size(train, config))

@@ -224,7 +224,8 @@ def _finetune(
     model_or_name: str | keras.Model, train: Any, validation: Any, config: FinetuneConfig
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """`finetune` once its checkpoint folder is held."""
-    train, validation = resolve(train, "train"), resolve(validation, "validation")
+    train = resolve(train, "train")
+    validation = resolve(validation, "validation", like=train)
     if train is None:
         raise ValueError("train is required.")
     policy = dtype_policy_for(model_or_name, config.dtype)

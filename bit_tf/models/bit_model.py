@@ -14,7 +14,7 @@ costs. Datasets, generators, `steps=`, callbacks and models under a multi-replic
 
 Images go in on the scale of `bit_tf.models.input_scale`: uint8 pixels are divided by 255 (uint16 by
 65535), in eager calls, `predict` and compiled graphs alike; float images are expected in
-[0, 1], and eager calls, `predict_on_batch` and `predict` on arrays (its first batch) refuse
+[0, 1], and eager calls, `predict_on_batch` and `predict` on arrays (every batch) refuse
 float images whose largest value is above 1.5 (pixel values in 0-255) with a `ValueError`.
 Inside compiled graphs (`fit`, `predict` on datasets, `tf.function`) floats are not checked.
 
@@ -133,9 +133,27 @@ class BitModel(keras.Model):
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
     def _check_first_batch(self, x, batch_size: int | None) -> None:
-        if self._takes_one_input() and _is_in_memory(x) and len(x):
-            batch = x[: batch_size or 32]
-            input_scale.check_call_arguments((batch,), {}, f"model {self.name!r}")
+        if self._takes_one_input() and _is_in_memory(x):
+            self._check_batch_shape(tuple(x.shape))
+            if len(x):
+                batch = x[: batch_size or 32]
+                input_scale.check_call_arguments((batch,), {}, f"model {self.name!r}")
+
+    def _check_batch_shape(self, shape: tuple) -> None:
+        """Raises ValueError for an array that is not a batch of images of the model's
+        channels, saying what it looks like instead (one image, channels first)."""
+        channels = self.inputs[0].shape[-1]
+        if len(shape) == 4 and (channels is None or shape[-1] == channels):
+            return
+        hint = ""
+        if len(shape) == 3 and shape[-1] == channels:
+            hint = "; for one image, add the batch axis: image[np.newaxis]"
+        elif len(shape) == 4 and shape[1] == channels:
+            hint = "; channels first? Move them last: np.transpose(images, (0, 2, 3, 1))"
+        raise ValueError(
+            f"Model {self.name!r} takes a batch of images (batch, height, width, {channels}), "
+            f"got an array of shape {shape}{hint}."
+        )
 
     def _empty_outputs(self, x):
         """The outputs of zero images: arrays of zero rows, of the outputs' shapes and dtypes."""
@@ -173,7 +191,9 @@ class BitModel(keras.Model):
         outputs = []
         for index in range(batches):
             batch = x[index * batch_size : (index + 1) * batch_size]
-            outputs.append(super().predict_on_batch(batch))  # the first batch was checked
+            if index:  # each batch's pixel scale (the first was checked above)
+                input_scale.check_call_arguments((batch,), {}, f"model {self.name!r}")
+            outputs.append(super().predict_on_batch(batch))
             if progress is not None:
                 progress.update(index + 1)
         return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outputs)

@@ -124,7 +124,10 @@ def create_model(
 
     The head follows the checkpoint: with `weights` and no `num_classes`, the model gets the
     head of the file (1000 classes for "BiT-M-R50x1-ILSVRC2012") and loads it. An explicit
-    `num_classes` wins; a head of another size then stays zero-initialised, as in fine-tuning.
+    `num_classes` wins over a checkpoint's (`.npz`, timm's files): a head of another size then
+    stays zero-initialised, as in fine-tuning. A `.keras` file is a whole model: its head is
+    kept, and another `num_classes` than its own raises `HeadMismatchError` (None still gives
+    its pre-logits).
 
     Args:
         name: "BiT-{S,M,L}-R{depth}x{width}", e.g. "BiT-M-R50x1" (see `list_models()`), or a
@@ -158,11 +161,14 @@ def create_model(
         >>> bit_tf.create_model(weights="runs/pets/model.keras").output_shape
         (None, 37)
     """
-    if name is None:
-        if weights is None:
-            raise ValueError("create_model needs a model name, weights to read it from, or both.")
+    if name is None and weights is None:
+        raise ValueError("create_model needs a model name, weights to read it from, or both.")
+    # A .keras file is a whole model: read as it is, its architecture checked against `name`.
+    if name is None or (isinstance(weights, str) and weights.lower().endswith(".keras")):
         head = FROM_CHECKPOINT if num_classes is _DEFAULT else num_classes
-        return from_checkpoint(weights, num_classes=head, input_shape=input_shape, **kwargs)
+        return from_checkpoint(
+            weights, name=name, num_classes=head, input_shape=input_shape, **kwargs
+        )
     depth, width = architecture(name)
     path = arrays = None
     if weights is not None:

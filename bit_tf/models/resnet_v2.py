@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
 from bit_tf.models.bit_model import BitModel
 from bit_tf.models.layers import (
@@ -67,9 +68,9 @@ def resnet_v2(
     Args:
         depth: 18, 26, 34, 50, 101 or 152; ignored when `units_per_block` is given.
         units_per_block: explicit units of the four blocks, e.g. (1, 1, 1, 1).
-        width_factor: 1 to 4; multiplies every channel count.
+        width_factor: multiplies every channel count (BiT's are 1 to 4).
         num_classes: size of the head; None returns the pre-logit feature vector.
-        input_shape: (height, width, 3); None for any size.
+        input_shape: (height, width, 3); a height or width of None takes any size.
         normalization: "group" (BiT), "batch", "noisy_batch" or "none".
         weight_standardization: standardize convolution kernels (BiT: True).
         unit: "bottleneck" or "basic"; by default basic for depths 18 and 34.
@@ -84,6 +85,11 @@ def resnet_v2(
         >>> model(np.zeros((1, 64, 64, 3), "float32")).shape
         (1, 10)
     """
+    # NumPy integers (a class count from labels.max() + 1) are counts as Python's are.
+    width_factor, num_classes = (
+        int(value) if isinstance(value, np.integer) else value
+        for value in (width_factor, num_classes)
+    )
     units_per_block, unit = _checked_architecture(
         depth, units_per_block, width_factor, num_classes, normalization, unit, input_shape
     )
@@ -116,9 +122,11 @@ def _checked_architecture(
     units_per_block = tuple(int(units) for units in units_per_block)
     if not units_per_block or min(units_per_block) < 1:
         raise ValueError(f"units_per_block must be positive counts, got {units_per_block!r}.")
-    if not isinstance(width_factor, int) or width_factor < 1:
+    if not isinstance(width_factor, int) or isinstance(width_factor, bool) or width_factor < 1:
         raise ValueError(f"width_factor must be a positive integer, got {width_factor!r}.")
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+    if num_classes is not None and (
+        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
+    ):
         raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}.")
     if normalization not in NORMALIZATIONS:
         raise ValueError(

@@ -311,6 +311,11 @@ def not_a_checkpoint_message(path: str, kind: str) -> str:
             f"Checkpoint {path!r} is an HTML page, not a checkpoint (a login or error page "
             "saved in its place?); download the file again."
         )
+    if kind == file_kinds.KERAS and path.lower().endswith(".keras"):
+        return (
+            f"Checkpoint {path!r} is a Keras model file, not an official .npz checkpoint: "
+            f"load it whole with bit_tf.create_model(weights={path!r})."
+        )
     if kind == file_kinds.KERAS:
         return (
             f"Checkpoint {path!r} is a Keras model file (.keras: a zip with config.json), not "
