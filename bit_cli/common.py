@@ -340,6 +340,32 @@ def read_class_names(value: str) -> list[str] | None:
     return [name.strip() for name in value.split(",")]
 
 
+def refuse_unknown_model_file(
+    program: str, export_dir: str, checkpoint_dir: str, overwrite: bool
+) -> None:
+    """Ends the command if `export_dir` holds a model.keras that no run recorded in
+    `checkpoint_dir` explains (its checkpoints are gone, or another program wrote it): it would
+    be replaced without a word. `overwrite` (--overwrite) lets it be replaced.
+
+    Example:
+        >>> refuse_unknown_model_file("bit-distill", "out", "out/checkpoints", False)
+        bit-distill: error: out/model.keras exists and out/checkpoints records no run that made
+        it; use --overwrite to replace it, or another --export_dir.
+    """
+    from bit_tf.training.checkpoints import read_progress
+
+    path = os.path.join(export_dir, "model.keras")
+    if overwrite or not os.path.exists(path):
+        return
+    if os.path.isdir(checkpoint_dir) and read_progress(checkpoint_dir) is not None:
+        return  # the run's settings are compared with the command's once the data is read
+    fail(
+        program,
+        f"{path} exists and {checkpoint_dir} records no run that made it; use --overwrite to "
+        "replace it, or another --export_dir.",
+    )
+
+
 def check_model_file(program: str, path: str, checkpoint_dir: str) -> None:
     """Ends the command with one line if the `model.keras` of a finished run, `path`, cannot be
     read back, saying how to write it again from the run's checkpoint in `checkpoint_dir`.

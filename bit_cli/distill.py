@@ -231,6 +231,8 @@ def _check_flags() -> None:
     )
     checks.training_run(PROGRAM, FLAGS, batch_size)
     checks.model_name(PROGRAM, FLAGS.student)
+    checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(FLAGS.export_dir, "checkpoints")
+    common.refuse_unknown_model_file(PROGRAM, FLAGS.export_dir, checkpoint_dir, FLAGS.overwrite)
     if FLAGS.teacher == DEFAULT_TEACHER and not os.path.isfile(DEFAULT_TEACHER):
         common.fail(
             PROGRAM,
@@ -286,9 +288,9 @@ def _distill_and_write() -> None:
     # ValueError here: a teacher of another number of classes, settings that do not fit an
     # unfinished run in the checkpoint folder.
     with common.training_ending(PROGRAM), common.user_errors(PROGRAM, ValueError):
-        student, _ = distill(teacher, FLAGS.student, train, validation, **options)
+        student, history = distill(teacher, FLAGS.student, train, validation, **options)
     splits = {"test": test, "validation": validation}
-    _evaluate_and_write(student, teacher, splits, options["checkpoint_dir"])
+    _evaluate_and_write(student, teacher, splits, options["checkpoint_dir"], not history.epoch)
 
 
 def _setting(name: str):
@@ -350,7 +352,9 @@ def _distill_options(strategy) -> dict:
     }
 
 
-def _evaluate_and_write(student, teacher, splits: dict, checkpoint_dir: str) -> None:
+def _evaluate_and_write(
+    student, teacher, splits: dict, checkpoint_dir: str, already_finished: bool
+) -> None:
     """Writes the student to model.keras and prints its accuracy, the teacher's and their
     agreement on the test split (once, never chosen on) and last on the validation split (a
     signal waits for the file: the checkpoints already say the run is finished)."""
@@ -360,6 +364,12 @@ def _evaluate_and_write(student, teacher, splits: dict, checkpoint_dir: str) -> 
 
     path = os.path.join(FLAGS.export_dir, "model.keras")
     settings = read_progress(checkpoint_dir)["settings"]  # what the run used
+    # Nothing trained: the checkpoints hold this run, finished earlier; its model.keras stays.
+    keep = already_finished and os.path.exists(path)
+    if keep:
+        common.check_model_file(PROGRAM, path, checkpoint_dir)
+    if already_finished:
+        print(f"{checkpoint_dir} holds this run, already finished; nothing to train")
     with common.signals_wait_for(PROGRAM, path):
         results = {}
         for name, split in splits.items():
@@ -372,8 +382,9 @@ def _evaluate_and_write(student, teacher, splits: dict, checkpoint_dir: str) -> 
                     settings["eval_resize"],
                 )
                 results[name] = _agreement(student, teacher, batches)
-        write_through(path, student.save, suffix=".keras")
-        print(f"wrote {path}")
+        if not keep:
+            write_through(path, student.save, suffix=".keras")
+            print(f"wrote {path}")
     for name, line in (("test", "test accuracy"), ("validation", "final validation accuracy")):
         if name in results:
             accuracy, teacher_accuracy, agreement = results[name]

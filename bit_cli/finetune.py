@@ -183,29 +183,11 @@ def _check_flags() -> None:
     checks.training_run(PROGRAM, FLAGS, batch_size)
     checks.model_name(PROGRAM, FLAGS.model)
     datasets.check(PROGRAM, FLAGS.dataset)
-    _check_unknown_model_file()
+    common.refuse_unknown_model_file(PROGRAM, FLAGS.export_dir, _checkpoint_dir(), FLAGS.overwrite)
 
 
 def _checkpoint_dir() -> str:
     return FLAGS.checkpoint_dir or os.path.join(FLAGS.export_dir, "checkpoints")
-
-
-def _check_unknown_model_file() -> None:
-    """Ends the command if --export_dir holds a model.keras that no recorded run explains
-    (its checkpoints are gone): it would be replaced without a word."""
-    from bit_tf.training.checkpoints import read_progress
-
-    path = os.path.join(FLAGS.export_dir, "model.keras")
-    checkpoint_dir = _checkpoint_dir()
-    if FLAGS.overwrite or not os.path.exists(path):
-        return
-    if os.path.isdir(checkpoint_dir) and read_progress(checkpoint_dir) is not None:
-        return  # the run's settings are compared with these once the data is read
-    common.fail(
-        PROGRAM,
-        f"{path} exists and {checkpoint_dir} records no run that made it; use --overwrite to "
-        "replace it, or another --export_dir.",
-    )
 
 
 def _load_data():

@@ -227,7 +227,25 @@ def check_flags() -> None:
         common.fail(PROGRAM, "--checkpoint_dir is empty: give the folder for checkpoints.")
     for flag in ("checkpoint_dir", "hub_export_dir", "logdir"):
         checks.folder_to_write(PROGRAM, flag, getattr(FLAGS, flag))
+    _check_hub_export_dir()
     _check_tf_config()
+
+
+def _check_hub_export_dir() -> None:
+    """Ends the command if --hub_export_dir holds something that this run did not write: a
+    new run (no checkpoint yet) cannot have exported a module there. Resumed runs replace the
+    module their earlier session wrote; --overwrite replaces anything."""
+    export_dir = FLAGS.hub_export_dir
+    if not export_dir or "://" in export_dir or FLAGS.overwrite:
+        return
+    has_checkpoint = os.path.exists(os.path.join(FLAGS.checkpoint_dir, "checkpoint"))
+    if os.path.isdir(export_dir) and os.listdir(export_dir) and not has_checkpoint:
+        common.fail(
+            PROGRAM,
+            f"--hub_export_dir={export_dir!r} already holds files and --checkpoint_dir="
+            f"{FLAGS.checkpoint_dir!r} no run that could have written them; choose another "
+            "folder, or pass --overwrite to replace them.",
+        )
 
 
 def _logdir() -> str | None:
@@ -316,7 +334,8 @@ def main(argv) -> int:
             export_dir = FLAGS.hub_export_dir
             if export_dir is None:
                 export_dir = os.path.join(FLAGS.checkpoint_dir, "hub_module")
-            if export_dir:
+            finished_before = result.step == result.resumed_from_step
+            if export_dir and not (finished_before and os.path.isdir(export_dir)):
                 _export_hub(result.model, export_dir)
             print(f"{PROGRAM}: done at step {result.step}; weights {result.weights_path}")
     if deferred.received is not None:

@@ -663,12 +663,29 @@ class _HostLoop:
 
 
 def _write_summary(config, step, resumed_from, history, weights_path):
+    """Writes `<checkpoint_dir>/summary.json`: the run's history is that of the earlier
+    sessions up to `resumed_from` (from the summary they wrote) and this session's, so that a
+    resumed or finished run started again keeps its whole curve."""
+    path = os.path.join(config.checkpoint_dir, "summary.json")
     summary = {
         "model": config.model,
         "step": step,
         "resumed_from_step": resumed_from,
         "steps_this_run": step - resumed_from,
         "weights": weights_path,
-        "history": history,
+        "history": _earlier_history(path, resumed_from) + list(history),
     }
-    write_text(os.path.join(config.checkpoint_dir, "summary.json"), json.dumps(summary, indent=1))
+    write_text(path, json.dumps(summary, indent=1))
+
+
+def _earlier_history(path: str, resumed_from: int) -> list[dict]:
+    """The entries up to step `resumed_from` of the summary at `path` (none if it is missing
+    or cannot be read: the summary is a report, the checkpoints are the run)."""
+    if not resumed_from:
+        return []
+    try:
+        with open(path, encoding="utf-8") as file:
+            entries = json.load(file).get("history", [])
+        return [entry for entry in entries if entry["step"] <= resumed_from]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return []

@@ -104,6 +104,32 @@ def test_sigterm_checkpoints_and_the_rerun_ends_at_the_same_step_with_the_studen
     assert len(student.class_names) == 10
     assert float(match.group(2)) > 0.15  # the teacher beats chance (0.1) on the held-out split
 
+    # Run again once finished: reported, evaluated, and model.keras left as it was.
+    written = (export_dir / "model.keras").stat().st_mtime_ns
+    again = subprocess.run(
+        command, cwd=tmp_path, env=ENVIRONMENT, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "holds this run, already finished; nothing to train" in again.stdout
+    assert again.stdout.strip().splitlines()[-1].startswith("final validation accuracy: ")
+    assert (export_dir / "model.keras").stat().st_mtime_ns == written
+
+
+def test_a_model_file_no_recorded_run_made_is_not_replaced(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.keras").write_bytes(b"the user's own model")
+    completed = subprocess.run(
+        [sys.executable, "-m", "bit_cli.distill", "--export_dir=out", *SHORT],
+        cwd=tmp_path, env=ENVIRONMENT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert completed.stderr.strip().splitlines()[-1] == (
+        "bit-distill: error: out/model.keras exists and out/checkpoints records no run that "
+        "made it; use --overwrite to replace it, or another --export_dir."
+    )
+    assert (tmp_path / "out" / "model.keras").read_bytes() == b"the user's own model"
+    assert os.listdir(tmp_path / "out") == ["model.keras"]
+
 
 def test_missing_default_teacher_is_a_one_line_error(tmp_path):
     completed = subprocess.run(

@@ -184,24 +184,23 @@ def test_sigmoid_loss_and_precision_at_1_formulas():
 def test_multi_label_bfloat16_pretraining_uses_sigmoid_loss_and_reports_precision_at_1(
     multi_label_file, tmp_path
 ):
-    result = pretrain(
-        PretrainConfig(
-            model="BiT-S-R18x1",
-            dataset=multi_label_file,
-            checkpoint_dir=str(tmp_path / "ckpt"),
-            num_classes=NUM_CLASSES,
-            multi_label=True,
-            global_batch_size=8,
-            train_steps=3,
-            warmup_steps=1,
-            base_learning_rate=0.01,
-            image_size=16,
-            units_per_block=(1, 1, 1, 1),
-            shuffle_buffer=1,
-            log_every=1,
-            mixed_precision=True,
-        )
+    config = PretrainConfig(
+        model="BiT-S-R18x1",
+        dataset=multi_label_file,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        num_classes=NUM_CLASSES,
+        multi_label=True,
+        global_batch_size=8,
+        train_steps=3,
+        warmup_steps=1,
+        base_learning_rate=0.01,
+        image_size=16,
+        units_per_block=(1, 1, 1, 1),
+        shuffle_buffer=1,
+        log_every=1,
+        mixed_precision=True,
     )
+    result = pretrain(config)
     assert result.step == 3
     assert result.model.get_layer("block1_unit01").compute_dtype == "bfloat16"
     assert {variable.dtype for variable in result.model.trainable_variables} == {"float32"}
@@ -217,6 +216,11 @@ def test_multi_label_bfloat16_pretraining_uses_sigmoid_loss_and_reports_precisio
     assert all(np.isfinite(entry["loss"]) for entry in result.history)
     summary = json.loads((tmp_path / "ckpt" / "summary.json").read_text())
     assert summary["step"] == 3 and summary["weights"].endswith("BiT-S-R18x1.npz")
+    assert [entry["step"] for entry in summary["history"]] == [1, 2, 3]
+    # The finished run started again trains nothing and keeps its history.
+    assert pretrain(config).step == 3
+    again = json.loads((tmp_path / "ckpt" / "summary.json").read_text())
+    assert again["steps_this_run"] == 0 and again["history"] == summary["history"]
 
 
 def test_example_augmentation_is_inception_crop_seeded_by_seed_worker_epoch_and_position():

@@ -14,7 +14,16 @@ def test_wrong_values_end_in_one_line_with_status_2_and_write_nothing(tmp_path):
     data = tmp_path / "train-00000.tfrecord"
     data.write_bytes(b"")
     missing = tmp_path / "no" / "such" / "photos"
+    module = tmp_path / "module"  # another run's TF-Hub module, to be kept
+    module.mkdir()
+    (module / "saved_model.pb").write_bytes(b"another run's")
     cases = {
+        "hub_export_dir": (
+            [f"--dataset={data}", f"--hub_export_dir={module}"],
+            f"bit-pretrain: error: --hub_export_dir='{module}' already holds files and "
+            f"--checkpoint_dir='{tmp_path / 'hub_export_dir'}' no run that could have written "
+            "them; choose another folder, or pass --overwrite to replace them.",
+        ),
         "dataset": (
             [f"--dataset={missing}"],
             f"bit-pretrain: error: --dataset='{missing}': no such file or folder.",
@@ -59,4 +68,5 @@ def test_wrong_values_end_in_one_line_with_status_2_and_write_nothing(tmp_path):
         assert lines == [cases[name][1]], (name, stderr[-2000:])
         assert stdout == ""
         assert not (tmp_path / name).exists(), name
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "train-00000.tfrecord"]
+    assert sorted(os.listdir(tmp_path)) == ["module", "notes.txt", "train-00000.tfrecord"]
+    assert os.listdir(module) == ["saved_model.pb"]
