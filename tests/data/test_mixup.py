@@ -7,7 +7,7 @@ import scipy.stats
 import tensorflow as tf
 
 from bit_tf.data import pipelines as data
-from bit_tf.data.mixup import beta_sample, mix_batch
+from bit_tf.data.mixup import beta_sample, mix_batch, mix_batches
 
 BATCH = 16
 
@@ -77,3 +77,10 @@ def test_coefficients_follow_beta_alpha_alpha(alpha):
 def test_a_non_positive_alpha_is_refused():
     with pytest.raises(ValueError, match="alpha must be positive, got 0"):
         mix_batch(tf.zeros((2, 1)), tf.zeros((2, 2)), 0, tf.constant([0, 0], tf.int64))
+
+
+def test_a_mixup_alpha_that_is_not_positive_is_refused_before_any_tracing():
+    batches = tf.data.Dataset.from_tensors((tf.zeros((2, 4, 4, 3)), tf.one_hot([0, 1], 2)))
+    for alpha in (0.0, -1.0):
+        with pytest.raises(ValueError, match=f"MixUp alpha must be positive, got {alpha}"):
+            mix_batches(batches, alpha, seed=0)

@@ -178,3 +178,26 @@ def test_uint8_pixels_are_divided_by_255_and_0_255_floats_are_refused(model):
         model.predict(pixels.astype(np.int32), verbose=0)
     # Slightly above 1 (resampling overshoot) is not refused.
     model(np.minimum(floats * 1.2, 1.2))
+
+
+def test_predict_names_an_array_that_is_not_a_batch_of_images():
+    model = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), unit="basic", num_classes=3)
+    images = np.random.default_rng(0).uniform(size=(4, 16, 16, 3)).astype("float32")
+    with pytest.raises(ValueError, match=r"add the batch axis: image\[np.newaxis\]"):
+        model.predict(images[0], verbose=0)
+    with pytest.raises(ValueError, match="channels first"):
+        model.predict(images.transpose(0, 3, 1, 2), verbose=0)
+    with pytest.raises(ValueError, match=r"got an array of shape \(4, 16, 16, 1\)"):
+        model.predict(images[..., :1], verbose=0)
+    # Every batch's pixel scale is checked, not only the first's.
+    scaled = np.concatenate([images[:2], images[2:] * 255])
+    with pytest.raises(ValueError, match="look like pixel values in 0-255"):
+        model.predict(scaled, batch_size=2, verbose=0)
+    assert model.predict(images, batch_size=2, verbose=0).shape == (4, 3)
+
+
+def test_counts_from_numpy_are_counts_and_booleans_are_not():
+    assert bit_tf.resnet_v2(18, num_classes=np.int64(4)).output_shape == (None, 4)
+    with pytest.raises(ValueError, match="got True"):
+        bit_tf.resnet_v2(18, num_classes=True)
+    assert bit_tf.evaluation.vtab.__name__ == "bit_tf.evaluation.vtab"  # on first use

@@ -11,6 +11,7 @@ from bit_tf.models.create import (
     architecture_of,
     from_checkpoint,
 )
+from bit_tf.models.weights import CheckpointError
 
 from numerics import PARITY_TOLERANCE, relative_error
 
@@ -41,6 +42,12 @@ def test_a_keras_file_gives_itself_and_a_name_or_head_that_does_not_fit_is_refus
         from_checkpoint(path, num_classes=3)
     with pytest.raises(ArchitectureMismatchError, match=r"\(R26x1\) does not fit the model file"):
         from_checkpoint(path, name="BiT-S-R26x1")
+    # With a name, create_model reads the .keras file as a whole model too.
+    with pytest.raises(ArchitectureMismatchError, match=r"\(R26x1\) does not fit the model file"):
+        bit_tf.create_model("BiT-S-R26x1", weights=path)
+    model = bit_tf.create_model("BiT-S-R26x1")
+    with pytest.raises(CheckpointError, match=r"load it whole with bit_tf.create_model\(weights="):
+        bit_tf.load_official_weights(model, path)
 
 
 def test_a_name_must_fit_the_checkpoint_and_a_headless_one_needs_a_head_size(
