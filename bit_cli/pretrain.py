@@ -79,7 +79,10 @@ flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay on convolution and den
 flags.DEFINE_integer("image_size", 224, "Side of the square random crops.")
 flags.DEFINE_integer("shuffle_buffer", 10_000, "Shuffle buffer (examples) per worker.")
 flags.DEFINE_list(
-    "units_per_block", [], "Units of the four blocks instead of the depth's (e.g. 1,1,1,1)."
+    "units_per_block",
+    [],
+    "Units of the four blocks instead of the depth's (e.g. 1,1,1,1), as bottleneck units "
+    "whatever the depth of --model (whose name the weights file keeps).",
 )
 flags.DEFINE_boolean("mixed_precision", False, "Compute in bfloat16 (TPUs, recent GPUs).")
 flags.DEFINE_string("checkpoint_dir", "bit_pretrain", "Checkpoints, weights and summary.")
