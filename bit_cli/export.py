@@ -351,7 +351,10 @@ def main(argv):
     # One run per folder: another bit-export into these folders is refused while this one runs.
     # An existing published version or timm file, a target another writer created meanwhile, a
     # full or read-only disk, Ctrl-C: one line (the shared ending); nothing half-written is left.
+    # Stopped or refused before anything was written: no empty folders are left behind.
     with (
+        common.folder_removed_if_left_empty(export_dir),
+        common.folder_removed_if_left_empty(None if timm else FLAGS.serving_dir),
         holding(export_dir, program=PROGRAM, flag="--export_dir"),
         holding(None if timm else _serving_version_dir(), program=PROGRAM, flag="--serving_dir"),
         common.user_errors("bit-export", FileExistsError),
