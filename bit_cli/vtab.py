@@ -10,7 +10,8 @@ VTAB mode fine-tunes a fresh copy of the backbone on each task with the BiT-Hype
 times (3, as the paper), and writes `vtab_results.md` / `.json` (per task every run, the median
 and the TFDS name and version read; the Natural / Specialized / Structured means and the overall
 mean of the medians) into --output_dir. Few-shot mode writes `few_shot_results.md` /
-`.json`. Datasets come from TensorFlow Datasets (downloaded on first use unless --nodownload);
+`.json`. Results an earlier run left there are refused in one line before any work, unless
+--overwrite. Datasets come from TensorFlow Datasets (downloaded on first use unless --nodownload);
 the last line of output is the overall mean (VTAB) or the accuracy per number of shots.
 """
 
@@ -60,6 +61,13 @@ flags.DEFINE_list(
     "seeds", [], "Few-shot mode: the seeds of the runs instead of --few_shot_runs, one per run."
 )
 flags.DEFINE_string("output_dir", "bit_vtab", "Where the results tables are written.")
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace the results tables an earlier run left in --output_dir (vtab_results.md / .json, "
+    "or few_shot_results.md / .json in few-shot mode). Without it such a folder is refused "
+    "before any work.",
+)
 flags.DEFINE_string("data_dir", None, "TFDS data folder (default: ~/tensorflow_datasets).")
 flags.DEFINE_boolean("download", True, "Let TFDS download and prepare missing datasets.")
 flags.DEFINE_integer("batch_size", 512, "Global batch size (HyperRule: 512).")
@@ -175,7 +183,8 @@ def main(argv) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from bit_tf.evaluation import vtab
 
-    # CheckpointError, DownloadError (user_error_types) and a dataset TFDS cannot provide.
+    # CheckpointError, DownloadError, TargetExistsError (user_error_types) and a dataset TFDS
+    # cannot provide.
     with common.user_errors(PROGRAM, vtab.DatasetUnavailableError):
         _run()
 
@@ -183,10 +192,14 @@ def main(argv) -> None:
 def _run() -> None:
     from bit_tf.evaluation import vtab
 
+    # Before any dataset is read or model built: a run takes hours.
+    results_stem = vtab.VTAB_RESULTS if FLAGS.mode == "vtab" else vtab.FEW_SHOT_RESULTS
+    vtab.refuse_existing_results(FLAGS.output_dir, results_stem, FLAGS.overwrite)
     model, weights = _backbone_and_weights()
     settings = {
         "weights": weights,
         "output_dir": FLAGS.output_dir,
+        "overwrite": FLAGS.overwrite,
         "batch_size": FLAGS.batch_size,
         "steps": _optional(FLAGS.steps),
         "resize": _optional(FLAGS.resize),

@@ -475,13 +475,48 @@ def _limited(source: data_lib.ImageSource, limit: int | None) -> data_lib.ImageS
     return source.subset(range(limit), name=f"{source.name} (first {limit})")
 
 
+#: The stem of the files `run_vtab` writes (`vtab_results.md` and `.json`).
+VTAB_RESULTS = "vtab_results"
+#: The stem of the files `run_few_shot` writes (`few_shot_results.md` and `.json`).
+FEW_SHOT_RESULTS = "few_shot_results"
+
+
+def _results_paths(output_dir: str, stem: str) -> tuple[str, str]:
+    """The paths of `<stem>.md` and `<stem>.json` in `output_dir`."""
+    return atomic.join(output_dir, f"{stem}.md"), atomic.join(output_dir, f"{stem}.json")
+
+
+def refuse_existing_results(output_dir: str | None, stem: str, overwrite: bool) -> None:
+    """Raises `TargetExistsError` if `output_dir` already holds `<stem>.md` or `<stem>.json`
+    and `overwrite` is False: results of an earlier run are not replaced unless asked.
+
+    `run_vtab` and `run_few_shot` call it before any work, so that a run of hours is not spent
+    on results that could not be written; `bit-vtab` calls it before it reads a dataset.
+
+    Example:
+        >>> refuse_existing_results("runs/vtab", VTAB_RESULTS, overwrite=False)
+        Traceback (most recent call last):
+        TargetExistsError: runs/vtab/vtab_results.md already exists (the results of an earlier
+        run); refusing to overwrite it. Pass overwrite=True (bit-vtab --overwrite) to replace it,
+        or choose another output_dir.
+    """
+    if overwrite or not output_dir:
+        return
+    for path in _results_paths(output_dir, stem):
+        if atomic.exists(path):
+            raise atomic.TargetExistsError(
+                f"{path} already exists (the results of an earlier run); refusing to overwrite "
+                "it. Pass overwrite=True (bit-vtab --overwrite) to replace it, or choose "
+                "another output_dir."
+            )
+
+
 def _write_results(output_dir: str, stem: str, markdown: str, record: dict) -> tuple[str, str]:
     """Writes `markdown` to `<stem>.md` and `record` to `<stem>.json` in `output_dir` (made if
-    missing); returns their paths."""
-    markdown_path = atomic.write_text(atomic.join(output_dir, f"{stem}.md"), markdown)
-    json_path = atomic.write_text(
-        atomic.join(output_dir, f"{stem}.json"), json.dumps(record, indent=2)
-    )
+    missing), each atomically, replacing what is there; returns their paths."""
+    markdown_path, json_path = _results_paths(output_dir, stem)
+    atomic.write_text(markdown_path, markdown)
+    atomic.write_text(json_path, json.dumps(record, indent=2))
     return markdown_path, json_path
 
 
@@ -540,9 +575,10 @@ class VtabResults:
         return "\n".join(lines) + "\n"
 
     def write(self, output_dir: str) -> tuple[str, str]:
-        """Writes `vtab_results.md` and `vtab_results.json`; returns their paths."""
+        """Writes `vtab_results.md` and `vtab_results.json`, replacing them if they exist (see
+        `refuse_existing_results` to refuse that); returns their paths."""
         record = {"tasks": self.rows, "means": self.means()}
-        return _write_results(output_dir, "vtab_results", self.to_markdown(), record)
+        return _write_results(output_dir, VTAB_RESULTS, self.to_markdown(), record)
 
 
 def _median(values: list) -> float | None:
@@ -565,6 +601,7 @@ def run_vtab(
     seed: int = 0,
     runs: int = RUNS_PER_TASK,
     download: bool = True,
+    overwrite: bool = False,
     **finetune_options,
 ) -> VtabResults:
     """Fine-tunes `model` on each VTAB-1k task with the BiT-HyperRule, `runs` times, and tests it.
@@ -582,6 +619,8 @@ def run_vtab(
         tasks: keys of `TASKS` (default all 19).
         weights: released name, path or URL of the weights of a named model.
         output_dir: where `vtab_results.md` / `.json` are written (rewritten after each task).
+            If it already holds them, `TargetExistsError` is raised before any work, unless
+            `overwrite`.
         data_dir: the TFDS data folder.
         train_on_validation: train on train800 + val200 (True) or on train800 only.
         batch_size, steps, resize, crop: the HyperRule's by default (512; 500 steps for 1k
@@ -591,17 +630,24 @@ def run_vtab(
         seed: seed of the input pipeline of the first run.
         runs: runs per task (the authors released 3 per task).
         download: let TFDS download missing datasets.
+        overwrite: replace the results files an earlier run left in `output_dir`.
         **finetune_options: passed to `bit_tf.finetune` (e.g. gradient_accumulation_steps).
+
+    Raises:
+        TargetExistsError: `output_dir` holds `vtab_results.md` or `.json` and `overwrite` is
+            False (before any dataset is read or model built).
 
     Example:
         >>> results = run_vtab("BiT-S-R50x1", ["dtd", "eurosat"], weights="BiT-S-R50x1",
         ...                    output_dir="runs/vtab", batch_size=64, steps=100, runs=3)
         >>> print(results.to_markdown())
+        >>> # Again into runs/vtab: TargetExistsError, unless overwrite=True.
     """
     _check_runs(runs)
     tasks = list(tasks or TASKS)
     for name in tasks:
         get_task(name)
+    refuse_existing_results(output_dir, VTAB_RESULTS, overwrite)
     run_settings = {"weights": weights, "batch_size": batch_size, "steps": steps}
     results = VtabResults([])
     for name in tasks:
@@ -739,9 +785,10 @@ class FewShotResults:
         return "\n".join(lines) + "\n"
 
     def write(self, output_dir: str) -> tuple[str, str]:
-        """Writes `few_shot_results.md` and `.json`; returns their paths."""
+        """Writes `few_shot_results.md` and `.json`, replacing them if they exist (see
+        `refuse_existing_results` to refuse that); returns their paths."""
         record = {"name": self.name, "runs": self.rows}
-        return _write_results(output_dir, "few_shot_results", self.to_markdown(), record)
+        return _write_results(output_dir, FEW_SHOT_RESULTS, self.to_markdown(), record)
 
 
 def run_few_shot(
@@ -759,6 +806,7 @@ def run_few_shot(
     resize: int | None = None,
     crop: int | None = None,
     max_test_examples: int | None = None,
+    overwrite: bool = False,
     **finetune_options,
 ) -> FewShotResults:
     """Fine-tunes on `k` examples per class of `train` for every k in `shots` and seed.
@@ -774,20 +822,29 @@ def run_few_shot(
         shots: examples per class (BiT: 1, 5, 10, 25).
         runs: runs per k, with seeds 0 .. runs - 1 (the authors' README: at least five).
         seeds: the seeds of the runs instead, one run per seed and k.
-        output_dir: where `few_shot_results.md` / `.json` go (rewritten after each run).
+        output_dir: where `few_shot_results.md` / `.json` go (rewritten after each run). If it
+            already holds them, `TargetExistsError` is raised before any work, unless
+            `overwrite`.
+        overwrite: replace the results files an earlier run left in `output_dir`.
         Other arguments as for `run_vtab`.
+
+    Raises:
+        TargetExistsError: `output_dir` holds `few_shot_results.md` or `.json` and `overwrite`
+            is False (before any model is built).
 
     Example:
         >>> train = bit_tf.data.from_tfds("oxford_iiit_pet", split="train")
         >>> test = bit_tf.data.from_tfds("oxford_iiit_pet", split="test")
         >>> results = run_few_shot("BiT-M-R50x1", train, test, weights="BiT-M-R50x1")
         >>> results.summary()[5]
+        >>> # Again with output_dir="runs/pets" twice: TargetExistsError, unless overwrite=True.
     """
     from bit_tf.finetune.recipe import finetune
 
     if seeds is None:
         _check_runs(runs)
         seeds = range(runs)
+    refuse_existing_results(output_dir, FEW_SHOT_RESULTS, overwrite)
     model_name = _model_name(model)
     results = FewShotResults(train.name, [])
     test = _limited(test, max_test_examples)
@@ -825,12 +882,14 @@ __all__ = [
     "CLEVR_DISTANCE_THRESHOLDS",
     "DatasetUnavailableError",
     "FEW_SHOT_EXAMPLES",
+    "FEW_SHOT_RESULTS",
     "FEW_SHOT_RUNS",
     "GROUPS",
     "KITTI_DISTANCE_THRESHOLDS",
     "RUNS_PER_TASK",
     "TASKS",
     "TFDS_VERSION_NOTES",
+    "VTAB_RESULTS",
     "FewShotResults",
     "Task",
     "TaskSplits",
@@ -843,6 +902,7 @@ __all__ = [
     "grouped_label",
     "kitti_distance_label",
     "load_task",
+    "refuse_existing_results",
     "run_few_shot",
     "run_vtab",
 ]

@@ -564,7 +564,24 @@ def test_bit_vtab_few_shot_runs_on_the_embedded_digits(tmp_path):
     completed = run_command("bit_cli.vtab", *flags, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.strip().splitlines()[-1].startswith("few-shot median accuracy: 1-shot ")
-    assert (tmp_path / "results" / "few_shot_results.json").exists()
+    files = [
+        tmp_path / "results" / "few_shot_results.md",
+        tmp_path / "results" / "few_shot_results.json",
+    ]
+    assert all(path.exists() for path in files)
+    before = [(path.read_bytes(), path.stat().st_mtime_ns) for path in files]
+    # Run again with other shots (and weights that are gone): refused in one line before the
+    # weights are read or a model trained; the results are left as they were.
+    os.remove(tmp_path / "backbone.keras")
+    refused = run_command("bit_cli.vtab", *flags, "--shots=1,2", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr
+    # The one line of bit-vtab (TensorFlow's own start-up logging aside), last.
+    (line,) = [line for line in refused.stderr.splitlines() if "bit-vtab: error:" in line]
+    assert refused.stderr.strip().splitlines()[-1] == line
+    assert line.startswith("bit-vtab: error: ") and "few_shot_results.md already exists" in line
+    assert "--overwrite" in line
+    assert [(path.read_bytes(), path.stat().st_mtime_ns) for path in files] == before
 
 
 def test_a_disk_error_anywhere_in_a_command_is_one_sentence():

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 import bit_tf
 from bit_tf.data import pipelines as data
 from bit_tf.evaluation import vtab
+from bit_tf.training.atomic import TargetExistsError
 
 # The seed's VTAB table: (title, group, classes) of the 19 tasks.
 SEED_TABLE = {
@@ -277,30 +278,58 @@ def test_the_cli_runs_three_times_by_default():
     assert int(result.stdout.split()[-1]) == vtab.RUNS_PER_TASK == 3
 
 
-def test_few_shot_runner_draws_k_examples_per_class_for_each_seed(tmp_path):
+def test_few_shot_runner_draws_k_examples_per_class_and_replaces_results_only_if_asked(
+    tmp_path,
+):
+    built = []
+
+    def counted_backbone():
+        built.append(1)
+        return _tiny_backbone()
+
     train, test = data.load_digits()
-    results = vtab.run_few_shot(
-        _tiny_backbone,
-        train,
-        test,
-        shots=(1, 2),
-        seeds=(5,),
-        output_dir=str(tmp_path),
-        batch_size=8,
-        steps=2,
-        resize=32,
-        crop=32,
-        max_test_examples=40,
-        jit_compile=False,
-        verbose=0,
-    )
+    settings = {"output_dir": str(tmp_path), "batch_size": 8, "steps": 2, "resize": 32, "crop": 32}
+    settings.update(max_test_examples=40, jit_compile=False, verbose=0)
+    results = vtab.run_few_shot(counted_backbone, train, test, shots=(1, 2), seeds=(5,), **settings)
     assert [(row["shots"], row["seed"], row["train_examples"]) for row in results.rows] == [
         (1, 5, 10),
         (2, 5, 20),
     ]
     assert set(results.summary()) == {1, 2}
-    table = open(os.path.join(tmp_path, "few_shot_results.md")).read()
+    files = [tmp_path / "few_shot_results.md", tmp_path / "few_shot_results.json"]
+    table = files[0].read_text()
     assert "| 1 | 1 |" in table and "| 2 | 1 |" in table
+    assert len(built) == 2
+    before = [(path.read_bytes(), path.stat().st_mtime_ns) for path in files]
+    # A rerun with other shots would drop the 2-shot row: refused before a model is built.
+    refused = r"few_shot_results\.md already exists.*overwrite=True \(bit-vtab --overwrite\)"
+    with pytest.raises(TargetExistsError, match=refused + ".*another output_dir"):
+        vtab.run_few_shot(counted_backbone, train, test, shots=(1,), seeds=(5,), **settings)
+    assert len(built) == 2
+    assert [(path.read_bytes(), path.stat().st_mtime_ns) for path in files] == before
+    replaced = vtab.run_few_shot(
+        counted_backbone, train, test, shots=(1,), seeds=(3,), overwrite=True, **settings
+    )
+    assert len(built) == 3
+    saved = json.loads(files[1].read_text())
+    assert [(run["shots"], run["seed"]) for run in saved["runs"]] == [(1, 3)]
+    assert files[0].read_text() == replaced.to_markdown()
+
+
+def test_a_vtab_run_into_a_folder_with_results_is_refused_before_any_work(tmp_path):
+    built = []
+    (tmp_path / "vtab_results.json").write_text("{}")
+    # Refused before a dataset is read (none is here, and download=False) or a model built,
+    # also when only the .json is left.
+    with pytest.raises(TargetExistsError, match=r"vtab_results\.json already exists.*--overwrite"):
+        vtab.run_vtab(
+            lambda: built.append(1),
+            ["svhn"],
+            output_dir=str(tmp_path),
+            data_dir=str(tmp_path / "no_data"),
+            download=False,
+        )
+    assert not built and (tmp_path / "vtab_results.json").read_text() == "{}"
 
 
 def test_few_shot_results_are_min_median_max_over_at_least_five_runs():
