@@ -168,7 +168,9 @@ def _is_keras_file(weights: str | None) -> bool:
 def _backbone_and_weights():
     """(the model argument of run_vtab / run_few_shot, its weights)."""
     weights = FLAGS.weights if FLAGS.weights is not None else FLAGS.model
-    if not _is_keras_file(weights):
+    # A file (.keras, an official .npz, timm's .safetensors) gives its own architecture unless
+    # --model is given, as in bit-finetune and bit-export; a released name gives --model's.
+    if not (_is_keras_file(weights) or (FLAGS.weights and os.path.isfile(weights))):
         return FLAGS.model, weights or None
     model_name = FLAGS.model if FLAGS["model"].present else None
     # Read once here, so that a file that cannot serve ends the command before any work.

@@ -545,6 +545,16 @@ def test_an_export_stopped_by_ctrl_c_is_finished_without_redoing_the_module(
 
 
 @pytest.mark.slow
+def test_bit_vtab_reads_the_architecture_of_an_official_checkpoint(official_checkpoint, tmp_path):
+    # Without --model, the file's own architecture (R14x1 here), as bit-finetune reads it.
+    flags = ["--mode=few_shot", "--dataset=digits", f"--weights={official_checkpoint}"]
+    flags += ["--shots=1", "--seeds=0", "--steps=1", "--batch_size=4", "--resize=16"]
+    flags += ["--crop=16", "--max_test_examples=8", "--output_dir=results"]
+    completed = run_command("bit_cli.vtab", *flags, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip().splitlines()[-1].startswith("few-shot median accuracy: 1-shot ")
+
+
 def test_bit_vtab_few_shot_runs_on_the_embedded_digits(tmp_path):
     backbone = bit_tf.resnet_v2(units_per_block=(1, 1, 1, 1), unit="basic", num_classes=None)
     backbone.save(tmp_path / "backbone.keras")
