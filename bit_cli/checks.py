@@ -100,9 +100,13 @@ def _folder_can_be_made(program: str, flag: str, path: str) -> None:
     existing = os.path.abspath(path)
     while not os.path.isdir(existing) and existing != os.path.dirname(existing):
         existing = os.path.dirname(existing)
+    from bit_tf.training.file_errors import FileWriteError, disk_problem
+
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".bit-tf-write-check-", dir=existing))
     except OSError as error:
+        if disk_problem(error) is not None:  # read-only, forbidden, full: said as every command
+            fail(program, FileWriteError.of(error, path))  # says a write refused by the disk
         fail(
             program,
             f"--{flag}={path!r} cannot be written: no folder can be made in {existing} "

@@ -342,7 +342,7 @@ def test_a_read_only_export_folder_is_one_line_before_any_training(tmp_path):
     status = int((tmp_path / "status.txt").read_text())
     line = one_error_line(subprocess.CompletedProcess([], status, "", stderr), "bit-finetune")
     assert line == (
-        "bit-finetune: error: Could not write out/checkpoints: the file system is read-only. "
+        "bit-finetune: error: Could not write out: the file system is read-only. "
         "Choose a folder you can write to."
     )
     assert "Epoch" not in stderr
