@@ -7,9 +7,9 @@
 --model is a .keras file saved by bit-finetune (it keeps the names of the classes it was
 fine-tuned on), a released checkpoint name or an official .npz path or URL (the ImageNet-1k
 heads print class names, the ImageNet-21k heads WordNet ids), or a serving SavedModel folder of
-bit-export --serving_dir. Files (JPEG, PNG, GIF or BMP, any size, grayscale or RGBA) are decoded
-and resized as the serving signature does, at the BiT-HyperRule's evaluation crop for each
-file's size unless --image_size says otherwise.
+bit-export --serving_dir. Files (JPEG, PNG, GIF, BMP or WebP, any size, grayscale or RGBA) are
+decoded and resized as the serving signature does, at the BiT-HyperRule's evaluation crop for
+each file's size unless --image_size says otherwise.
 
 Photos are read upright (their EXIF orientation applied), as the training folder reader reads
 them.
