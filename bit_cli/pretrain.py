@@ -245,9 +245,9 @@ def _check_hub_export_dir() -> None:
     if os.path.isdir(export_dir) and os.listdir(export_dir) and not has_checkpoint:
         common.fail(
             PROGRAM,
-            f"--hub_export_dir={export_dir!r} already holds files and --checkpoint_dir="
-            f"{FLAGS.checkpoint_dir!r} no run that could have written them; choose another "
-            "folder, or pass --overwrite to replace them.",
+            f"--hub_export_dir={export_dir!r} already holds files, and --checkpoint_dir="
+            f"{FLAGS.checkpoint_dir!r} holds no run that could have written them; choose "
+            "another folder, or pass --overwrite to replace them.",
         )
 
 

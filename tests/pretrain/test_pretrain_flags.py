@@ -20,9 +20,9 @@ def test_wrong_values_end_in_one_line_with_status_2_and_write_nothing(tmp_path):
     cases = {
         "hub_export_dir": (
             [f"--dataset={data}", f"--hub_export_dir={module}"],
-            f"bit-pretrain: error: --hub_export_dir='{module}' already holds files and "
-            f"--checkpoint_dir='{tmp_path / 'hub_export_dir'}' no run that could have written "
-            "them; choose another folder, or pass --overwrite to replace them.",
+            f"bit-pretrain: error: --hub_export_dir='{module}' already holds files, and "
+            f"--checkpoint_dir='{tmp_path / 'hub_export_dir'}' holds no run that could have "
+            "written them; choose another folder, or pass --overwrite to replace them.",
         ),
         "dataset": (
             [f"--dataset={missing}"],
