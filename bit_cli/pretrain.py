@@ -241,7 +241,9 @@ def _check_hub_export_dir() -> None:
     export_dir = FLAGS.hub_export_dir
     if not export_dir or "://" in export_dir or FLAGS.overwrite:
         return
-    has_checkpoint = os.path.exists(os.path.join(FLAGS.checkpoint_dir, "checkpoint"))
+    from bit_tf.pretrain.run_folder import checkpoint_files
+
+    has_checkpoint = bool(checkpoint_files(FLAGS.checkpoint_dir))
     if os.path.isdir(export_dir) and os.listdir(export_dir) and not has_checkpoint:
         common.fail(
             PROGRAM,

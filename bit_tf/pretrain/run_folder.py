@@ -28,7 +28,7 @@ import shutil
 from bit_tf.training.atomic import write_text
 from bit_tf.training.run_settings import check_same_run
 
-__all__ = ["HOW_IT_RUNS", "SETTINGS_FILE", "claim_folder", "run_settings"]
+__all__ = ["HOW_IT_RUNS", "SETTINGS_FILE", "checkpoint_files", "claim_folder", "run_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ def claim_folder(checkpoint_dir: str, settings: dict, overwrite: bool = False) -
     path = os.path.join(checkpoint_dir, SETTINGS_FILE)
     if overwrite:
         _start_again(checkpoint_dir)
-    elif os.path.exists(path) and _checkpoints(checkpoint_dir):
+    elif os.path.exists(path) and checkpoint_files(checkpoint_dir):
         check_same_run(checkpoint_dir, _recorded(path), settings)
         return
     elif os.path.exists(path):
         # A run that stopped before its first checkpoint (its data did not decode, say): there
         # is nothing of it to keep, so its settings give way to these.
         log.info("%s holds no checkpoint yet: recording this run's settings.", checkpoint_dir)
-    elif _checkpoints(checkpoint_dir):
+    elif checkpoint_files(checkpoint_dir):
         log.warning(
             "%s holds checkpoints of a run that did not record its settings: resuming it "
             "with these settings.",
@@ -119,8 +119,14 @@ def _recorded(path: str) -> dict:
     )
 
 
-def _checkpoints(checkpoint_dir: str) -> list[str]:
-    """The files of `tf.train.CheckpointManager` in `checkpoint_dir`."""
+def checkpoint_files(checkpoint_dir: str) -> list[str]:
+    """The files of `tf.train.CheckpointManager` in `checkpoint_dir` (none: no run has saved
+    a checkpoint there).
+
+    Example:
+        >>> checkpoint_files("/ckpt/bit-s")[:1]
+        ['/ckpt/bit-s/ckpt-4.index']
+    """
     names = glob.glob(os.path.join(glob.escape(checkpoint_dir), "ckpt-*"))
     state = os.path.join(checkpoint_dir, "checkpoint")
     return names + ([state] if os.path.exists(state) else [])
@@ -129,7 +135,7 @@ def _checkpoints(checkpoint_dir: str) -> list[str]:
 def _start_again(checkpoint_dir: str) -> None:
     """Deletes the run in `checkpoint_dir`: its checkpoints, settings, summary and the
     workers' throw-away copies."""
-    found = _checkpoints(checkpoint_dir)
+    found = checkpoint_files(checkpoint_dir)
     for name in (SETTINGS_FILE, "summary.json"):
         if os.path.exists(os.path.join(checkpoint_dir, name)):
             found.append(os.path.join(checkpoint_dir, name))
